@@ -1,0 +1,85 @@
+"""pgbinding's settings: one ``PGBINDING`` dict in the Django settings.
+
+Read them through ``pgbinding_settings.NAME``; unknown keys are an error, and the values are
+re-read when a test changes the setting (``setting_changed``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+
+DEFAULTS: dict[str, Any] = {
+    # Which Django database holds the bound tables and the change log.
+    "DATABASE": "default",
+    # Which channel layer (CHANNEL_LAYERS alias) the listener sends to.
+    "CHANNEL_LAYER": "default",
+    # Name of the listener; its position is stored under this name. Listeners with the same
+    # name take turns (one active, the others stand by).
+    "LISTENER_NAME": "default",
+    # How many log entries the listener reads per round trip.
+    "BATCH_SIZE": 500,
+    # Seconds between keep-alive reads while the listener is asleep.
+    "KEEPALIVE": 30.0,
+    # Longest wait between reconnect attempts, in seconds (the wait doubles from 0.5 s).
+    "RECONNECT_MAX_DELAY": 30.0,
+    # How often a standby listener tries to take over, in seconds.
+    "STANDBY_RETRY": 1.0,
+    # How long an entry stays in the change log after it was written, in seconds; clients can
+    # resume from positions still in the log. Pruning only removes delivered entries.
+    "RETENTION": 24 * 3600.0,
+    # Seconds between pruning rounds (0 turns pruning off).
+    "PRUNE_INTERVAL": 60.0,
+    # Seconds between "N changes behind" log lines while the listener is catching up.
+    "LAG_LOG_INTERVAL": 10.0,
+    # While waiting for in-progress transactions that may still fill a gap in the log ids,
+    # re-check this often (seconds).
+    "GAP_POLL_INTERVAL": 0.02,
+}
+
+
+class PgBindingSettings:
+    """Attribute access to ``settings.PGBINDING`` with defaults."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        user = getattr(settings, "PGBINDING", {}) or {}
+        if not isinstance(user, dict):
+            raise ImproperlyConfigured(
+                f"settings.PGBINDING must be a dict, got {type(user).__name__}: {user!r}"
+            )
+        unknown = sorted(set(user) - set(DEFAULTS))
+        if unknown:
+            raise ImproperlyConfigured(
+                f"Unknown key(s) in settings.PGBINDING: {', '.join(map(repr, unknown))}. "
+                f"Known keys: {', '.join(sorted(DEFAULTS))}."
+            )
+        return {**DEFAULTS, **user}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in DEFAULTS:
+            raise AttributeError(f"pgbinding has no setting {name!r}")
+        if self._cache is None:
+            self._cache = self._load()
+        return self._cache[name]
+
+    def reload(self) -> None:
+        self._cache = None
+
+
+pgbinding_settings = PgBindingSettings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "PGBINDING":
+        pgbinding_settings.reload()
+
+
+setting_changed.connect(_reload)

@@ -1,0 +1,65 @@
+"""Changes to messages to group sends: the step between the listener and the channel layer."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+from .bindings import Binding, Change
+from .registry import Registry, registry
+
+logger = logging.getLogger("pgbinding.dispatch")
+
+Message = tuple[str, dict[str, Any]]
+
+
+class Dispatcher:
+    """Turns captured changes into channel-layer group sends, through the bindings."""
+
+    def __init__(self, channel_layer: Any, bindings: Registry = registry) -> None:
+        self.channel_layer = channel_layer
+        self.bindings = bindings
+        #: Groups each binding has sent to since start; TRUNCATE tells them all to reload.
+        self.sent_groups: dict[type[Binding], set[str]] = defaultdict(set)
+
+    def build(self, changes: list[Change]) -> list[Message]:
+        """All (group, message) pairs for ``changes``, in order. Runs binding code: call it from
+        a thread (``sync_to_async``), as ``group_names`` may use the ORM."""
+        by_table = self.bindings.by_table()
+        out: list[Message] = []
+        for change in changes:
+            for binding in by_table.get(change.table, ()):
+                try:
+                    messages = binding.messages_for_change(change)
+                except Exception:
+                    logger.exception(
+                        "Binding %s failed on change #%d (%s on %s, pk %s); skipped it for "
+                        "this binding",
+                        binding.label(), change.id, change.op, change.table, change.pk,
+                    )
+                    continue
+                if change.op == "T" and messages:
+                    known = {g for g, _ in messages}
+                    event = messages[0][1]
+                    extra = sorted(self.sent_groups[binding] - known)
+                    messages += [(g, event) for g in extra]
+                for group, message in messages:
+                    if not self._valid_group(binding, group):
+                        continue
+                    self.sent_groups[binding].add(group)
+                    out.append((group, message))
+        return out
+
+    def _valid_group(self, binding: type[Binding], group: Any) -> bool:
+        try:
+            self.channel_layer.require_valid_group_name(group)
+        except TypeError as exc:
+            logger.error("Binding %s returned a bad group name: %s", binding.label(), exc)
+            return False
+        return True
+
+    async def send(self, messages: list[Message]) -> None:
+        """Send in order; a failure propagates so the batch is retried, not skipped."""
+        for group, message in messages:
+            await self.channel_layer.group_send(group, message)

@@ -1,0 +1,186 @@
+"""Reading the change log in commit-safe order, and remembering where the listener got to.
+
+Log ids come from a sequence, so they are taken before commit: a reader can see id 11 while id
+10's transaction is still running, and advancing past 10 would lose it. The reader therefore
+tracks *gaps*: ranges of ids below its position that it has not seen. A gap is re-read until it
+fills, or until every transaction that was in progress when the gap was noticed has finished
+and one more read has not found it (the writer rolled back, or the sequence skipped). Gaps do
+not hold back later changes: a transaction that is still running cannot have touched a row that
+a later, committed transaction changed (it would still hold that row's lock), so per-row order
+is commit order either way.
+
+The position and the open gaps are saved in ``pgbinding_listener`` after each delivered batch,
+so a restarted listener resumes where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import partial
+from typing import Any
+
+import psycopg
+from psycopg.types.json import set_json_loads
+
+from .bindings import Change
+
+_READ = """
+SELECT id, table_name, op, pk, old, new FROM pgbinding_change
+WHERE id > %(position)s ORDER BY id LIMIT %(limit)s
+"""
+_READ_WITH_GAPS = """
+(SELECT c.id, c.table_name, c.op, c.pk, c.old, c.new
+   FROM unnest(%(los)s::bigint[], %(his)s::bigint[]) AS g(lo, hi)
+   JOIN pgbinding_change c ON c.id BETWEEN g.lo AND g.hi)
+UNION ALL
+(SELECT id, table_name, op, pk, old, new FROM pgbinding_change
+  WHERE id > %(position)s ORDER BY id LIMIT %(limit)s)
+ORDER BY id
+"""
+
+
+def configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Load jsonb numbers as Decimal so decimal columns keep every digit."""
+    set_json_loads(partial(json.loads, parse_float=Decimal), conn)
+
+
+@dataclass(slots=True)
+class Gap:
+    """Ids ``lo``..``hi`` (inclusive) not seen yet, below the reader's position."""
+
+    lo: int
+    hi: int
+    #: Transactions in progress when the gap was noticed (None: not looked yet).
+    xids: frozenset[int] | None = None
+    #: All of ``xids`` had finished at the last check: drop the gap after the next read.
+    settled: bool = False
+
+
+async def in_progress(conn: psycopg.AsyncConnection[Any]) -> frozenset[int]:
+    """Ids of the transactions in progress right now (``pg_current_snapshot()``'s xip list)."""
+    cur = await conn.execute("SELECT pg_current_snapshot()::text")
+    row = await cur.fetchone()
+    assert row is not None
+    xip = str(row[0]).split(":")[2]
+    return frozenset(int(x) for x in xip.split(",") if x)
+
+
+class ChangeLog:
+    """The listener's cursor over ``pgbinding_change``."""
+
+    def __init__(self, name: str, batch_size: int = 500) -> None:
+        self.name = name
+        self.batch_size = batch_size
+        self.position = 0
+        self.gaps: list[Gap] = []
+
+    async def load(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Read the saved position (creating the row for a new listener name)."""
+        await conn.execute(
+            "INSERT INTO pgbinding_listener (name) VALUES (%s) ON CONFLICT (name) DO NOTHING",
+            [self.name],
+        )
+        cur = await conn.execute(
+            "SELECT position, pending FROM pgbinding_listener WHERE name = %s", [self.name]
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        self.position = int(row[0])
+        self.gaps = [Gap(int(lo), int(hi)) for lo, hi in row[1]]
+
+    async def save(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        pending = json.dumps([[g.lo, g.hi] for g in self.gaps])
+        await conn.execute(
+            "UPDATE pgbinding_listener SET position = %s, pending = %s::jsonb, updated_at = now()"
+            " WHERE name = %s",
+            [self.position, pending, self.name],
+        )
+
+    async def read(self, conn: psycopg.AsyncConnection[Any]) -> list[Change]:
+        """The next changes in order: gap fills first (they have lower ids), then new ones."""
+        params: dict[str, Any] = {"position": self.position, "limit": self.batch_size}
+        if self.gaps:
+            params["los"] = [g.lo for g in self.gaps]
+            params["his"] = [g.hi for g in self.gaps]
+            cur = await conn.execute(_READ_WITH_GAPS, params)
+        else:
+            cur = await conn.execute(_READ, params)
+        rows = await cur.fetchall()
+        changes = [Change(int(r[0]), r[1], str(r[2]), r[3], r[4], r[5]) for r in rows]
+        self._advance(changes)
+        if self.gaps:
+            await self._check_gaps(conn)
+        return changes
+
+    def _advance(self, changes: list[Change]) -> None:
+        for change in changes:
+            if change.id <= self.position:
+                self._fill(change.id)
+        # Gaps settled at the last check, and not filled by this later read, never will be.
+        self.gaps = [g for g in self.gaps if not g.settled]
+        expected = self.position + 1
+        for change in changes:
+            if change.id <= self.position:
+                continue
+            if change.id > expected:
+                self.gaps.append(Gap(expected, change.id - 1))
+            expected = change.id + 1
+            self.position = change.id
+
+    def _fill(self, change_id: int) -> None:
+        for i, gap in enumerate(self.gaps):
+            if gap.lo <= change_id <= gap.hi:
+                parts = []
+                if gap.lo < change_id:
+                    parts.append(Gap(gap.lo, change_id - 1, gap.xids, gap.settled))
+                if change_id < gap.hi:
+                    parts.append(Gap(change_id + 1, gap.hi, gap.xids, gap.settled))
+                self.gaps[i : i + 1] = parts
+                return
+
+    async def _check_gaps(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        running = await in_progress(conn)
+        for gap in self.gaps:
+            if gap.xids is None:
+                gap.xids = running
+            if not (gap.xids & running):
+                gap.settled = True
+
+    async def behind(self, conn: psycopg.AsyncConnection[Any]) -> tuple[int, float]:
+        """(how many ids are in the log past the position, age in seconds of the oldest one)."""
+        cur = await conn.execute(
+            "SELECT coalesce((SELECT max(id) FROM pgbinding_change), 0),"
+            " coalesce(extract(epoch FROM now() - (SELECT created_at FROM pgbinding_change"
+            "  WHERE id > %s ORDER BY id LIMIT 1)), 0)::float8",
+            [self.position],
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return max(0, int(row[0]) - self.position), float(row[1])
+
+
+async def prune(
+    conn: psycopg.AsyncConnection[Any], retention: float, batch: int = 5000
+) -> int:
+    """Delete log entries older than ``retention`` seconds that every listener has passed.
+
+    Deletes in small batches (each its own statement in autocommit) so writers, which only
+    insert, are never blocked and no long transaction holds back vacuum.
+    """
+    total = 0
+    while True:
+        cur = await conn.execute(
+            """
+            DELETE FROM pgbinding_change WHERE id IN (
+                SELECT id FROM pgbinding_change
+                WHERE id <= (SELECT coalesce(min(position), 0) FROM pgbinding_listener)
+                  AND created_at < now() - make_interval(secs => %s)
+                ORDER BY id LIMIT %s)
+            """,
+            [retention, batch],
+        )
+        total += cur.rowcount
+        if cur.rowcount < batch:
+            return total

@@ -1,0 +1,241 @@
+"""Migration operations that install capture triggers, and the makemigrations integration.
+
+``makemigrations`` (pgbinding ships an override of the command that uses
+:class:`MigrationAutodetector` below) compares the triggers recorded in the migration state with
+the registered bindings and writes :class:`InstallBindingTrigger` for every newly bound model and
+:class:`RemoveBindingTrigger` when a model's last binding goes away. The operation carries the
+rendered SQL, so the SQL a database runs is pinned in the user's migration file.
+
+Where the operation goes: into the migrations of the app that declares the binding (the app
+whose ``bindings.py`` holds it). For a model of your own app that is the model's app; for a model
+of an app you do not own (``auth.User``) it is *your* app, so nothing is ever written into
+Django's or a third party's migrations folder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import apps as global_apps
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+from django.db.migrations.autodetector import (
+    MigrationAutodetector as DjangoAutodetector,
+)
+from django.db.migrations.autodetector import (
+    OperationDependency,
+)
+from django.db.migrations.operations.base import Operation, OperationCategory
+from django.db.migrations.state import ProjectState
+
+from . import sql
+from .registry import registry
+
+#: The key under which a model state records its installed trigger.
+STATE_KEY = "pgbinding_trigger"
+
+
+def _split(model: str) -> tuple[str, str]:
+    app_label, _, model_name = model.lower().partition(".")
+    if not app_label or not model_name:
+        raise ValueError(f"expected 'app_label.modelname', got {model!r}")
+    return app_label, model_name
+
+
+class _TriggerOperation(Operation):
+    reduces_to_sql = True
+    reversible = True
+    category = OperationCategory.SQL
+    # Operations are applied in the migration's own app; ours may target another app's model.
+    elidable = False
+
+    def __init__(
+        self,
+        model: str,
+        sql: list[str],
+        reverse_sql: list[str],
+        version: str,
+        pk_column: str,
+    ) -> None:
+        self.model = model.lower()
+        self.sql = list(sql)
+        self.reverse_sql = list(reverse_sql)
+        self.version = version
+        self.pk_column = pk_column
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        kwargs = {
+            "model": self.model,
+            "version": self.version,
+            "pk_column": self.pk_column,
+            "sql": self.sql,
+            "reverse_sql": self.reverse_sql,
+        }
+        return (type(self).__name__, [], kwargs)
+
+    def _allowed(self, schema_editor: BaseDatabaseSchemaEditor, app_label: str) -> bool:
+        if schema_editor.connection.vendor != "postgresql":
+            return False
+        model_app, model_name = _split(self.model)
+        return bool(self.allow_migrate_model(schema_editor.connection.alias, _Meta(model_app)))
+
+    def _record(self, state: ProjectState, app_label: str, installed: bool) -> None:
+        key = _split(self.model)
+        if key not in state.models:
+            return
+        options = state.models[key].options
+        if installed:
+            options[STATE_KEY] = {
+                "version": self.version,
+                "pk": self.pk_column,
+                "app": app_label,
+            }
+        else:
+            options.pop(STATE_KEY, None)
+
+
+def _execute(schema_editor: BaseDatabaseSchemaEditor, statements: list[str]) -> None:
+    for statement in statements:
+        schema_editor.execute(statement, params=None)
+
+
+class _Meta:
+    """Just enough of a model for ``Operation.allow_migrate_model`` and routers."""
+
+    def __init__(self, app_label: str) -> None:
+        self._meta = self
+        self.app_label = app_label
+        self.proxy = False
+        self.managed = True
+        self.swapped = False
+        self.model_name = ""
+        self.can_migrate = lambda connection: True
+
+
+class InstallBindingTrigger(_TriggerOperation):
+    """Install pgbinding's capture triggers on one model's table."""
+
+    def state_forwards(self, app_label: str, state: ProjectState) -> None:
+        self._record(state, app_label, installed=True)
+
+    def database_forwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
+        if self._allowed(schema_editor, app_label):
+            _execute(schema_editor, self.sql)
+
+    def database_backwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
+        if self._allowed(schema_editor, app_label):
+            _execute(schema_editor, self.reverse_sql)
+
+    def describe(self) -> str:
+        return f"Install pgbinding capture trigger ({self.version}) on {self.model}"
+
+    @property
+    def migration_name_fragment(self) -> str:
+        return f"pgbinding_{self.model.replace('.', '_')}"
+
+
+class RemoveBindingTrigger(_TriggerOperation):
+    """Remove pgbinding's capture triggers from one model's table (its last binding is gone)."""
+
+    def state_forwards(self, app_label: str, state: ProjectState) -> None:
+        self._record(state, app_label, installed=False)
+
+    def database_forwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
+        if self._allowed(schema_editor, app_label):
+            _execute(schema_editor, self.reverse_sql)
+
+    def database_backwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
+        if self._allowed(schema_editor, app_label):
+            _execute(schema_editor, self.sql)
+
+    def describe(self) -> str:
+        return f"Remove pgbinding capture trigger ({self.version}) from {self.model}"
+
+    @property
+    def migration_name_fragment(self) -> str:
+        return f"remove_pgbinding_{self.model.replace('.', '_')}"
+
+
+def desired_triggers() -> dict[tuple[str, str], dict[str, str]]:
+    """For every bound model: the trigger spec the current bindings want, and the app whose
+    migrations should hold it."""
+    wanted: dict[tuple[str, str], dict[str, str]] = {}
+    for binding in sorted(registry.all(), key=lambda b: (b.__module__, b.__qualname__)):
+        meta = binding.model._meta
+        key = (meta.app_label, meta.model_name or "")
+        if key in wanted:
+            continue
+        owner = global_apps.get_containing_app_config(binding.__module__)
+        assert meta.pk is not None
+        wanted[key] = {
+            "version": sql.TRIGGER_VERSION,
+            "pk": meta.pk.column,
+            "app": owner.label if owner is not None else meta.app_label,
+        }
+    return wanted
+
+
+class MigrationAutodetector(DjangoAutodetector):
+    """Django's autodetector, plus pgbinding's trigger operations for bound models."""
+
+    def generate_altered_db_table(self) -> None:
+        super().generate_altered_db_table()
+        self.generate_pgbinding_triggers()
+
+    def generate_pgbinding_triggers(self) -> None:
+        wanted = desired_triggers()
+        for key in sorted(set(self.from_state.models) | set(wanted)):
+            old_state = self.from_state.models.get(key)
+            installed = old_state.options.get(STATE_KEY) if old_state is not None else None
+            want = wanted.get(key) if key in self.to_state.models else None
+            if want is not None and installed is not None:
+                same = (want["version"], want["pk"]) == (installed["version"], installed["pk"])
+                if same:
+                    continue
+            if installed is not None and key in self.to_state.models:
+                self._add_trigger_op(RemoveBindingTrigger, key, installed)
+            if want is not None:
+                self._add_trigger_op(InstallBindingTrigger, key, want)
+
+    def _add_trigger_op(
+        self, op_class: type[_TriggerOperation], key: tuple[str, str], spec: dict[str, str]
+    ) -> None:
+        app_label, model_name = key
+        state = self.to_state.models[key]
+        table = state.options.get("db_table") or f"{app_label}_{model_name}"
+        forward, reverse = sql.trigger_sql(table, spec["pk"], spec["version"])
+        op = op_class(
+            model=f"{app_label}.{model_name}",
+            sql=forward,
+            reverse_sql=reverse,
+            version=spec["version"],
+            pk_column=spec["pk"],
+        )
+        deps = [
+            OperationDependency(app_label, model_name, None, OperationDependency.Type.CREATE),
+            OperationDependency("pgbinding", "__first__", None, OperationDependency.Type.CREATE),
+        ]
+        self.add_operation(spec["app"], op, dependencies=deps)

@@ -1,0 +1,86 @@
+"""The SQL that migrations install, rendered from the versioned files in migrations_templates/.
+
+Templates are released SQL: a version (``_v1``) is never edited once published; a change is a
+new version, and ``makemigrations`` writes a migration that replaces the old triggers. Table
+and column names are quoted by psycopg (``sql.Identifier``), never pasted into the text.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+from psycopg import sql
+
+from .exceptions import InvalidIdentifier
+
+TEMPLATES = Path(__file__).parent / "migrations_templates"
+
+#: The schema version installed by pgbinding's own migrations.
+SCHEMA_VERSION = "v1"
+#: The per-table trigger version new migrations install.
+TRIGGER_VERSION = "v1"
+
+#: The NOTIFY channel the capture triggers wake the listener on.
+NOTIFY_CHANNEL = "pgbinding"
+
+#: Names of the triggers a version installs on each bound table.
+TRIGGER_NAMES = {
+    "v1": (
+        "pgbinding_insert_v1",
+        "pgbinding_update_v1",
+        "pgbinding_delete_v1",
+        "pgbinding_truncate_v1",
+    ),
+}
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+_MAX_IDENTIFIER_BYTES = 63
+
+
+def validate_identifier(name: str, what: str = "identifier") -> str:
+    """Return ``name`` if Postgres can take it unquoted-safe and untruncated, else raise."""
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise InvalidIdentifier(
+            f"{what} {name!r} is not a valid name for pgbinding: use letters, digits, "
+            "underscores and $, starting with a letter or underscore"
+        )
+    if len(name.encode()) > _MAX_IDENTIFIER_BYTES:
+        raise InvalidIdentifier(
+            f"{what} {name!r} is {len(name.encode())} bytes long; Postgres truncates names "
+            f"longer than {_MAX_IDENTIFIER_BYTES} bytes"
+        )
+    return name
+
+
+@cache
+def template(name: str) -> str:
+    """The text of ``migrations_templates/<name>.sql``."""
+    path = TEMPLATES / f"{name}.sql"
+    if not path.is_file():
+        raise FileNotFoundError(f"pgbinding has no SQL template {name!r} (looked for {path})")
+    return path.read_text()
+
+
+def schema_sql(version: str = SCHEMA_VERSION) -> tuple[str, str]:
+    """(forward, reverse) SQL of pgbinding's shared schema: log, listener state, function."""
+    return template(f"schema_{version}"), template(f"schema_{version}.reverse")
+
+
+def trigger_sql(
+    table: str, pk_column: str, version: str = TRIGGER_VERSION
+) -> tuple[list[str], list[str]]:
+    """(forward, reverse) statements that install the capture triggers on one table."""
+    validate_identifier(table, "table name")
+    validate_identifier(pk_column, "primary-key column")
+    params = {"table": sql.Identifier(table), "pk": sql.Literal(pk_column)}
+    forward = sql.SQL(template(f"trigger_{version}")).format(**params).as_string(None)
+    reverse = sql.SQL(template(f"trigger_{version}.reverse")).format(**params).as_string(None)
+    return _statements(forward), _statements(reverse)
+
+
+def _statements(text: str) -> list[str]:
+    """Split a template into statements, one line each (comments dropped, spaces folded)."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    return [" ".join(s.split()) + ";" for s in " ".join(lines).split(";") if s.strip()]

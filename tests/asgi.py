@@ -1,0 +1,6 @@
+import django
+from channels.routing import ProtocolTypeRouter
+
+django.setup()
+
+application = ProtocolTypeRouter({})

