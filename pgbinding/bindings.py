@@ -268,7 +268,9 @@ def python_value(field: Field[Any, Any], raw: Any) -> Any:
 
 
 _PLAIN = (str, int, float, bool)
-_ENCODED = (datetime.datetime, datetime.date, datetime.time, datetime.timedelta, decimal.Decimal)
+_ENCODED = (
+    datetime.datetime, datetime.date, datetime.time, datetime.timedelta, decimal.Decimal, uuid.UUID
+)
 
 
 def json_value(field: Field[Any, Any], instance: models.Model) -> Any:
@@ -278,7 +280,7 @@ def json_value(field: Field[Any, Any], instance: models.Model) -> Any:
         return value
     if isinstance(field, JSONField):
         return value
-    if isinstance(value, _ENCODED | uuid.UUID):
+    if isinstance(value, _ENCODED):
         return _encoder.default(value)
     if is_protected_type(value):
         return value

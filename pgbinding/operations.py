@@ -31,7 +31,8 @@ from . import sql
 from .registry import registry
 
 #: The key under which a model state records its installed trigger.
-STATE_KEY = "pgbinding_trigger"
+# Leading underscore: rendered model states ignore it (Options drops private Meta attributes).
+STATE_KEY = "_pgbinding_trigger"
 
 
 def _split(model: str) -> tuple[str, str]:
