@@ -89,6 +89,8 @@ class Listener:
         #: Set whenever the listener has read everything committed so far and is waiting.
         self.idle = asyncio.Event()
         self.delivered = 0
+        #: Log position up to which changes have been sent and the position saved.
+        self.saved_position = 0
         self._sleeping = False
         self._guard: frozenset[int] | None = None
 
@@ -228,6 +230,7 @@ class Listener:
                 )
                 await self.dispatcher.send(messages)
                 await self.log.save(conn)
+                self.saved_position = self.log.position
                 self.delivered += len(changes)
                 batch_count += len(changes)
                 caught_up, gap_wait = False, self.gap_poll_interval
@@ -241,6 +244,7 @@ class Listener:
                 continue
             if before != (self.log.position, len(self.log.gaps)):
                 await self.log.save(conn)
+            self.saved_position = self.log.position
             if not self._sleeping:
                 await self._set_sleeping(conn, True)
                 # A writer that read "awake" before we flipped the flag will not NOTIFY; wait

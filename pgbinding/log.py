@@ -75,6 +75,8 @@ class ChangeLog:
         self.batch_size = batch_size
         self.position = 0
         self.gaps: list[Gap] = []
+        #: How many gaps this reader has seen open (for logs, tests and benchmarks).
+        self.gaps_opened = 0
 
     async def load(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Read the saved position (creating the row for a new listener name)."""
@@ -126,6 +128,7 @@ class ChangeLog:
                 continue
             if change.id > expected:
                 self.gaps.append(Gap(expected, change.id - 1))
+                self.gaps_opened += 1
             expected = change.id + 1
             self.position = change.id
 

@@ -106,9 +106,9 @@ class ListenerHarness:
         with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
             row = conn.execute("SELECT coalesce(max(id), 0) FROM pgbinding_change").fetchone()
         target = int(row[0]) if row else 0
-        log = self.listener.log
+        log, listener = self.listener.log, self.listener
         self.wait(
-            lambda: log.position >= target and not log.gaps and self.listener.idle.is_set(),
+            lambda: listener.saved_position >= target and not log.gaps and listener.idle.is_set(),
             f"listener to reach position {target} (at {log.position}, gaps {log.gaps})",
             timeout,
         )

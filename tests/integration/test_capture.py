@@ -12,6 +12,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection, transaction
 
+from pgbinding.embedded import postgres_bin_dir
 from tests.testapp.models import Counter, Item
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -82,13 +83,11 @@ def test_raw_sql_through_django_cursor(listener):
 
 def test_write_from_a_program_that_never_imports_django(listener, raw_conninfo):
     """psql, the real client binary, writes; the listener delivers."""
-    from pgbinding.embedded import EmbeddedPostgres
-
     items = listener.collect("items")
     item = Item.objects.create(name="outside", value=1)
     listener.sync()
     items.clear()
-    psql = EmbeddedPostgres.bin("psql")
+    psql = postgres_bin_dir() / "psql"
     subprocess.run(
         [str(psql), raw_conninfo, "-v", "ON_ERROR_STOP=1", "-c",
          f"UPDATE testapp_item SET value = value + 1 WHERE id = {item.pk}"],
