@@ -92,7 +92,7 @@ class Listener:
         #: Log position up to which changes have been sent and the position saved.
         self.saved_position = 0
         self._sleeping = False
-        self._guard: frozenset[int] | None = None
+        self._guard: changelog.Watch | None = None
 
     @classmethod
     def from_settings(cls, channel_layer: Any = None, **overrides: Any) -> Listener:
@@ -249,13 +249,13 @@ class Listener:
                 await self._set_sleeping(conn, True)
                 # A writer that read "awake" before we flipped the flag will not NOTIFY; wait
                 # for every transaction running now to end, then read once more.
-                self._guard = await changelog.in_progress(conn)
+                self._guard = await changelog.watch_running(conn)
                 continue
             if self._guard is not None:
-                if self._guard & await changelog.in_progress(conn):
-                    await self._wait_notify(conn, self.gap_poll_interval)
-                else:
+                if self._guard.finished(await changelog.running(conn)):
                     self._guard = None
+                else:
+                    await self._wait_notify(conn, self.gap_poll_interval)
                 continue
             if self.log.gaps:
                 # Ids below our position are held by transactions still running (or rolled

@@ -46,25 +46,62 @@ def configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     set_json_loads(partial(json.loads, parse_float=Decimal), conn)
 
 
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """The transactions that were running at some moment, so we can tell when all have ended.
+
+    A snapshot's xip list only names running transactions below its xmax (the latest completed
+    xid + 1); a writer newer than every completed transaction is running but not listed. So a
+    watch also records a barrier: an xid taken just after the snapshot. Every transaction that
+    was running at that moment is in ``xids`` or has an xid in ``[lo, hi)``.
+    """
+
+    xids: frozenset[int]
+    lo: int
+    hi: int
+
+    def finished(self, running: frozenset[int]) -> bool:
+        """Have all watched transactions ended, given the xids ``running`` now?"""
+        return not any(x in self.xids or self.lo <= x < self.hi for x in running)
+
+
+def _parse_snapshot(text: str) -> tuple[int, int, frozenset[int]]:
+    xmin, xmax, xip = str(text).split(":")
+    return int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x)
+
+
+async def running(conn: psycopg.AsyncConnection[Any]) -> frozenset[int]:
+    """Xids of the transactions in progress now that a :class:`Watch` could be waiting on.
+
+    Only the xip list is needed: a watch's barrier xid has completed by the time this runs,
+    so this snapshot's xmax is above every xid a watch covers.
+    """
+    cur = await conn.execute("SELECT pg_current_snapshot()::text")
+    row = await cur.fetchone()
+    assert row is not None
+    return _parse_snapshot(row[0])[2]
+
+
+async def watch_running(conn: psycopg.AsyncConnection[Any]) -> Watch:
+    """A :class:`Watch` on every transaction running now. Uses up one xid (the barrier)."""
+    cur = await conn.execute("SELECT pg_current_snapshot()::text, pg_current_xact_id()::text")
+    row = await cur.fetchone()
+    assert row is not None
+    _, xmax, xip = _parse_snapshot(row[0])
+    return Watch(xip, xmax, int(row[1]))
+
+
 @dataclass(slots=True)
 class Gap:
     """Ids ``lo``..``hi`` (inclusive) not seen yet, below the reader's position."""
 
     lo: int
     hi: int
-    #: Transactions in progress when the gap was noticed (None: not looked yet).
-    xids: frozenset[int] | None = None
-    #: All of ``xids`` had finished at the last check: drop the gap after the next read.
+    #: The transactions running when the gap was noticed (None: not looked yet); any of them
+    #: may hold an id of the gap.
+    watch: Watch | None = None
+    #: Every watched transaction had ended at the last check: drop the gap after the next read.
     settled: bool = False
-
-
-async def in_progress(conn: psycopg.AsyncConnection[Any]) -> frozenset[int]:
-    """Ids of the transactions in progress right now (``pg_current_snapshot()``'s xip list)."""
-    cur = await conn.execute("SELECT pg_current_snapshot()::text")
-    row = await cur.fetchone()
-    assert row is not None
-    xip = str(row[0]).split(":")[2]
-    return frozenset(int(x) for x in xip.split(",") if x)
 
 
 class ChangeLog:
@@ -137,18 +174,24 @@ class ChangeLog:
             if gap.lo <= change_id <= gap.hi:
                 parts = []
                 if gap.lo < change_id:
-                    parts.append(Gap(gap.lo, change_id - 1, gap.xids, gap.settled))
+                    parts.append(Gap(gap.lo, change_id - 1, gap.watch, gap.settled))
                 if change_id < gap.hi:
-                    parts.append(Gap(change_id + 1, gap.hi, gap.xids, gap.settled))
+                    parts.append(Gap(change_id + 1, gap.hi, gap.watch, gap.settled))
                 self.gaps[i : i + 1] = parts
                 return
 
     async def _check_gaps(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        running = await in_progress(conn)
+        if any(g.watch is None for g in self.gaps):
+            # New gaps: their ids may be held by any transaction running now.
+            watch = await watch_running(conn)
+            for gap in self.gaps:
+                if gap.watch is None:
+                    gap.watch = watch
+            return
+        now = await running(conn)
         for gap in self.gaps:
-            if gap.xids is None:
-                gap.xids = running
-            if not (gap.xids & running):
+            assert gap.watch is not None
+            if gap.watch.finished(now):
                 gap.settled = True
 
     async def behind(self, conn: psycopg.AsyncConnection[Any]) -> tuple[int, float]:

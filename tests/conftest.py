@@ -50,23 +50,19 @@ class ListenerHarness:
         self.options = options
         self.loop = asyncio.new_event_loop()
         self.listener = Listener.from_settings(channel_layer=self.layer, **options)
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
         self._receivers: list[asyncio.Task[None]] = []
-        self.error: BaseException | None = None
+        self.run_future: Any = None
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self.listener.run())
-        except BaseException as exc:  # surfaced by stop()
-            self.error = exc
-        finally:
-            for task in self._receivers:
-                task.cancel()
-            self.loop.run_until_complete(asyncio.sleep(0))
+    @property
+    def error(self) -> BaseException | None:
+        if self.run_future is not None and self.run_future.done():
+            return self.run_future.exception() or RuntimeError("listener returned early")
+        return None
 
     def start(self, wait_active: bool = True) -> ListenerHarness:
-        self.thread.start()
+        self.run_future = asyncio.run_coroutine_threadsafe(self.listener.run(), self.loop)
         if wait_active:
             self.wait(lambda: self.listener.active.is_set(), "listener to become active")
             self.sync()
@@ -115,9 +111,21 @@ class ListenerHarness:
         self.call(asyncio.sleep(0.02))  # let the receivers drain their channels
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.listener.stop)
-        self.thread.join(20)
-        assert not self.thread.is_alive(), "listener did not stop within 20 s"
+        if self.run_future is not None:
+            self.loop.call_soon_threadsafe(self.listener.stop)
+            self.run_future.result(20)
+            self.run_future = None
+
+    def close(self) -> None:
+        self.stop()
+
+        async def cancel_receivers() -> None:
+            for task in self._receivers:
+                task.cancel()
+
+        self.call(cancel_receivers())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
         self.loop.close()
 
 
@@ -127,7 +135,7 @@ def listener(transactional_db: None) -> Iterator[ListenerHarness]:
     try:
         yield harness
     finally:
-        harness.stop()
+        harness.close()
 
 
 @pytest.fixture
@@ -141,8 +149,7 @@ def make_listener(transactional_db: None) -> Iterator[Callable[..., ListenerHarn
 
     yield make
     for harness in made:
-        if harness.thread.is_alive():
-            harness.stop()
+        harness.close()
 
 
 @pytest.fixture
@@ -150,3 +157,73 @@ def raw_conninfo(transactional_db: None) -> str:
     """A libpq connection string to the test database, for writers that bypass Django."""
     connection.ensure_connection()
     return conninfo_from_django()
+
+
+class RedisCollector:
+    """A channel on a real channels-redis layer, in its own thread and loop, recording events."""
+
+    def __init__(self, redis_url: str, *groups: str) -> None:
+        from channels_redis.core import RedisChannelLayer
+
+        self.collector = Collector()
+        self.loop = asyncio.new_event_loop()
+        self.layer = RedisChannelLayer(
+            hosts=[{"address": redis_url, "socket_timeout": None}], capacity=100_000, expiry=600
+        )
+        self.groups = groups
+        self._ready = threading.Event()
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self._ready.wait(10), "redis collector did not start"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        channel = await self.layer.new_channel()
+        for group in self.groups:
+            await self.layer.group_add(group, channel)
+        self._ready.set()
+        while not self._stop:
+            try:
+                message = await asyncio.wait_for(self.layer.receive(channel), 0.2)
+            except TimeoutError:
+                continue
+            self.collector.add(message)
+        await self.layer.flush()
+
+    def stop(self) -> None:
+        self._stop = True
+        self.thread.join(10)
+
+
+def subprocess_env(redis_url: str | None = None) -> dict[str, str]:
+    """Environment for a child process (pglisten, daphne) using this test's database."""
+    import os
+
+    settings_dict = connection.settings_dict
+    url = (
+        f"postgresql://{settings_dict['USER']}@{settings_dict['HOST']}:{settings_dict['PORT']}"
+        f"/{settings_dict['NAME']}"
+    )
+    env = {**os.environ, "PGBINDING_TEST_DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
+    env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+    if redis_url:
+        env["PGBINDING_TEST_CHANNEL_LAYER_REDIS"] = redis_url
+    return env
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def log_max_id() -> int:
+    with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
+        row = conn.execute("SELECT coalesce(max(id), 0) FROM pgbinding_change").fetchone()
+    return int(row[0]) if row else 0
