@@ -269,7 +269,12 @@ def python_value(field: Field[Any, Any], raw: Any) -> Any:
 
 _PLAIN = (str, int, float, bool)
 _ENCODED = (
-    datetime.datetime, datetime.date, datetime.time, datetime.timedelta, decimal.Decimal, uuid.UUID
+    datetime.datetime,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    decimal.Decimal,
+    uuid.UUID,
 )
 
 

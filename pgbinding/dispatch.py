@@ -36,7 +36,11 @@ class Dispatcher:
                     logger.exception(
                         "Binding %s failed on change #%d (%s on %s, pk %s); skipped it for "
                         "this binding",
-                        binding.label(), change.id, change.op, change.table, change.pk,
+                        binding.label(),
+                        change.id,
+                        change.op,
+                        change.table,
+                        change.pk,
                     )
                     continue
                 if change.op == "T" and messages:

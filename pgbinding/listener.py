@@ -46,8 +46,8 @@ def conninfo_from_django(alias: str = "default") -> str:
     params = connections[alias].get_connection_params()
     for key in ("cursor_factory", "context", "prepare_threshold", "pool", "server_side_binding"):
         params.pop(key, None)
-    clean = {k: v for k, v in params.items() if isinstance(v, str | int)}
-    return psycopg.conninfo.make_conninfo(**clean)
+    clean: dict[str, Any] = {k: v for k, v in params.items() if isinstance(v, str | int)}
+    return psycopg.conninfo.make_conninfo("", **clean)
 
 
 class Listener:
@@ -144,7 +144,10 @@ class Listener:
                     info = conn.info
                     logger.info(
                         "Connected to Postgres %s:%s, database %r, as listener %r",
-                        info.host, info.port, info.dbname, self.name,
+                        info.host,
+                        info.port,
+                        info.dbname,
+                        self.name,
                     )
                     delay = 0.5
                     if not await self._lead(conn):
@@ -155,10 +158,11 @@ class Listener:
                 self.idle.clear()
                 if self.stopping:
                     break
-                wait = delay * (0.8 + 0.4 * random.random())  # noqa: S311 - jitter only
+                wait = delay * (0.8 + 0.4 * random.random())
                 logger.warning(
                     "Lost the connection to Postgres (%s); reconnecting in %.1f s",
-                    str(exc).strip() or type(exc).__name__, wait,
+                    str(exc).strip() or type(exc).__name__,
+                    wait,
                 )
                 await self._sleep(wait)
                 delay = min(delay * 2, self.reconnect_max_delay)
@@ -185,7 +189,8 @@ class Listener:
                 holder = await cur.fetchone()
                 logger.info(
                     "Another listener %r is active (Postgres backend pid %s); standing by",
-                    self.name, holder[0] if holder else "?",
+                    self.name,
+                    holder[0] if holder else "?",
                 )
                 said = True
             await self._sleep(self.standby_retry)
@@ -199,7 +204,9 @@ class Listener:
         behind, age = await self.log.behind(conn)
         logger.info(
             "Listener %r resuming at position %d; %d change(s) to catch up on%s",
-            self.name, self.log.position, behind,
+            self.name,
+            self.log.position,
+            behind,
             f", the oldest {age:.1f} s old" if behind else "",
         )
         await self._set_sleeping(conn, False)
@@ -238,7 +245,10 @@ class Listener:
                     behind, age = await self.log.behind(conn)
                     logger.info(
                         "Delivered %d change(s) in the last %.0f s; %d behind (oldest %.1f s)",
-                        batch_count, time.monotonic() - last_lag_log, behind, age,
+                        batch_count,
+                        time.monotonic() - last_lag_log,
+                        behind,
+                        age,
                     )
                     batch_count, last_lag_log = 0, time.monotonic()
                 continue
@@ -267,7 +277,8 @@ class Listener:
             if not caught_up:
                 logger.info(
                     "Caught up at position %d (%d delivered since start); waiting for changes",
-                    self.log.position, self.delivered,
+                    self.log.position,
+                    self.delivered,
                 )
                 caught_up, batch_count, last_lag_log = True, 0, time.monotonic()
             self.idle.set()
@@ -279,9 +290,9 @@ class Listener:
         if not sleeping:
             self._guard = None
 
-    async def _wait_notify(self, conn: psycopg.AsyncConnection[Any], timeout: float) -> None:
-        """Wait up to ``timeout`` for a wake-up, in short slices so ``stop()`` is prompt."""
-        deadline = time.monotonic() + timeout
+    async def _wait_notify(self, conn: psycopg.AsyncConnection[Any], seconds: float) -> None:
+        """Wait up to ``seconds`` for a wake-up, in short slices so ``stop()`` is prompt."""
+        deadline = time.monotonic() + seconds
         while not self.stopping:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -306,7 +317,8 @@ class Listener:
                 if removed:
                     logger.info(
                         "Pruned %d change(s) older than %.0f s from the log",
-                        removed, self.retention,
+                        removed,
+                        self.retention,
                     )
             except _DISCONNECTS as exc:
                 logger.warning("Could not prune the change log: %s", exc)

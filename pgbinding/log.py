@@ -207,9 +207,7 @@ class ChangeLog:
         return max(0, int(row[0]) - self.position), float(row[1])
 
 
-async def prune(
-    conn: psycopg.AsyncConnection[Any], retention: float, batch: int = 5000
-) -> int:
+async def prune(conn: psycopg.AsyncConnection[Any], retention: float, batch: int = 5000) -> int:
     """Delete log entries older than ``retention`` seconds that every listener has passed.
 
     Deletes in small batches (each its own statement in autocommit) so writers, which only

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps as global_apps
+from django.db import router
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.autodetector import (
     MigrationAutodetector as DjangoAutodetector,
@@ -74,10 +75,13 @@ class _TriggerOperation(Operation):
         return (type(self).__name__, [], kwargs)
 
     def _allowed(self, schema_editor: BaseDatabaseSchemaEditor, app_label: str) -> bool:
+        """Run only on Postgres, and only where the routers let the target model migrate."""
         if schema_editor.connection.vendor != "postgresql":
             return False
         model_app, model_name = _split(self.model)
-        return bool(self.allow_migrate_model(schema_editor.connection.alias, _Meta(model_app)))
+        return bool(
+            router.allow_migrate(schema_editor.connection.alias, model_app, model_name=model_name)
+        )
 
     def _record(self, state: ProjectState, app_label: str, installed: bool) -> None:
         key = _split(self.model)
@@ -97,19 +101,6 @@ class _TriggerOperation(Operation):
 def _execute(schema_editor: BaseDatabaseSchemaEditor, statements: list[str]) -> None:
     for statement in statements:
         schema_editor.execute(statement, params=None)
-
-
-class _Meta:
-    """Just enough of a model for ``Operation.allow_migrate_model`` and routers."""
-
-    def __init__(self, app_label: str) -> None:
-        self._meta = self
-        self.app_label = app_label
-        self.proxy = False
-        self.managed = True
-        self.swapped = False
-        self.model_name = ""
-        self.can_migrate = lambda connection: True
 
 
 class InstallBindingTrigger(_TriggerOperation):
@@ -193,7 +184,7 @@ def desired_triggers() -> dict[tuple[str, str], dict[str, str]]:
         assert meta.pk is not None
         wanted[key] = {
             "version": sql.TRIGGER_VERSION,
-            "pk": meta.pk.column,
+            "pk": str(meta.pk.column),
             "app": owner.label if owner is not None else meta.app_label,
         }
     return wanted
@@ -235,7 +226,7 @@ class MigrationAutodetector(DjangoAutodetector):
             version=spec["version"],
             pk_column=spec["pk"],
         )
-        deps = [
+        deps: list[Any] = [
             OperationDependency(app_label, model_name, None, OperationDependency.Type.CREATE),
             OperationDependency("pgbinding", "__first__", None, OperationDependency.Type.CREATE),
         ]

@@ -20,9 +20,9 @@ class Registry:
     def register(self, binding: type[Binding]) -> None:
         # A module imported twice (or a class re-declared in a test) replaces the old one.
         key = (binding.__module__, binding.__qualname__)
-        self._bindings = [
-            b for b in self._bindings if (b.__module__, b.__qualname__) != key
-        ] + [binding]
+        self._bindings = [b for b in self._bindings if (b.__module__, b.__qualname__) != key] + [
+            binding
+        ]
 
     def unregister(self, binding: type[Binding]) -> None:
         self._bindings = [b for b in self._bindings if b is not binding]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,9 +29,7 @@ class Collector:
 
     def payloads(self, stream: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
-            return [
-                m["payload"] for m in self.messages if stream is None or m["stream"] == stream
-            ]
+            return [m["payload"] for m in self.messages if stream is None or m["stream"] == stream]
 
     def actions(self, stream: str | None = None) -> list[tuple[str, Any]]:
         return [(p["action"], p.get("pk")) for p in self.payloads(stream)]

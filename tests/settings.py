@@ -6,6 +6,7 @@ starts a private embedded Postgres and sets it.
 """
 
 import os
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 SECRET_KEY = "pgbinding-tests-not-secret"
@@ -17,7 +18,7 @@ ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
-def database_from_url(url: str) -> dict:
+def database_from_url(url: str) -> dict[str, Any]:
     parts = urlsplit(url)
     return {
         "ENGINE": "django.db.backends.postgresql",

@@ -89,9 +89,18 @@ def test_write_from_a_program_that_never_imports_django(listener, raw_conninfo):
     items.clear()
     psql = postgres_bin_dir() / "psql"
     subprocess.run(
-        [str(psql), raw_conninfo, "-v", "ON_ERROR_STOP=1", "-c",
-         f"UPDATE testapp_item SET value = value + 1 WHERE id = {item.pk}"],
-        check=True, capture_output=True,
+        [
+            str(psql),
+            raw_conninfo,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            f"item={item.pk}",
+        ],
+        input="UPDATE testapp_item SET value = value + 1 WHERE id = :item;\n",
+        check=True,
+        capture_output=True,
+        text=True,
     )
     listener.sync()
     assert items.actions() == [("update", item.pk)]
@@ -185,8 +194,14 @@ def test_values_serialized_as_django_serializes_them(listener):
     uid = uuid.uuid4()
     user = User.objects.create(username="owner")
     item = Item.objects.create(
-        name="types", value=3, price=decimal.Decimal("1234.5678"), due=due,
-        day=datetime.date(2026, 2, 3), uid=uid, extra={"a": [1, 2.5, None]}, owner=user,
+        name="types",
+        value=3,
+        price=decimal.Decimal("1234.5678"),
+        due=due,
+        day=datetime.date(2026, 2, 3),
+        uid=uid,
+        extra={"a": [1, 2.5, None]},
+        owner=user,
     )
     listener.sync()
     data = items.payloads()[0]["data"]

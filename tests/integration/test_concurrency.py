@@ -73,7 +73,8 @@ def test_concurrent_writers_with_rollbacks_exactly_once(listener, raw_conninfo):
         with psycopg.connect(raw_conninfo) as conn:
             logged = conn.execute(
                 "SELECT id, op, pk, txid::text FROM pgbinding_change WHERE table_name ="
-                " 'testapp_counter' AND id >= %s ORDER BY id", [min(positions)]
+                " 'testapp_counter' AND id >= %s ORDER BY id",
+                [min(positions)],
             ).fetchall()
         missing = [row for row in logged if row[0] not in set(positions)]
         print("MISSING", missing, "GAPS OPENED", listener.listener.log.gaps_opened)

@@ -32,15 +32,21 @@ class Pglisten:
         self.out = tmp_path / f"{name}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "django", "pglisten"],
-            cwd=ROOT, env=env, stdout=self.out.open("w"), stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdout=self.out.open("w"),
+            stderr=subprocess.STDOUT,
         )
 
     def output(self) -> str:
         return self.out.read_text()
 
     def wait_output(self, text: str, timeout: float = 20) -> None:
-        wait_for(lambda: text in self.output(), f"{text!r} in pglisten output:\n"
-                 + self.output(), timeout)
+        wait_for(
+            lambda: text in self.output(),
+            f"{text!r} in pglisten output:\n" + self.output(),
+            timeout,
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -97,7 +103,8 @@ def test_sigkill_and_takeover_lose_nothing(redis_url, tmp_path):
     try:
         wait_for(
             lambda: len({p["position"] for p in collector.collector.payloads()}) >= len(written),
-            "every change to reach the collector", timeout=30,
+            "every change to reach the collector",
+            timeout=30,
         )
         time.sleep(0.3)
     finally:
@@ -108,9 +115,11 @@ def test_sigkill_and_takeover_lose_nothing(redis_url, tmp_path):
     positions = [p["position"] for p in collector.collector.payloads("counters")]
     with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
         logged = {
-            r[0] for r in conn.execute(
+            r[0]
+            for r in conn.execute(
                 "SELECT id FROM pgbinding_change WHERE table_name = 'testapp_counter'"
-                " AND id > %s AND id <= %s", [start_id, end_id],
+                " AND id > %s AND id <= %s",
+                [start_id, end_id],
             )
         }
     assert len(logged) == len(written)
@@ -129,9 +138,12 @@ def test_sigterm_stops_cleanly_and_saves_position(tmp_path):
     target = log_max_id()
     with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
         wait_for(
-            lambda: conn.execute(
-                "SELECT position FROM pgbinding_listener WHERE name = 'default'"
-            ).fetchone()[0] >= target,
+            lambda: (
+                conn.execute(
+                    "SELECT position FROM pgbinding_listener WHERE name = 'default'"
+                ).fetchone()[0]
+                >= target
+            ),
             "the listener to save its position",
         )
     proc.proc.send_signal(signal.SIGTERM)
@@ -181,9 +193,11 @@ def test_prune_removes_only_old_delivered_entries_without_blocking_writers(liste
         conn.execute("UPDATE pgbinding_change SET created_at = now() - interval '2 days'")
         with psycopg.connect(conninfo_from_django()) as writer:
             # A writer mid-transaction: its log row is uncommitted while the prune runs.
-            writer.execute("INSERT INTO testapp_item (name, value, status, price, uid, extra,"
-                           " body, secret) VALUES ('w', 1, 'open', 0, gen_random_uuid(), '{}',"
-                           " '', '')")
+            writer.execute(
+                "INSERT INTO testapp_item (name, value, status, price, uid, extra,"
+                " body, secret) VALUES ('w', 1, 'open', 0, gen_random_uuid(), '{}',"
+                " '', '')"
+            )
             conn.execute("SET statement_timeout = '5s'")
             removed = listener.call(_prune(retention=24 * 3600.0))
             writer.commit()

@@ -1,0 +1,175 @@
+"""makemigrations writes the trigger operations; migrate installs and removes them."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.db.migrations.loader import MigrationLoader
+
+from pgbinding import WebsocketBinding, sql
+from pgbinding.exceptions import BindingConfigError
+from pgbinding.operations import InstallBindingTrigger
+from pgbinding.registry import registry
+from tests.testapp import bindings
+from tests.testapp.models import Item, Note
+
+ROOT = Path(__file__).resolve().parents[2]
+BOUND_TABLES = ["auth_user", "testapp_counter", "testapp_item"]
+
+
+def installed_triggers() -> dict[str, list[str]]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " WHERE t.tgname LIKE 'pgbinding_%%' ORDER BY 1, 2"
+        )
+        found: dict[str, list[str]] = {}
+        for table, name in cursor.fetchall():
+            found.setdefault(table, []).append(name)
+    return found
+
+
+def dry_run() -> str:
+    out = io.StringIO()
+    call_command("makemigrations", "--dry-run", "-v", "3", stdout=out)
+    return out.getvalue()
+
+
+@pytest.fixture
+def restore_registry():
+    saved = registry.all()
+    yield
+    registry._bindings = saved
+
+
+@pytest.mark.django_db
+def test_no_changes_when_bindings_match_migrations():
+    out = io.StringIO()
+    call_command("makemigrations", "--check", "--dry-run", stdout=out)
+    assert "No changes detected" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_new_binding_writes_an_install_operation(restore_registry):
+    class NoteBinding(WebsocketBinding):
+        model = Note
+        stream = "notes"
+        fields = ["text"]
+
+    out = dry_run()
+    assert "Install pgbinding capture trigger (v1) on testapp.note" in out
+    assert "pgbinding.operations.InstallBindingTrigger(" in out
+    assert 'ON "testapp_note"' in out
+    registry.unregister(NoteBinding)
+    assert "No changes detected" in dry_run()
+
+
+@pytest.mark.django_db
+def test_removing_the_last_binding_writes_a_remove_operation(restore_registry):
+    registry.unregister(bindings.ItemBinding)
+    assert "No changes detected" in dry_run(), "ItemValueBinding still binds Item"
+    registry.unregister(bindings.ItemValueBinding)
+    out = dry_run()
+    assert "Remove pgbinding capture trigger (v1) from testapp.item" in out
+    assert "pgbinding.operations.RemoveBindingTrigger(" in out
+
+
+@pytest.mark.django_db
+def test_migrate_installs_triggers_on_every_bound_table():
+    found = installed_triggers()
+    for table in BOUND_TABLES:
+        assert found.get(table) == sorted(sql.TRIGGER_NAMES["v1"]), table
+    assert "testapp_note" not in found
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migrate_backwards_removes_what_forwards_installed():
+    try:
+        call_command("migrate", "testapp", "zero", verbosity=0)
+        assert installed_triggers() == {}, "auth_user's trigger lives in testapp's migration"
+        call_command("migrate", "pgbinding", "zero", verbosity=0)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT to_regclass('pgbinding_change'), to_regproc('pgbinding_capture_v1')"
+            )
+            assert cursor.fetchone() == (None, None)
+    finally:
+        call_command("migrate", verbosity=0)
+    assert sorted(installed_triggers()) == BOUND_TABLES
+
+
+def test_pinned_sql_matches_the_versioned_template():
+    """The SQL in the migration file is what the v1 template renders (two install paths agree)."""
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    ops = [
+        op
+        for (app, _), migration in loader.disk_migrations.items()
+        if app == "testapp"
+        for op in migration.operations
+        if isinstance(op, InstallBindingTrigger)
+    ]
+    assert {op.model for op in ops} == {"auth.user", "testapp.counter", "testapp.item"}
+    for op in ops:
+        table = {"auth.user": "auth_user"}.get(op.model, op.model.replace(".", "_"))
+        assert (op.sql, op.reverse_sql) == sql.trigger_sql(table, "id", op.version)
+
+
+@pytest.mark.django_db
+def test_installed_triggers_call_the_capture_function():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t"
+            " WHERE t.tgrelid = 'testapp_item'::regclass AND t.tgname LIKE 'pgbinding_%%'"
+        )
+        defs = [r[0] for r in cursor.fetchall()]
+    assert len(defs) == 4
+    assert all("FOR EACH STATEMENT EXECUTE FUNCTION pgbinding_capture_v1('id')" in d for d in defs)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "message"),
+    [
+        ({"stream": "s1"}, "must set fields"),
+        (
+            {"stream": "s2", "fields": ["name"], "exclude": ["value"]},
+            "sets both fields and exclude",
+        ),
+        ({"stream": "s3", "fields": ["nope"]}, "unknown field(s) 'nope'"),
+        ({"stream": "bad stream!", "fields": ["name"]}, "stream must be"),
+        ({"stream": "items", "fields": ["name"]}, "already used by"),
+        ({"stream": "s4", "fields": "name"}, "list of names"),
+    ],
+)
+def test_binding_declaration_errors_name_the_binding(attrs, message, restore_registry):
+    with pytest.raises(BindingConfigError) as info:
+        type("BadBinding", (WebsocketBinding,), {"model": Item, "__module__": __name__, **attrs})
+    assert message in str(info.value)
+    assert "BadBinding" in str(info.value)
+
+
+def test_non_postgres_database_is_an_error_at_startup(tmp_path):
+    settings = tmp_path / "sqlite_settings.py"
+    settings.write_text(
+        "from tests.settings import *\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={
+            "PYTHONPATH": f"{tmp_path}:{ROOT}",
+            "DJANGO_SETTINGS_MODULE": "sqlite_settings",
+            "PATH": "/usr/bin:/bin",
+        },
+    )
+    assert result.returncode != 0
+    assert "captures changes with Postgres triggers" in result.stderr
+    assert "tests.testapp.bindings.ItemBinding" in result.stderr

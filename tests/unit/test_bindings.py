@@ -1,0 +1,84 @@
+"""Group transitions and serialization, from rows as the trigger logs them (no database)."""
+
+from pgbinding.bindings import Change
+from tests.testapp.bindings import ItemBinding, ItemValueBinding
+
+
+def row(**values):
+    base = {
+        "id": 1,
+        "name": "a",
+        "value": 1,
+        "status": "open",
+        "owner_id": None,
+        "price": "1.5000",
+        "due": None,
+        "day": None,
+        "uid": "7d2f8f0e-1f7c-4a8e-8f4e-3a1e0f5d2b11",
+        "extra": {},
+        "body": "",
+        "secret": "s",
+    }
+    return {**base, **values}
+
+
+def groups_by_action(messages):
+    out = {}
+    for group, message in messages:
+        out.setdefault(message["payload"]["action"], []).append(group)
+    return out
+
+
+def test_insert_creates_in_every_group():
+    msgs = ItemBinding.messages_for_change(Change(7, "testapp_item", "I", "1", None, row()))
+    assert groups_by_action(msgs) == {"create": ["items", "items-status-open"]}
+    payload = msgs[0][1]["payload"]
+    assert payload["pk"] == 1 and payload["position"] == 7 and payload["model"] == "testapp.item"
+    assert "secret" not in payload["data"]
+    assert msgs[0][1]["type"] == "pgbinding.event" and msgs[0][1]["stream"] == "items"
+
+
+def test_moving_between_groups_deletes_updates_and_creates():
+    old, new = row(status="open", owner_id=3), row(status="done", owner_id=4)
+    msgs = ItemBinding.messages_for_change(Change(8, "testapp_item", "U", "1", old, new))
+    assert groups_by_action(msgs) == {
+        "delete": ["items-status-open", "items-owner-3"],
+        "update": ["items"],
+        "create": ["items-status-done", "items-owner-4"],
+    }
+
+
+def test_update_of_unbound_fields_sends_nothing():
+    old, new = row(secret="a"), row(secret="b")
+    change = Change(9, "testapp_item", "U", "1", old, new)
+    assert ItemBinding.messages_for_change(change) == []
+    old, new = row(name="a"), row(name="b")
+    change = Change(10, "testapp_item", "U", "1", old, new)
+    assert ItemValueBinding.messages_for_change(change) == []
+    assert groups_by_action(ItemBinding.messages_for_change(change)) == {
+        "update": ["items", "items-status-open"]
+    }
+
+
+def test_delete_sends_the_row_as_it_was():
+    msgs = ItemBinding.messages_for_change(Change(11, "testapp_item", "D", "1", row(), None))
+    assert groups_by_action(msgs) == {"delete": ["items", "items-status-open"]}
+    assert msgs[0][1]["payload"]["data"]["name"] == "a"
+
+
+def test_truncate_sends_reload_to_declared_groups():
+    msgs = ItemBinding.messages_for_change(Change(12, "testapp_item", "T", None, None, None))
+    assert [(g, m["payload"]["action"]) for g, m in msgs] == [("pgbinding.items", "reload")]
+
+
+def test_values_are_rebuilt_with_django_types():
+    instance = ItemBinding.instance_from_row(
+        row(due="2026-01-02T03:04:05.123456+01:00", day="2026-02-03", extra={"k": [1]})
+    )
+    assert instance.due.isoformat() == "2026-01-02T03:04:05.123456+01:00"
+    assert str(instance.day) == "2026-02-03"
+    assert instance.extra == {"k": [1]}
+    data = ItemBinding.serialize(instance)
+    assert data["due"] == "2026-01-02T03:04:05.123+01:00"
+    assert data["price"] == "1.5000"
+    assert data["uid"] == "7d2f8f0e-1f7c-4a8e-8f4e-3a1e0f5d2b11"
