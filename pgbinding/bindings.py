@@ -55,6 +55,10 @@ class Change:
     pk: str | None
     old: dict[str, Any] | None
     new: dict[str, Any] | None
+    #: The writing transaction's id (xid8, as text).
+    txid: str = ""
+    #: The resume token of the reader's cursor just after this change (see log.Cursor).
+    position: str = ""
 
 
 class Binding:
@@ -154,6 +158,11 @@ class Binding:
         return f"pgbinding.{cls.stream}"
 
     @classmethod
+    def change_group(cls) -> str:
+        """The group every raw change of this binding goes to, for live subscriptions."""
+        return f"pgbinding-changes.{cls.stream}"
+
+    @classmethod
     def reload_groups(cls) -> Iterable[str]:
         """Groups told to reload when the table is truncated.
 
@@ -187,7 +196,7 @@ class Binding:
 
     @classmethod
     def event(
-        cls, action: str, instance: models.Model | None, data: Any, position: int
+        cls, action: str, instance: models.Model | None, data: Any, position: str
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {"action": action, "model": cls.model_label()}
         if instance is not None:
@@ -206,7 +215,7 @@ class Binding:
         fields sends ``update`` to nobody.
         """
         if change.op == "T":
-            event = cls.event("reload", None, None, change.id)
+            event = cls.event("reload", None, None, change.position)
             event["payload"]["reason"] = "truncate"
             return [(g, event) for g in dict.fromkeys(cls.reload_groups())]
         old = cls.instance_from_row(change.old) if change.old is not None else None
@@ -218,15 +227,15 @@ class Binding:
         out: list[tuple[str, dict[str, Any]]] = []
         gone = [g for g in old_groups if g not in new_groups]
         if gone and old is not None:
-            event = cls.event("delete", old, old_data, change.id)
+            event = cls.event("delete", old, old_data, change.position)
             out += [(g, event) for g in gone]
         kept = [g for g in new_groups if g in old_groups]
         if kept and new is not None and (old_data != new_data or _pk_changed(old, new)):
-            event = cls.event("update", new, new_data, change.id)
+            event = cls.event("update", new, new_data, change.position)
             out += [(g, event) for g in kept]
         came = [g for g in new_groups if g not in old_groups]
         if came and new is not None:
-            event = cls.event("create", new, new_data, change.id)
+            event = cls.event("create", new, new_data, change.position)
             out += [(g, event) for g in came]
         return out
 

@@ -14,6 +14,22 @@ logger = logging.getLogger("pgbinding.dispatch")
 Message = tuple[str, dict[str, Any]]
 
 
+#: The channel-layer message type of raw changes for subscriptions (handler ``pgbinding_change``).
+CHANGE_TYPE = "pgbinding.change"
+
+
+def change_message(binding: type[Binding], change: Change) -> dict[str, Any]:
+    return {
+        "type": CHANGE_TYPE,
+        "stream": binding.stream,
+        "id": change.id,
+        "op": change.op,
+        "old": change.old,
+        "new": change.new,
+        "position": change.position,
+    }
+
+
 class Dispatcher:
     """Turns captured changes into channel-layer group sends, through the bindings."""
 
@@ -53,6 +69,8 @@ class Dispatcher:
                         continue
                     self.sent_groups[binding].add(group)
                     out.append((group, message))
+                # Subscribers filter the raw change themselves (per filter, per user).
+                out.append((binding.change_group(), change_message(binding, change)))
         return out
 
     def _valid_group(self, binding: type[Binding], group: Any) -> bool:

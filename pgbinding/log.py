@@ -16,7 +16,7 @@ so a restarted listener resumes where the last one stopped.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -27,15 +27,15 @@ from psycopg.types.json import set_json_loads
 from .bindings import Change
 
 _READ = """
-SELECT id, table_name, op, pk, old, new FROM pgbinding_change
+SELECT id, table_name, op, pk, old, new, txid::text FROM pgbinding_change
 WHERE id > %(position)s ORDER BY id LIMIT %(limit)s
 """
 _READ_WITH_GAPS = """
-(SELECT c.id, c.table_name, c.op, c.pk, c.old, c.new
+(SELECT c.id, c.table_name, c.op, c.pk, c.old, c.new, c.txid::text
    FROM unnest(%(los)s::bigint[], %(his)s::bigint[]) AS g(lo, hi)
    JOIN pgbinding_change c ON c.id BETWEEN g.lo AND g.hi)
 UNION ALL
-(SELECT id, table_name, op, pk, old, new FROM pgbinding_change
+(SELECT id, table_name, op, pk, old, new, txid::text FROM pgbinding_change
   WHERE id > %(position)s ORDER BY id LIMIT %(limit)s)
 ORDER BY id
 """
@@ -104,6 +104,49 @@ class Gap:
     settled: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Which log ids someone has had: all up to ``position`` except the ``gaps`` ranges.
+
+    Every outbound event carries the listener's cursor just after that change, encoded as
+    ``"123"`` or ``"123:118-119,121-121"``; a client that reconnects hands back the last one it
+    received, and is replayed exactly the ids the cursor does not cover.
+    """
+
+    position: int
+    gaps: tuple[tuple[int, int], ...] = ()
+
+    def covers(self, change_id: int) -> bool:
+        if change_id > self.position:
+            return False
+        return not any(lo <= change_id <= hi for lo, hi in self.gaps)
+
+    def encode(self) -> str:
+        if not self.gaps:
+            return str(self.position)
+        return f"{self.position}:" + ",".join(f"{lo}-{hi}" for lo, hi in self.gaps)
+
+    @classmethod
+    def decode(cls, token: object) -> Cursor:
+        """Parse a token; raises ValueError (with the token quoted) if it is not one."""
+        text = str(token) if isinstance(token, int | str) else None
+        try:
+            assert text is not None and len(text) <= 4096
+            head, _, rest = text.partition(":")
+            gaps = []
+            for part in filter(None, rest.split(",")):
+                lo, _, hi = part.partition("-")
+                gaps.append((int(lo), int(hi)))
+            cursor = cls(int(head), tuple(gaps))
+            assert cursor.position >= 0 and all(0 < lo <= hi for lo, hi in gaps)
+            return cursor
+        except (AssertionError, ValueError):
+            raise ValueError(
+                f"{token!r} is not a position: expected a value received in an event's "
+                '\'position\', like "123" or "123:118-119"'
+            ) from None
+
+
 class ChangeLog:
     """The listener's cursor over ``pgbinding_change``."""
 
@@ -147,27 +190,41 @@ class ChangeLog:
         else:
             cur = await conn.execute(_READ, params)
         rows = await cur.fetchall()
-        changes = [Change(int(r[0]), r[1], str(r[2]), r[3], r[4], r[5]) for r in rows]
-        self._advance(changes)
+        changes = self._advance(
+            [Change(int(r[0]), r[1], str(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+        )
         if self.gaps:
             await self._check_gaps(conn)
         return changes
 
-    def _advance(self, changes: list[Change]) -> None:
-        for change in changes:
-            if change.id <= self.position:
-                self._fill(change.id)
-        # Gaps settled at the last check, and not filled by this later read, never will be.
-        self.gaps = [g for g in self.gaps if not g.settled]
+    def _advance(self, changes: list[Change]) -> list[Change]:
+        """Move the position past ``changes`` (in id order); return them, each carrying the
+        cursor just after it, so a client that stops anywhere in the batch resumes exactly."""
+        fills = sorted(c.id for c in changes if c.id <= self.position)
+        gaps: list[Gap] = []
+        for gap in self.gaps:
+            if not gap.settled:
+                gaps.append(gap)
+            else:
+                # Settled at the last check: the ids this later read did not bring never will.
+                gaps += [Gap(i, i) for i in fills if gap.lo <= i <= gap.hi]
+        self.gaps = sorted(gaps, key=lambda g: g.lo)
+        out = []
         expected = self.position + 1
         for change in changes:
             if change.id <= self.position:
-                continue
-            if change.id > expected:
-                self.gaps.append(Gap(expected, change.id - 1))
-                self.gaps_opened += 1
-            expected = change.id + 1
-            self.position = change.id
+                self._fill(change.id)
+            else:
+                if change.id > expected:
+                    self.gaps.append(Gap(expected, change.id - 1))
+                    self.gaps_opened += 1
+                expected = change.id + 1
+                self.position = change.id
+            out.append(replace(change, position=self.cursor().encode()))
+        return out
+
+    def cursor(self) -> Cursor:
+        return Cursor(self.position, tuple((g.lo, g.hi) for g in self.gaps))
 
     def _fill(self, change_id: int) -> None:
         for i, gap in enumerate(self.gaps):

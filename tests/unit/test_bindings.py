@@ -30,10 +30,12 @@ def groups_by_action(messages):
 
 
 def test_insert_creates_in_every_group():
-    msgs = ItemBinding.messages_for_change(Change(7, "testapp_item", "I", "1", None, row()))
+    msgs = ItemBinding.messages_for_change(
+        Change(7, "testapp_item", "I", "1", None, row(), position="7")
+    )
     assert groups_by_action(msgs) == {"create": ["items", "items-status-open"]}
     payload = msgs[0][1]["payload"]
-    assert payload["pk"] == 1 and payload["position"] == 7 and payload["model"] == "testapp.item"
+    assert payload["pk"] == 1 and payload["position"] == "7" and payload["model"] == "testapp.item"
     assert "secret" not in payload["data"]
     assert msgs[0][1]["type"] == "pgbinding.event" and msgs[0][1]["stream"] == "items"
 
