@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from django import forms
 from django.apps import apps
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
@@ -36,6 +37,7 @@ from django.db.models.fields.json import JSONField
 from django.utils.encoding import is_protected_type
 
 from .exceptions import BindingConfigError
+from .permissions import BasePermission
 from .registry import registry
 
 STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.\-]{1,80}$")
@@ -70,6 +72,25 @@ class Binding:
     fields: ClassVar[Sequence[str] | None] = None
     #: Field names never sent or written; the rest of the model's concrete fields are.
     exclude: ClassVar[Sequence[str] | None] = None
+    #: Whitelisted fields clients may read but not write (the primary key never is writable).
+    read_only_fields: ClassVar[Sequence[str]] = ()
+    #: Inbound fields outside the whitelist are an error unless this is True (then dropped).
+    ignore_unknown_fields: ClassVar[bool] = False
+    #: DRF-style permission classes; with none, and no own has_permission, nothing is allowed.
+    permission_classes: ClassVar[Sequence[type[BasePermission]]] = ()
+    #: A ModelForm that validates inbound create/update (default: one built from the fields).
+    form_class: ClassVar[type[forms.ModelForm[Any]] | None] = None
+    #: ``list`` page size when the client does not ask, and the most it may ask for.
+    page_size: ClassVar[int] = 50
+    max_page_size: ClassVar[int] = 500
+    #: The most rows a subscription snapshot returns (a bigger result asks for a filter).
+    max_subscription_rows: ClassVar[int] = 5000
+    #: Channels 1.x spelling for routing: ``consumers = {"intval": IntegerValueBinding.consumer}``.
+    consumer: ClassVar[type[Binding]]
+
+    def __init__(self, user: Any = None, scope: dict[str, Any] | None = None) -> None:
+        self.user = user
+        self.scope = scope or {}
 
     _serialized: ClassVar[list[Field[Any, Any]]]
 
@@ -78,6 +99,7 @@ class Binding:
         if "model" not in cls.__dict__ and not hasattr(cls, "model"):
             return  # an abstract base: no model, not registered
         cls.check_declaration()
+        cls.consumer = cls
         registry.register(cls)
 
     # -- declaration ---------------------------------------------------------------------------
@@ -133,6 +155,13 @@ class Binding:
             else:
                 selected = [f for n, f in concrete.items() if n not in set(named)]
         cls._serialized = selected
+        selected_names = {f.name for f in selected}
+        bad_ro = [f for f in cls.read_only_fields if f not in selected_names]
+        if bad_ro:
+            raise BindingConfigError(
+                f"{name}.read_only_fields names {', '.join(map(repr, bad_ro))}, which are not "
+                f"among the binding's fields ({', '.join(sorted(selected_names))})"
+            )
 
     @classmethod
     def label(cls) -> str:
@@ -173,8 +202,31 @@ class Binding:
         return [cls.stream_group()]
 
     def has_permission(self, user: Any, action: str, pk: Any) -> bool:
-        """May ``user`` run inbound ``action`` on row ``pk``? Default: no."""
-        return False
+        """May ``user`` run ``action`` (create, update, delete, retrieve, list, subscribe) on
+        row ``pk`` (None for create, list and stream subscriptions)? Default: what every
+        ``permission_classes`` entry says; with none, no."""
+        if not self.permission_classes:
+            return False
+        return all(p().has_permission(user, action, self) for p in self.permission_classes)
+
+    def has_object_permission(self, user: Any, action: str, instance: models.Model) -> bool:
+        """May ``user`` run ``action`` on this row (asked after ``has_permission``)?"""
+        return all(
+            p().has_object_permission(user, action, instance, self) for p in self.permission_classes
+        )
+
+    def get_queryset(self, user: Any) -> models.QuerySet[Any]:
+        """The rows ``user`` may see: reads, writes and live events are limited to these."""
+        return self.model._default_manager.all()
+
+    @classmethod
+    def writable_fields(cls) -> list[Field[Any, Any]]:
+        read_only = set(cls.read_only_fields)
+        return [
+            f
+            for f in cls._serialized
+            if f.editable and not f.primary_key and f.name not in read_only
+        ]
 
     # -- rows in, messages out -----------------------------------------------------------------
 
@@ -225,14 +277,16 @@ class Binding:
         old_data = cls.serialize(old) if old is not None else None
         new_data = cls.serialize(new) if new is not None else None
         out: list[tuple[str, dict[str, Any]]] = []
-        gone = [g for g in old_groups if g not in new_groups]
-        if gone and old is not None:
-            event = cls.event("delete", old, old_data, change.position)
-            out += [(g, event) for g in gone]
+        # update first: a socket in several of these groups keeps the first event it gets
+        # for a change, and one that saw the row before and after should see an update.
         kept = [g for g in new_groups if g in old_groups]
         if kept and new is not None and (old_data != new_data or _pk_changed(old, new)):
             event = cls.event("update", new, new_data, change.position)
             out += [(g, event) for g in kept]
+        gone = [g for g in old_groups if g not in new_groups]
+        if gone and old is not None:
+            event = cls.event("delete", old, old_data, change.position)
+            out += [(g, event) for g in gone]
         came = [g for g in new_groups if g not in old_groups]
         if came and new is not None:
             event = cls.event("create", new, new_data, change.position)

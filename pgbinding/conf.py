@@ -38,6 +38,17 @@ DEFAULTS: dict[str, Any] = {
     # While waiting for in-progress transactions that may still fill a gap in the log ids,
     # re-check this often (seconds).
     "GAP_POLL_INTERVAL": 0.02,
+    # Inbound frames larger than this get an error reply (413); the socket stays open.
+    "MAX_FRAME_BYTES": 64 * 1024,
+    # Frames larger than this close the socket with code 1009 (message too big).
+    "CLOSE_FRAME_BYTES": 1024 * 1024,
+    # Per-socket request rate limit: RATE_LIMIT a second on average, bursts of RATE_BURST.
+    "RATE_LIMIT": 50.0,
+    "RATE_BURST": 100.0,
+    # Most live subscriptions one socket may hold.
+    "MAX_SUBSCRIPTIONS": 50,
+    # Most changes a resuming subscription is replayed; more, and it is told to resync.
+    "MAX_REPLAY": 10_000,
 }
 
 

@@ -3,7 +3,7 @@
 One listener per name is active at a time (a Postgres advisory lock); others stand by and take
 over within ``STANDBY_RETRY`` seconds of the active one's connection dropping. While there is
 work it reads batch after batch without being told; when it runs dry it marks itself asleep in
-``pgbinding_wakeup`` and waits for the NOTIFY that the capture trigger sends only then. This
+``pgbinding_state`` and waits for the NOTIFY that the capture trigger sends only then. This
 keeps NOTIFY, whose commit lock serializes writers, off the hot path under load.
 
 No ORM here: the loop talks to Postgres with psycopg 3 (async) and hands batches to
@@ -285,7 +285,7 @@ class Listener:
             await self._wait_notify(conn, self.keepalive)
 
     async def _set_sleeping(self, conn: psycopg.AsyncConnection[Any], sleeping: bool) -> None:
-        await conn.execute("UPDATE pgbinding_wakeup SET sleeping = %s", [sleeping])
+        await conn.execute("UPDATE pgbinding_state SET sleeping = %s", [sleeping])
         self._sleeping = sleeping
         if not sleeping:
             self._guard = None

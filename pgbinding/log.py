@@ -274,14 +274,22 @@ async def prune(conn: psycopg.AsyncConnection[Any], retention: float, batch: int
     while True:
         cur = await conn.execute(
             """
-            DELETE FROM pgbinding_change WHERE id IN (
-                SELECT id FROM pgbinding_change
-                WHERE id <= (SELECT coalesce(min(position), 0) FROM pgbinding_listener)
-                  AND created_at < now() - make_interval(secs => %s)
-                ORDER BY id LIMIT %s)
+            WITH gone AS (
+                DELETE FROM pgbinding_change WHERE id IN (
+                    SELECT id FROM pgbinding_change
+                    WHERE id <= (SELECT coalesce(min(position), 0) FROM pgbinding_listener)
+                      AND created_at < now() - make_interval(secs => %s)
+                    ORDER BY id LIMIT %s)
+                RETURNING id)
+            UPDATE pgbinding_state
+               SET pruned_through = greatest(pruned_through, (SELECT max(id) FROM gone))
+             WHERE EXISTS (SELECT FROM gone)
+            RETURNING (SELECT count(*) FROM gone)
             """,
             [retention, batch],
         )
-        total += cur.rowcount
-        if cur.rowcount < batch:
+        row = await cur.fetchone()
+        removed = int(row[0]) if row else 0
+        total += removed
+        if removed < batch:
             return total

@@ -5,8 +5,10 @@
 --                    statement-level triggers in trigger_v1.sql, read in id order by the listener.
 -- pgbinding_listener where each listener has got to (its position and the ids it is still
 --                    waiting for), so a restart resumes without loss.
--- pgbinding_wakeup   one row: is the listener asleep? Triggers only NOTIFY while it is, because
+-- pgbinding_state    one row: is the listener asleep? Triggers only NOTIFY while it is, because
 --                    NOTIFY takes a global lock at commit that serializes writers (DESIGN §5).
+--                    Also how far pruning has deleted the log (a resume from before that
+--                    must reload instead).
 
 CREATE TABLE pgbinding_change (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -26,11 +28,12 @@ CREATE TABLE pgbinding_listener (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE TABLE pgbinding_wakeup (
+CREATE TABLE pgbinding_state (
     id boolean PRIMARY KEY DEFAULT true CHECK (id),
-    sleeping boolean NOT NULL DEFAULT true
+    sleeping boolean NOT NULL DEFAULT true,
+    pruned_through bigint NOT NULL DEFAULT 0
 );
-INSERT INTO pgbinding_wakeup DEFAULT VALUES;
+INSERT INTO pgbinding_state DEFAULT VALUES;
 
 -- One function serves every bound table. TG_ARGV[0] is the primary-key column.
 -- Statement-level: a bulk UPDATE of 10,000 rows is one set-based INSERT, not 10,000 calls.
@@ -64,7 +67,7 @@ BEGIN
         VALUES (TG_TABLE_NAME, 'T', NULL, NULL, NULL);
     END IF;
     GET DIAGNOSTICS captured = ROW_COUNT;
-    IF captured > 0 AND (SELECT sleeping FROM pgbinding_wakeup) THEN
+    IF captured > 0 AND (SELECT sleeping FROM pgbinding_state) THEN
         -- Constant payload: Postgres folds duplicates, so one wake-up per transaction at most.
         PERFORM pg_notify('pgbinding', '');
     END IF;

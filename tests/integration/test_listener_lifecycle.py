@@ -151,7 +151,7 @@ def test_sigterm_stops_cleanly_and_saves_position(tmp_path):
     assert "Received SIGTERM" in out
     assert f"stopped at position {target}" in out
     with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
-        sleeping = conn.execute("SELECT sleeping FROM pgbinding_wakeup").fetchone()[0]
+        sleeping = conn.execute("SELECT sleeping FROM pgbinding_state").fetchone()[0]
     assert sleeping is False, "a stopped listener should not make writers NOTIFY"
 
 

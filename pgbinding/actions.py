@@ -1,0 +1,313 @@
+"""Inbound actions: what a client may ask of a binding over the socket.
+
+Each function runs synchronously (the consumer calls it through ``database_sync_to_async``),
+checks permissions before touching a row, validates with a ModelForm (or the binding's
+``form_class``), writes inside ``transaction.atomic``, and returns the reply's ``data``. Any
+refusal is an :class:`ActionError` carrying the reply's status and per-field errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.db import connections, models, transaction
+from django.forms.models import modelform_factory
+
+from . import filters
+from .bindings import Binding
+from .conf import pgbinding_settings
+from .log import Cursor
+
+WRITE = ("create", "update", "delete")
+READ = ("retrieve", "list")
+ACTIONS = (*WRITE, *READ, "subscribe", "unsubscribe")
+
+
+class ActionError(Exception):
+    """A request refused: ``status`` (HTTP-like) and ``errors`` ({field or "__all__": [msgs]})."""
+
+    def __init__(self, status: int, errors: dict[str, list[str]] | str) -> None:
+        if isinstance(errors, str):
+            errors = {"__all__": [errors]}
+        super().__init__(status, errors)
+        self.status = status
+        self.errors = errors
+
+
+def _row(binding: Binding, instance: models.Model) -> dict[str, Any]:
+    return {"pk": binding.serialize_pk(instance), "data": binding.serialize(instance)}
+
+
+def _check(binding: Binding, action: str, pk: Any) -> None:
+    if not binding.has_permission(binding.user, action, pk):
+        raise ActionError(403, f"You do not have permission to {action} on this stream.")
+
+
+def _check_object(binding: Binding, action: str, instance: models.Model) -> None:
+    if not binding.has_object_permission(binding.user, action, instance):
+        raise ActionError(403, f"You do not have permission to {action} this row.")
+
+
+def clean_pk(binding: Binding, pk: Any) -> Any:
+    if pk is None:
+        raise ActionError(400, {"pk": ["This action needs a pk."]})
+    if isinstance(pk, bool) or not isinstance(pk, int | str):
+        raise ActionError(400, {"pk": [f"must be a number or a string, got {pk!r}"]})
+    pk_field = binding.model._meta.pk
+    assert pk_field is not None
+    try:
+        return pk_field.to_python(pk)
+    except ValidationError as exc:
+        raise ActionError(400, {"pk": list(exc.messages)}) from None
+
+
+def _get(binding: Binding, pk: Any) -> models.Model:
+    try:
+        instance: models.Model = binding.get_queryset(binding.user).get(pk=pk)
+    except ObjectDoesNotExist:
+        raise ActionError(404, f"No {binding.model._meta.verbose_name} with pk {pk!r}.") from None
+    return instance
+
+
+def _clean_data(binding: Binding, data: Any) -> dict[str, Any]:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ActionError(400, {"data": [f"must be an object of field values, got {data!r}"]})
+    writable = {f.name for f in binding.writable_fields()}
+    readable = {f.name for f in binding.serialized_fields()}
+    errors: dict[str, list[str]] = {}
+    clean: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in writable:
+            clean[key] = value
+        elif key in readable or key in ("pk", "id"):
+            errors[key] = ["This field is read-only."]
+        elif not binding.ignore_unknown_fields:
+            errors[key] = [f"Unknown field; writable fields: {', '.join(sorted(writable))}."]
+    if errors:
+        raise ActionError(400, errors)
+    return clean
+
+
+def _form_class(binding: Binding) -> type[forms.ModelForm[Any]]:
+    if binding.form_class is not None:
+        return binding.form_class
+    names = [f.name for f in binding.writable_fields()]
+    return modelform_factory(binding.model, fields=names)
+
+
+def _save(binding: Binding, data: dict[str, Any], instance: models.Model | None) -> models.Model:
+    form_class = _form_class(binding)
+    if instance is not None:
+        # Partial update: fields the client did not send keep their current values.
+        concrete = {f.name: f for f in instance._meta.concrete_fields}
+        current = {
+            name: concrete[name].value_from_object(instance)
+            for name in form_class.base_fields
+            if name in concrete
+        }
+        data = {**current, **data}
+    form = form_class(data=data, instance=instance)
+    if not form.is_valid():
+        raise ActionError(
+            400, {k: [str(e["message"]) for e in v] for k, v in form.errors.get_json_data().items()}
+        )
+    obj: models.Model = form.save(commit=False)
+    _check_object(binding, "create" if instance is None else "update", obj)
+    obj.save()
+    form.save_m2m()
+    return obj
+
+
+def create(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:
+    _check(binding, "create", None)
+    data = _clean_data(binding, payload.get("data"))
+    with transaction.atomic(using=_db(binding)):
+        obj = _save(binding, data, None)
+    return 201, _row(binding, obj)
+
+
+def update(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:
+    pk = clean_pk(binding, payload.get("pk"))
+    _check(binding, "update", pk)
+    data = _clean_data(binding, payload.get("data"))
+    with transaction.atomic(using=_db(binding)):
+        instance = _get(binding, pk)
+        instance = binding.model._default_manager.select_for_update().get(pk=instance.pk)
+        obj = _save(binding, data, instance)
+    return 200, _row(binding, obj)
+
+
+def delete(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:
+    pk = clean_pk(binding, payload.get("pk"))
+    _check(binding, "delete", pk)
+    with transaction.atomic(using=_db(binding)):
+        instance = _get(binding, pk)
+        _check_object(binding, "delete", instance)
+        out_pk = binding.serialize_pk(instance)
+        instance.delete()
+    return 200, {"pk": out_pk}
+
+
+def retrieve(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:
+    pk = clean_pk(binding, payload.get("pk"))
+    _check(binding, "retrieve", pk)
+    instance = _get(binding, pk)
+    _check_object(binding, "retrieve", instance)
+    return 200, _row(binding, instance)
+
+
+def _int(payload: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = payload.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ActionError(400, {key: [f"must be a whole number from {low} to {high}"]})
+    return value
+
+
+def _ordering(binding: Binding, spec: Any) -> list[str]:
+    if spec is None:
+        return ["pk"]
+    if isinstance(spec, str):
+        spec = [spec]
+    names = {f.name for f in binding.serialized_fields()}
+    if not isinstance(spec, list) or not all(isinstance(s, str) for s in spec) or len(spec) > 5:
+        raise ActionError(400, {"ordering": ["must be a field name or a list of up to 5"]})
+    bad = [s for s in spec if s.lstrip("-") not in names]
+    if bad:
+        raise ActionError(400, {"ordering": [f"cannot order by {', '.join(map(repr, bad))}"]})
+    return [*spec, "pk"]
+
+
+def conditions(binding: Binding, payload: dict[str, Any]) -> list[filters.Condition]:
+    try:
+        return filters.parse(payload.get("filter"), binding.serialized_fields())
+    except filters.FilterError as exc:
+        raise ActionError(400, exc.errors) from None
+
+
+def list_(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:
+    _check(binding, "list", None)
+    where = conditions(binding, payload)
+    page = _int(payload, "page", 1, 1, 1_000_000)
+    size = _int(payload, "page_size", binding.page_size, 1, binding.max_page_size)
+    qs = binding.get_queryset(binding.user).filter(filters.to_q(where))
+    qs = qs.order_by(*_ordering(binding, payload.get("ordering")))
+    count = qs.count()
+    rows = [_row(binding, obj) for obj in qs[(page - 1) * size : page * size]]
+    return 200, {"results": rows, "count": count, "page": page, "page_size": size}
+
+
+@dataclass
+class Snapshot:
+    """What a subscription starts from: the rows, and the log ids they already reflect."""
+
+    rows: list[dict[str, Any]]
+    cursor: Cursor
+    replay: list[tuple[int, str, dict[str, Any] | None, dict[str, Any] | None]] = field(
+        default_factory=list
+    )
+    resync: bool = False
+
+
+def _db(binding: Binding) -> str:
+    return str(pgbinding_settings.DATABASE)
+
+
+def _snapshot_cursor(cursor: Any) -> Cursor:
+    """The log ids visible in the current (repeatable-read) snapshot, as a Cursor.
+
+    The listener's saved state says every id up to its position, except its gaps, was
+    committed before it saved, so is visible here; above that, look at the ids themselves.
+    """
+    cursor.execute(
+        "SELECT coalesce(min(position), 0), coalesce(jsonb_agg(pending), '[]')"
+        " FROM pgbinding_listener"
+    )
+    position, pendings = cursor.fetchone()
+    gap_ranges = [tuple(g) for pending in pendings for g in pending]
+    cursor.execute(
+        "SELECT id FROM pgbinding_change WHERE id > %s"
+        " OR id IN (SELECT generate_series(lo, hi) FROM unnest(%s::bigint[], %s::bigint[])"
+        " AS g(lo, hi)) ORDER BY id",
+        [position, [g[0] for g in gap_ranges], [g[1] for g in gap_ranges]],
+    )
+    visible = [r[0] for r in cursor.fetchall()]
+    missing = sorted({i for lo, hi in gap_ranges for i in range(lo, hi + 1)} - set(visible))
+    top = max([position, *visible])
+    seen = set(visible)
+    expected = position + 1
+    gaps = [(i, i) for i in missing if i <= position]
+    for i in sorted(i for i in seen if i > position):
+        if i > expected:
+            gaps.append((expected, i - 1))
+        expected = i + 1
+    return Cursor(top, tuple(sorted(_merge(gaps))))
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(hi, out[-1][1]))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def snapshot(
+    binding: Binding, where: list[filters.Condition], pk: Any, since: Cursor | None
+) -> Snapshot:
+    """Read the subscription's rows (or, resuming, the retained changes after ``since``) and
+    the cursor of the same database snapshot, so live events can skip what it already shows."""
+    db = _db(binding)
+    conn = connections[db]
+    with transaction.atomic(using=db):
+        with conn.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cursor.execute("SELECT 1")  # take the snapshot now
+            cur_state = _snapshot_cursor(cursor)
+            if since is not None:
+                floor = min([since.position, *(lo - 1 for lo, _ in since.gaps)])
+                limit = int(pgbinding_settings.MAX_REPLAY)
+                cursor.execute(
+                    "SELECT id, op, old, new FROM pgbinding_change WHERE table_name = %s AND"
+                    " (id > %s OR id IN (SELECT generate_series(lo, hi) FROM"
+                    " unnest(%s::bigint[], %s::bigint[]) AS g(lo, hi))) ORDER BY id LIMIT %s",
+                    [
+                        binding.model._meta.db_table,
+                        since.position,
+                        [g[0] for g in since.gaps],
+                        [g[1] for g in since.gaps],
+                        limit + 1,
+                    ],
+                )
+                entries = cursor.fetchall()
+                pruned = _pruned_past(cursor, floor)
+                if not pruned and len(entries) <= limit:
+                    return Snapshot([], cur_state, [(r[0], r[1], r[2], r[3]) for r in entries])
+            qs = binding.get_queryset(binding.user).filter(filters.to_q(where))
+            if pk is not None:
+                qs = qs.filter(pk=pk)
+            rows = list(qs.order_by("pk")[: binding.max_subscription_rows + 1])
+            if len(rows) > binding.max_subscription_rows:
+                raise ActionError(
+                    400,
+                    f"More than {binding.max_subscription_rows} rows match; subscribe with a "
+                    "narrower filter.",
+                )
+            visible = [
+                r for r in rows if binding.has_object_permission(binding.user, "retrieve", r)
+            ]
+            return Snapshot(
+                [_row(binding, r) for r in visible], cur_state, resync=since is not None
+            )
+
+
+def _pruned_past(cursor: Any, floor: int) -> bool:
+    cursor.execute("SELECT pruned_through FROM pgbinding_state")
+    row = cursor.fetchone()
+    return bool(row and row[0] > floor)

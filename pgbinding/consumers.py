@@ -1,0 +1,398 @@
+"""The demultiplexing WebSocket consumer: frames ``{"stream": ..., "payload": {...}}`` in and out.
+
+Route it like any Channels consumer (``path("binding/", Demultiplexer.as_asgi())``), behind
+``AuthMiddlewareStack``. It joins ``connection_groups()`` and forwards their events, runs inbound
+actions on the binding of a frame's stream, and keeps live subscriptions: for each, it reads a
+snapshot, then turns the raw changes of its stream into create/update/delete as rows enter,
+change in and leave the subscription's filter, for rows the user may see.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.contrib.auth.models import AnonymousUser
+from django.db import models
+
+from . import actions, filters
+from .bindings import Binding, instance_from_row
+from .conf import pgbinding_settings
+from .log import Cursor
+from .registry import registry
+
+logger = logging.getLogger("pgbinding.consumers")
+
+#: WebSocket close code for a frame too big to read (RFC 6455).
+WS_1009_MESSAGE_TOO_BIG = 1009
+REQUEST_ID_MAX = 100
+
+
+@dataclass
+class Subscription:
+    id: str
+    stream: str
+    binding: Binding
+    where: list[filters.Condition]
+    pk: Any
+    cursor: Cursor
+    #: pks of the rows the client holds (None after a resume: not known, so judged by filter).
+    members: set[Any] | None = field(default_factory=set)
+
+
+class _Bucket:
+    """Token bucket: ``rate`` requests a second on average, bursts of ``burst``."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = burst, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class BadFrame(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        stream: Any = None,
+        action: Any = None,
+        request_id: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+        self.stream, self.action, self.request_id = stream, action, request_id
+
+
+class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
+    """Serves bindings by stream name. Set ``consumers`` to serve some; leave it None for all
+    registered bindings. Override ``connection_groups`` for groups every socket joins."""
+
+    #: {stream: Binding} (Channels 1.x: ``{"intval": IntegerValueBinding.consumer}``).
+    consumers: ClassVar[dict[str, type[Binding]] | None] = None
+
+    def connection_groups(self, **kwargs: Any) -> list[str]:
+        """Groups this socket joins on connect; their events are forwarded as they come."""
+        return []
+
+    # -- connection ----------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self.user = self.scope.get("user") or AnonymousUser()
+        table = (
+            self.consumers if self.consumers is not None else {b.stream: b for b in registry.all()}
+        )
+        self.bindings: dict[str, Binding] = {
+            stream: cls(user=self.user, scope=self.scope) for stream, cls in table.items()
+        }
+        self.subscriptions: dict[str, Subscription] = {}
+        self.joined: set[str] = set()
+        self.seen: OrderedDict[tuple[Any, str], set[str]] = OrderedDict()
+        self.bucket = _Bucket(
+            float(pgbinding_settings.RATE_LIMIT), float(pgbinding_settings.RATE_BURST)
+        )
+        for group in self.connection_groups():
+            await self._join(group)
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        for group in list(getattr(self, "joined", ())):
+            await self.channel_layer.group_discard(group, self.channel_name)
+        self.joined = set()
+
+    async def _join(self, group: str) -> None:
+        if group not in self.joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.joined.add(group)
+
+    # -- inbound -------------------------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        if size > int(pgbinding_settings.CLOSE_FRAME_BYTES):
+            logger.info("Closing a socket that sent a %d-byte frame", size)
+            await self.close(code=WS_1009_MESSAGE_TOO_BIG)
+            return
+        try:
+            if text_data is None:
+                raise BadFrame(400, "Binary frames are not supported; send JSON text.")
+            if size > int(pgbinding_settings.MAX_FRAME_BYTES):
+                raise BadFrame(
+                    413,
+                    f"Frame of {size} bytes is over the limit of "
+                    f"{pgbinding_settings.MAX_FRAME_BYTES} bytes.",
+                )
+            if not self.bucket.take():
+                raise BadFrame(429, "Too many requests on this socket; slow down.")
+            try:
+                frame = json.loads(text_data)
+            except ValueError as exc:
+                raise BadFrame(400, f"Malformed JSON: {exc}") from None
+            await self.handle_frame(frame)
+        except BadFrame as bad:
+            await self._reply(
+                bad.stream,
+                bad.action,
+                bad.request_id,
+                bad.status,
+                errors={"__all__": [bad.message]},
+            )
+
+    async def handle_frame(self, frame: Any) -> None:
+        if not isinstance(frame, dict):
+            raise BadFrame(400, "A frame must be a JSON object with 'stream' and 'payload'.")
+        stream, payload = frame.get("stream"), frame.get("payload")
+        if not isinstance(stream, str):
+            raise BadFrame(400, "Missing or invalid 'stream': expected a string.")
+        if not isinstance(payload, dict):
+            raise BadFrame(400, "Missing or invalid 'payload': expected an object.", stream)
+        action, request_id = payload.get("action"), payload.get("request_id")
+        if request_id is not None and (
+            isinstance(request_id, bool)
+            or not isinstance(request_id, str | int)
+            or len(str(request_id)) > REQUEST_ID_MAX
+        ):
+            raise BadFrame(
+                400,
+                f"'request_id' must be a string or number of at most {REQUEST_ID_MAX} characters.",
+                stream,
+                action,
+            )
+        binding = self.bindings.get(stream)
+        if binding is None:
+            known = ", ".join(sorted(self.bindings)) or "none"
+            raise BadFrame(
+                404, f"Unknown stream {stream!r}; streams: {known}.", stream, action, request_id
+            )
+        if action not in actions.ACTIONS:
+            raise BadFrame(
+                400,
+                f"Unknown action {action!r}; actions: {', '.join(actions.ACTIONS)}.",
+                stream,
+                action if isinstance(action, str) else None,
+                request_id,
+            )
+        try:
+            if action == "subscribe":
+                status, data = await self.subscribe(binding, stream, payload)
+            elif action == "unsubscribe":
+                status, data = await self.unsubscribe(payload)
+            else:
+                run = getattr(actions, "list_" if action == "list" else action)
+                status, data = await database_sync_to_async(run)(binding, payload)
+        except actions.ActionError as exc:
+            await self._reply(stream, action, request_id, exc.status, errors=exc.errors)
+            return
+        except Exception:
+            logger.exception("Action %r on stream %r failed", action, stream)
+            await self._reply(
+                stream,
+                action,
+                request_id,
+                500,
+                errors={"__all__": ["Internal error; the server log has details."]},
+            )
+            return
+        # Channels 1.x frames (no request_id) got no reply on success; keep that.
+        if request_id is not None or action in ("retrieve", "list", "subscribe"):
+            await self._reply(stream, action, request_id, status, data=data)
+
+    async def _reply(
+        self,
+        stream: Any,
+        action: Any,
+        request_id: Any,
+        status: int,
+        data: Any = None,
+        errors: Any = None,
+    ) -> None:
+        payload: dict[str, Any] = {"action": action, "request_id": request_id, "status": status}
+        if errors is not None:
+            payload["errors"] = errors
+        else:
+            payload["data"] = data
+        await self.send_json({"stream": stream, "payload": payload})
+
+    # -- subscriptions -------------------------------------------------------------------------
+
+    async def subscribe(
+        self, binding: Binding, stream: str, payload: dict[str, Any]
+    ) -> tuple[int, Any]:
+        sub_id = payload.get("request_id")
+        if sub_id is None:
+            raise actions.ActionError(
+                400, {"request_id": ["subscribe needs a request_id; it names the subscription."]}
+            )
+        sub_id = str(sub_id)
+        if sub_id in self.subscriptions:
+            raise actions.ActionError(400, {"request_id": [f"subscription {sub_id!r} exists"]})
+        if len(self.subscriptions) >= int(pgbinding_settings.MAX_SUBSCRIPTIONS):
+            raise actions.ActionError(429, "Too many subscriptions on this socket.")
+        since = None
+        if payload.get("since") is not None:
+            try:
+                since = Cursor.decode(payload["since"])
+            except ValueError as exc:
+                raise actions.ActionError(400, {"since": [str(exc)]}) from None
+        pk = payload.get("pk")
+
+        def prepare() -> tuple[list[filters.Condition], Any]:
+            where = actions.conditions(binding, payload)
+            clean = actions.clean_pk(binding, pk) if pk is not None else None
+            if not binding.has_permission(binding.user, "subscribe", clean):
+                raise actions.ActionError(
+                    403, "You do not have permission to subscribe to this stream."
+                )
+            return where, clean
+
+        where, clean_pk = await database_sync_to_async(prepare)()
+        # Join first: every change committed after the snapshot below reaches us.
+        await self._join(binding.change_group())
+        snap = await database_sync_to_async(actions.snapshot)(binding, where, clean_pk, since)
+        sub = Subscription(sub_id, stream, binding, where, clean_pk, snap.cursor)
+        self.subscriptions[sub_id] = sub
+        if since is not None and not snap.resync:
+            # Resuming: the changes missed, then the reply with the new position.
+            sub.members = None
+            for change_id, op, old, new in snap.replay:
+                message = {
+                    "id": change_id,
+                    "op": op,
+                    "old": old,
+                    "new": new,
+                    "position": since.encode(),
+                }
+                for out in await database_sync_to_async(_evaluate)(sub, message):
+                    await self.send_json({"stream": stream, "payload": out})
+            return 200, {
+                "subscription": sub_id,
+                "replayed": len(snap.replay),
+                "position": snap.cursor.encode(),
+            }
+        sub.members = {row["pk"] for row in snap.rows}
+        return 200, {
+            "subscription": sub_id,
+            "results": snap.rows,
+            "position": snap.cursor.encode(),
+            "resync": snap.resync,
+        }
+
+    async def unsubscribe(self, payload: dict[str, Any]) -> tuple[int, Any]:
+        sub_id = payload.get("subscription", payload.get("request_id"))
+        sub = self.subscriptions.pop(str(sub_id), None) if sub_id is not None else None
+        if sub is None:
+            raise actions.ActionError(404, {"subscription": [f"no subscription {sub_id!r}"]})
+        if not any(s.stream == sub.stream for s in self.subscriptions.values()):
+            group = sub.binding.change_group()
+            await self.channel_layer.group_discard(group, self.channel_name)
+            self.joined.discard(group)
+        return 200, {"subscription": sub.id}
+
+    # -- outbound ------------------------------------------------------------------------------
+
+    def _first_time(self, key: tuple[Any, str], action: str) -> bool:
+        """Drop repeats of one change (several groups, or a listener re-sending after a crash):
+        after an update, nothing more; otherwise each action once."""
+        sent = self.seen.get(key)
+        if sent is not None and ("update" in sent or action in sent):
+            return False
+        self.seen.setdefault(key, set()).add(action)
+        self.seen.move_to_end(key)
+        while len(self.seen) > 4096:
+            self.seen.popitem(last=False)
+        return True
+
+    async def pgbinding_event(self, message: dict[str, Any]) -> None:
+        """An event for a group this socket is in (from ``group_names``)."""
+        payload = message["payload"]
+        if not self._first_time(
+            (message["stream"], str(payload.get("position"))), payload["action"]
+        ):
+            return
+        await self.send_json({"stream": message["stream"], "payload": payload})
+
+    async def pgbinding_change(self, message: dict[str, Any]) -> None:
+        """A raw change of a stream this socket has subscriptions on."""
+        for sub in [s for s in self.subscriptions.values() if s.stream == message["stream"]]:
+            if message["op"] != "T" and sub.cursor.covers(message["id"]):
+                continue  # already in the subscription's snapshot or replay
+            if not self._first_time(("sub:" + sub.id, str(message["position"])), "any"):
+                continue
+            for out in await database_sync_to_async(_evaluate)(sub, message):
+                await self.send_json({"stream": sub.stream, "payload": out})
+
+
+def _evaluate(sub: Subscription, message: dict[str, Any]) -> list[dict[str, Any]]:
+    """What subscription ``sub`` should see of one raw change: create when a row enters its
+    view, update while it stays, delete when it leaves."""
+    binding = sub.binding
+    base = {"model": binding.model_label(), "position": message["position"], "subscription": sub.id}
+    if message["op"] == "T":
+        if sub.members is not None:
+            sub.members.clear()
+        return [{"action": "reload", "reason": "truncate", **base}]
+    old = instance_from_row(binding.model, message["old"]) if message["old"] else None
+    new = instance_from_row(binding.model, message["new"]) if message["new"] else None
+    old_in = _was_in(sub, old)
+    new_in = new is not None and _in_view(sub, new) and _visible(binding, new)
+    out: list[dict[str, Any]] = []
+
+    def event(action: str, instance: models.Model, data: Any) -> dict[str, Any]:
+        e = {"action": action, "pk": binding.serialize_pk(instance), **base}
+        if data is not None:
+            e["data"] = data
+        return e
+
+    if old is not None and old_in and new is not None and new_in:
+        if old.pk != new.pk:
+            out += [event("delete", old, None), event("create", new, binding.serialize(new))]
+        elif binding.serialize(old) != binding.serialize(new):
+            out.append(event("update", new, binding.serialize(new)))
+    elif old is not None and old_in:
+        known = sub.members is not None
+        out.append(event("delete", old, binding.serialize(old) if known else None))
+    elif new is not None and new_in:
+        out.append(event("create", new, binding.serialize(new)))
+    if sub.members is not None:
+        if old is not None:
+            sub.members.discard(binding.serialize_pk(old))
+        if new is not None and new_in:
+            sub.members.add(binding.serialize_pk(new))
+    return out
+
+
+def _in_view(sub: Subscription, instance: models.Model) -> bool:
+    return (sub.pk is None or instance.pk == sub.pk) and filters.matches(sub.where, instance)
+
+
+def _was_in(sub: Subscription, old: models.Model | None) -> bool:
+    if old is None:
+        return False
+    if sub.members is not None:
+        return sub.binding.serialize_pk(old) in sub.members
+    return _in_view(sub, old)
+
+
+def _visible(binding: Binding, instance: models.Model) -> bool:
+    """May the subscriber see this row (its queryset, and object permission)?"""
+    if type(binding).get_queryset is not Binding.get_queryset:
+        if not binding.get_queryset(binding.user).filter(pk=instance.pk).exists():
+            return False
+    return binding.has_object_permission(binding.user, "retrieve", instance)
+
+
+#: Channels 1.x name.
+WebsocketDemultiplexer = Demultiplexer

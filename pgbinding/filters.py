@@ -1,0 +1,139 @@
+"""The filter language of ``list`` and ``subscribe``: ``{"field__op": value}``.
+
+Operators: ``exact`` (the default), ``in``, ``lt``, ``lte``, ``gt``, ``gte``, ``isnull`` and
+``contains`` (substring, case-sensitive). Only the binding's whitelisted fields can be filtered.
+The same conditions run as SQL (``list``, subscription snapshots) and in Python (live
+subscription events), so a row is in a filtered view by one rule.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.db.models.fields import Field
+from django.db.models.fields.json import JSONField
+
+OPERATORS = ("exact", "in", "lt", "lte", "gt", "gte", "isnull", "contains")
+MAX_CONDITIONS = 20
+MAX_IN_VALUES = 1000
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "lt": operator.lt,
+    "lte": operator.le,
+    "gt": operator.gt,
+    "gte": operator.ge,
+}
+
+
+class FilterError(ValueError):
+    """A filter the client sent is not valid; ``errors`` maps each key to its problem."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    field: Field[Any, Any]
+    op: str
+    value: Any
+
+    def q(self) -> Q:
+        return Q(**{f"{self.field.attname}__{self.op}": self.value})
+
+    def matches(self, instance: models.Model) -> bool:
+        actual = getattr(instance, self.field.attname)
+        if self.op == "isnull":
+            return (actual is None) is self.value
+        if self.op == "exact":
+            return bool(actual == self.value)
+        if self.op == "in":
+            return actual in self.value
+        if actual is None:
+            return False
+        if self.op == "contains":
+            return isinstance(actual, str) and self.value in actual
+        try:
+            return _COMPARE[self.op](actual, self.value)
+        except TypeError:
+            return False
+
+
+def parse(spec: Any, fields: Sequence[Field[Any, Any]]) -> list[Condition]:
+    """Check a client's filter against the whitelisted ``fields`` and convert its values."""
+    if spec is None:
+        return []
+    if not isinstance(spec, dict):
+        raise FilterError(
+            {"filter": [f"must be an object like {{'status': 'open'}}, got {spec!r}"]}
+        )
+    if len(spec) > MAX_CONDITIONS:
+        raise FilterError({"filter": [f"at most {MAX_CONDITIONS} conditions"]})
+    by_name = {f.name: f for f in fields}
+    errors: dict[str, list[str]] = {}
+    out: list[Condition] = []
+    for key, raw in spec.items():
+        name, _, op = str(key).partition("__")
+        op = op or "exact"
+        field = by_name.get(name)
+        if field is None or isinstance(field, JSONField):
+            allowed = ", ".join(n for n, f in by_name.items() if not isinstance(f, JSONField))
+            errors[key] = [f"{name!r} is not a filterable field; filterable: {allowed}"]
+            continue
+        if op not in OPERATORS:
+            errors[key] = [f"unknown operator {op!r}; use one of {', '.join(OPERATORS)}"]
+            continue
+        try:
+            out.append(Condition(field, op, _value(field, op, raw)))
+        except (ValidationError, TypeError, ValueError) as exc:
+            errors[key] = [_message(exc)]
+    if errors:
+        raise FilterError(errors)
+    return out
+
+
+def _value(field: Field[Any, Any], op: str, raw: Any) -> Any:
+    if op == "isnull":
+        if not isinstance(raw, bool):
+            raise TypeError(f"isnull takes true or false, got {raw!r}")
+        return raw
+    if op == "in":
+        if not isinstance(raw, list) or len(raw) > MAX_IN_VALUES:
+            raise TypeError(f"in takes a list of at most {MAX_IN_VALUES} values, got {raw!r}")
+        return [_scalar(field, v) for v in raw]
+    if op == "contains":
+        if not isinstance(raw, str):
+            raise TypeError(f"contains takes a string, got {raw!r}")
+        return raw
+    return _scalar(field, raw)
+
+
+def _scalar(field: Field[Any, Any], raw: Any) -> Any:
+    if isinstance(raw, dict | list):
+        raise TypeError(f"expected a single value, got {raw!r}")
+    target = field.target_field if isinstance(field, models.ForeignKey) else field
+    return target.to_python(raw)
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(str(m) for m in exc.messages)
+    return str(exc)
+
+
+def matches(conditions: Sequence[Condition], instance: models.Model) -> bool:
+    return all(c.matches(instance) for c in conditions)
+
+
+def to_q(conditions: Sequence[Condition]) -> Q:
+    q = Q()
+    for condition in conditions:
+        q &= condition.q()
+    return q
