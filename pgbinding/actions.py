@@ -8,12 +8,18 @@ refusal is an :class:`ActionError` carrying the reply's status and per-field err
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from django import forms
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
-from django.db import connections, models, transaction
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import IntegrityError, connections, models, transaction
+from django.db.models import JSONField
 from django.forms.models import modelform_factory
 
 from . import filters
@@ -102,31 +108,51 @@ def _form_class(binding: Binding) -> type[forms.ModelForm[Any]]:
 
 def _save(binding: Binding, data: dict[str, Any], instance: models.Model | None) -> models.Model:
     form_class = _form_class(binding)
-    if instance is not None:
-        # Partial update: fields the client did not send keep their current values.
-        concrete = {f.name: f for f in instance._meta.concrete_fields}
-        current = {
-            name: concrete[name].value_from_object(instance)
-            for name in form_class.base_fields
-            if name in concrete
-        }
-        data = {**current, **data}
+    # Fields the client did not send keep their current values (update) or the model's
+    # defaults (create).
+    creating = instance is None
+    instance = instance if instance is not None else binding.model()
+    concrete = {f.name: f for f in instance._meta.concrete_fields}
+    current = {
+        name: concrete[name].value_from_object(instance)
+        for name in form_class.base_fields
+        if name in concrete
+    }
+    data = {**current, **data}
+    # JSON columns reach a ModelForm as JSON text (as from an HTML form); a bare {} or [] would
+    # read as "empty" and be saved as NULL.
+    json_fields = {f.name for f in binding.model._meta.concrete_fields if isinstance(f, JSONField)}
+    data = {
+        k: json.dumps(v, cls=DjangoJSONEncoder) if k in json_fields else v for k, v in data.items()
+    }
     form = form_class(data=data, instance=instance)
     if not form.is_valid():
         raise ActionError(
             400, {k: [str(e["message"]) for e in v] for k, v in form.errors.get_json_data().items()}
         )
     obj: models.Model = form.save(commit=False)
-    _check_object(binding, "create" if instance is None else "update", obj)
+    _check_object(binding, "create" if creating else "update", obj)
     obj.save()
     form.save_m2m()
     return obj
 
 
+@contextmanager
+def _writing(binding: Binding) -> Iterator[None]:
+    """A write transaction; a constraint the form could not check becomes a 409 reply."""
+    try:
+        with transaction.atomic(using=_db(binding)):
+            yield
+    except IntegrityError as exc:
+        raise ActionError(
+            409, f"The change conflicts with the data: {exc.__cause__ or exc}".strip()
+        ) from None
+
+
 def create(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:
     _check(binding, "create", None)
     data = _clean_data(binding, payload.get("data"))
-    with transaction.atomic(using=_db(binding)):
+    with _writing(binding):
         obj = _save(binding, data, None)
     return 201, _row(binding, obj)
 
@@ -135,7 +161,7 @@ def update(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:
     pk = clean_pk(binding, payload.get("pk"))
     _check(binding, "update", pk)
     data = _clean_data(binding, payload.get("data"))
-    with transaction.atomic(using=_db(binding)):
+    with _writing(binding):
         instance = _get(binding, pk)
         instance = binding.model._default_manager.select_for_update().get(pk=instance.pk)
         obj = _save(binding, data, instance)
@@ -145,7 +171,7 @@ def update(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:
 def delete(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:
     pk = clean_pk(binding, payload.get("pk"))
     _check(binding, "delete", pk)
-    with transaction.atomic(using=_db(binding)):
+    with _writing(binding):
         instance = _get(binding, pk)
         _check_object(binding, "delete", instance)
         out_pk = binding.serialize_pk(instance)
@@ -228,6 +254,7 @@ def _snapshot_cursor(cursor: Any) -> Cursor:
         " FROM pgbinding_listener"
     )
     position, pendings = cursor.fetchone()
+    pendings = _json(pendings)
     gap_ranges = [tuple(g) for pending in pendings for g in pending]
     cursor.execute(
         "SELECT id FROM pgbinding_change WHERE id > %s"
@@ -288,7 +315,8 @@ def snapshot(
                 entries = cursor.fetchall()
                 pruned = _pruned_past(cursor, floor)
                 if not pruned and len(entries) <= limit:
-                    return Snapshot([], cur_state, [(r[0], r[1], r[2], r[3]) for r in entries])
+                    replay = [(r[0], r[1], _json(r[2]), _json(r[3])) for r in entries]
+                    return Snapshot([], cur_state, replay)
             qs = binding.get_queryset(binding.user).filter(filters.to_q(where))
             if pk is not None:
                 qs = qs.filter(pk=pk)
@@ -305,6 +333,13 @@ def snapshot(
             return Snapshot(
                 [_row(binding, r) for r in visible], cur_state, resync=since is not None
             )
+
+
+def _json(value: Any) -> Any:
+    """Django's cursors hand jsonb back as text; decimals keep every digit."""
+    if isinstance(value, str):
+        return json.loads(value, parse_float=Decimal)
+    return value
 
 
 def _pruned_past(cursor: Any, floor: int) -> bool:

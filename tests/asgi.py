@@ -1,6 +1,7 @@
 import django
-from channels.routing import ProtocolTypeRouter
 
 django.setup()
 
-application = ProtocolTypeRouter({})
+from tests.routing import application  # noqa: E402
+
+__all__ = ["application"]

@@ -73,8 +73,9 @@ def test_new_binding_writes_an_install_operation(restore_registry):
 @pytest.mark.django_db
 def test_removing_the_last_binding_writes_a_remove_operation(restore_registry):
     registry.unregister(bindings.ItemBinding)
-    assert "No changes detected" in dry_run(), "ItemValueBinding still binds Item"
+    assert "No changes detected" in dry_run(), "other bindings still bind Item"
     registry.unregister(bindings.ItemValueBinding)
+    registry.unregister(bindings.OwnedItemBinding)
     out = dry_run()
     assert "Remove pgbinding capture trigger (v1) from testapp.item" in out
     assert "pgbinding.operations.RemoveBindingTrigger(" in out

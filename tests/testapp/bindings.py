@@ -49,3 +49,21 @@ class UserBinding(WebsocketBinding):
     model = get_user_model()
     stream = "users"
     fields = ["username", "is_staff"]
+
+
+class OwnedItemBinding(WebsocketBinding):
+    """Each user sees and edits only the items they own."""
+
+    from pgbinding.permissions import IsAuthenticated
+
+    model = Item
+    stream = "myitems"
+    fields = ["name", "value", "status", "owner"]
+    read_only_fields = ["owner"]
+    permission_classes = [IsAuthenticated]
+
+    def get_queryset(self, user):
+        return Item.objects.filter(owner_id=getattr(user, "pk", None))
+
+    def has_object_permission(self, user, action, instance):
+        return instance.owner_id == user.pk

@@ -1,0 +1,328 @@
+"""The WebSocket API end to end: consumer, inbound actions, reads, subscriptions, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
+
+from tests.testapp.models import Item
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@sync_to_async
+def make_user(name: str, staff: bool = False) -> User:
+    return User.objects.create(username=name, is_staff=staff)
+
+
+@sync_to_async
+def make_item(**kwargs) -> Item:
+    return Item.objects.create(**kwargs)
+
+
+@sync_to_async
+def get_item(pk: int) -> Item:
+    return Item.objects.get(pk=pk)
+
+
+@sync_to_async
+def update_items(pks, **values) -> int:
+    return Item.objects.filter(pk__in=pks).update(**values)
+
+
+async def test_one_clients_update_reaches_the_other(live):
+    staff = await make_user("staff", staff=True)
+    item = await make_item(name="a", value=1)
+    await live.settle()
+    writer = await live.connect(user=staff)
+    reader = await live.connect()
+    reply = await writer.request("items", "update", pk=item.pk, data={"value": 5})
+    assert reply["status"] == 200 and reply["data"]["data"]["value"] == 5
+    frames = await reader.events()
+    assert [(f["stream"], f["payload"]["action"], f["payload"]["pk"]) for f in frames] == [
+        ("items", "update", item.pk)
+    ]
+    assert frames[0]["payload"]["data"]["value"] == 5
+
+
+async def test_permission_denied_is_an_error_and_the_row_is_unchanged(live):
+    user = await make_user("nobody")
+    item = await make_item(name="a", value=1)
+    socket = await live.connect(user=user)
+    reply = await socket.request("items", "update", pk=item.pk, data={"value": 99})
+    assert reply["status"] == 403 and "permission" in reply["errors"]["__all__"][0]
+    assert (await get_item(item.pk)).value == 1
+    reply = await socket.request("items", "delete", pk=item.pk)
+    assert reply["status"] == 403
+    reply = await socket.request("items", "create", data={"name": "x"})
+    assert reply["status"] == 403
+
+
+async def test_create_and_delete_with_replies(live):
+    staff = await make_user("staff", staff=True)
+    socket = await live.connect(user=staff)
+    reply = await socket.request("items", "create", data={"name": "new", "value": 3})
+    assert reply["status"] == 201
+    pk = reply["data"]["pk"]
+    assert (await get_item(pk)).name == "new"
+    reply = await socket.request("items", "delete", pk=pk)
+    assert reply == {"action": "delete", "request_id": "r2", "status": 200, "data": {"pk": pk}}
+    actions = [f["payload"]["action"] for f in await socket.events()]
+    assert actions == ["create", "delete"]
+
+
+async def test_filtered_subscription_sees_move_in_and_move_out(live):
+    staff = await make_user("staff", staff=True)
+    a = await make_item(name="a", status="open")
+    b = await make_item(name="b", status="done")
+    await live.settle()
+    socket = await live.connect("/all/", user=staff)
+    reply = await socket.request("items", "subscribe", filter={"status": "open"})
+    assert reply["status"] == 200
+    assert [r["pk"] for r in reply["data"]["results"]] == [a.pk]
+    sub = reply["data"]["subscription"]
+    await update_items([b.pk], status="open")  # moves in
+    await update_items([a.pk], status="done")  # moves out
+    await update_items([a.pk], value=7)  # outside the filter: nothing
+    await update_items([b.pk], value=8)  # inside: update
+    frames = [f["payload"] for f in await socket.events()]
+    assert [(p["action"], p["pk"], p["subscription"]) for p in frames] == [
+        ("create", b.pk, sub),
+        ("delete", a.pk, sub),
+        ("update", b.pk, sub),
+    ]
+    assert frames[2]["data"]["value"] == 8
+
+
+async def test_user_never_receives_a_row_they_cannot_retrieve(live):
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    socket = await live.connect("/all/", user=alice)
+    reply = await socket.request("myitems", "subscribe")
+    assert reply["status"] == 200 and reply["data"]["results"] == []
+    await make_item(name="bobs", owner=bob)
+    mine = await make_item(name="mine", owner=alice)
+    frames = [f["payload"] for f in await socket.events()]
+    await update_items([mine.pk], owner=bob)  # leaves alice's view
+    frames += [f["payload"] for f in await socket.events()]
+    # (Visibility is checked when the event is delivered: had the owner changed before the
+    # listener got to the create, alice would have seen neither event, never bob's row.)
+    assert [(p["action"], p["pk"]) for p in frames] == [("create", mine.pk), ("delete", mine.pk)]
+    assert all(p["data"]["name"] == "mine" for p in frames)
+    reply = await socket.request("myitems", "retrieve", pk=mine.pk)
+    assert reply["status"] == 404
+
+
+async def test_resume_after_disconnect_gets_exactly_the_missed_changes(live):
+    staff = await make_user("staff", staff=True)
+    a = await make_item(name="a", value=0)
+    await live.settle()
+    socket = await live.connect("/all/", user=staff)
+    reply = await socket.request("items", "subscribe")
+    position = reply["data"]["position"]
+    await update_items([a.pk], value=1)
+    frames = [f["payload"] for f in await socket.events()]
+    assert [p["data"]["value"] for p in frames] == [1]
+    position = frames[-1]["position"]
+    await socket.c.disconnect()
+    live.sockets.remove(socket.c)
+
+    await update_items([a.pk], value=2)
+    b = await make_item(name="b")
+    await live.settle()
+    again = await live.connect("/all/", user=staff)
+    await again.send(
+        {
+            "stream": "items",
+            "payload": {"action": "subscribe", "request_id": "s", "since": position},
+        }
+    )
+    frames = [f["payload"] for f in await again.events()]
+    replayed = [(p["action"], p["pk"]) for p in frames if p.get("subscription") == "s"]
+    assert replayed == [("update", a.pk), ("create", b.pk)]
+    reply = next(p for p in frames if p.get("request_id") == "s")
+    assert reply["data"]["replayed"] == 2 and "results" not in reply["data"]
+    # Later changes arrive once, live.
+    await update_items([b.pk], value=3)
+    frames = [f["payload"] for f in await again.events()]
+    assert [(p["action"], p["pk"]) for p in frames] == [("update", b.pk)]
+
+
+async def test_resume_from_a_pruned_position_is_told_to_resync(live):
+    from django.db import connection
+
+    staff = await make_user("staff", staff=True)
+    await make_item(name="a")
+
+    @sync_to_async
+    def prune_everything():
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE pgbinding_state SET pruned_through = 1000000")
+
+    await prune_everything()
+    socket = await live.connect("/all/", user=staff)
+    reply = await socket.request("items", "subscribe", since="5")
+    assert reply["status"] == 200 and reply["data"]["resync"] is True
+    assert [r["data"]["name"] for r in reply["data"]["results"]] == ["a"]
+
+
+async def test_list_paginates_orders_and_filters(live):
+    staff = await make_user("staff", staff=True)
+    for n in range(12):
+        await make_item(name=f"i{n:02}", value=n, status="open" if n % 2 else "done")
+    socket = await live.connect(user=staff)
+    reply = await socket.request(
+        "items",
+        "list",
+        filter={"status": "open", "value__gte": 3},
+        ordering="-value",
+        page_size=2,
+        page=2,
+    )
+    assert reply["status"] == 200
+    assert reply["data"]["count"] == 5
+    assert [r["data"]["value"] for r in reply["data"]["results"]] == [7, 5]
+    reply = await socket.request(
+        "items", "list", filter={"name__contains": "1", "value__in": [1, 10, 11]}
+    )
+    assert sorted(r["data"]["value"] for r in reply["data"]["results"]) == [1, 10, 11]
+    reply = await socket.request("items", "list", filter={"due__isnull": True}, page_size=100)
+    assert reply["data"]["count"] == 12
+    first = reply["data"]["results"][0]
+    reply = await socket.request("items", "retrieve", pk=first["pk"])
+    assert reply["data"] == first
+
+
+async def test_channels_1x_frames_work_unchanged(live):
+    """The frames of the Channels 1.x data binding docs: no request_id, no reply on success,
+    and the outbound event shape {"stream", "payload": {"action", "pk", "model", "data"}}."""
+    staff = await make_user("staff", staff=True)
+    socket = await live.connect(user=staff)
+    await socket.send(
+        {"stream": "itemvalues", "payload": {"action": "create", "data": {"value": 1}}}
+    )
+    frames = await socket.events()
+    # ItemValueBinding has no has_permission: default deny, so an error comes back.
+    assert frames[0]["payload"]["status"] == 403
+    await socket.send(
+        {"stream": "items", "payload": {"action": "create", "data": {"name": "one", "value": 1}}}
+    )
+    frames = await socket.events()
+    assert len(frames) == 1
+    event = frames[0]
+    assert event["stream"] == "items"
+    payload = event["payload"]
+    assert payload["action"] == "create" and payload["model"] == "testapp.item"
+    assert payload["data"]["name"] == "one" and isinstance(payload["pk"], int)
+    await socket.send(
+        {
+            "stream": "items",
+            "payload": {"action": "update", "pk": payload["pk"], "data": {"value": 2}},
+        }
+    )
+    await socket.send({"stream": "items", "payload": {"action": "delete", "pk": payload["pk"]}})
+    assert [f["payload"]["action"] for f in await socket.events()] == ["update", "delete"]
+
+
+BAD_FRAMES = [
+    ("{not json", 400, "Malformed JSON"),
+    ("[1, 2]", 400, "must be a JSON object"),
+    (json.dumps({"payload": {}}), 400, "'stream'"),
+    (json.dumps({"stream": "items"}), 400, "'payload'"),
+    (json.dumps({"stream": "nope", "payload": {"action": "list"}}), 404, "Unknown stream 'nope'"),
+    (json.dumps({"stream": "items", "payload": {"action": "explode"}}), 400, "Unknown action"),
+    (
+        json.dumps({"stream": "items", "payload": {"action": "list", "request_id": [1]}}),
+        400,
+        "request_id",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "status", "message"), BAD_FRAMES)
+async def test_bad_frames_get_clear_errors_and_the_socket_stays_open(live, text, status, message):
+    staff = await make_user("staff", staff=True)
+    socket = await live.connect(user=staff)
+    reply = await socket.raw(text)
+    assert reply["status"] == status
+    assert message in reply["errors"]["__all__"][0]
+    assert "Traceback" not in json.dumps(reply)
+    assert (await socket.request("items", "list"))["status"] == 200
+
+
+BAD_REQUESTS = [
+    ("update", {"pk": [1], "data": {}}, 400, "pk"),
+    ("update", {"pk": "abc", "data": {}}, 400, "pk"),
+    ("update", {"pk": "ITEM", "data": "value=1"}, 400, "data"),
+    ("update", {"pk": "ITEM", "data": {"secret": "x"}}, 400, "secret"),
+    ("update", {"pk": "ITEM", "data": {"id": 5}}, 400, "id"),
+    ("update", {"pk": "ITEM", "data": {"value": "not a number"}}, 400, "value"),
+    ("update", {"pk": 999999, "data": {"value": 1}}, 404, "__all__"),
+    ("list", {"filter": {"secret": "x"}}, 400, "secret"),
+    ("list", {"filter": {"value__regex": "x"}}, 400, "value__regex"),
+    ("list", {"filter": {"value__in": "1,2"}}, 400, "value__in"),
+    ("list", {"filter": "status=open"}, 400, "filter"),
+    ("list", {"page_size": 10_000}, 400, "page_size"),
+    ("list", {"ordering": ["secret"]}, 400, "ordering"),
+    ("subscribe", {"since": "yesterday"}, 400, "since"),
+]
+
+
+@pytest.mark.parametrize(("action", "payload", "status", "key"), BAD_REQUESTS)
+async def test_bad_requests_leave_the_database_unchanged(live, action, payload, status, key):
+    staff = await make_user("staff", staff=True)
+    item = await make_item(name="a", value=1, secret="s")
+    payload = {k: (item.pk if v == "ITEM" else v) for k, v in payload.items()}
+    socket = await live.connect("/all/", user=staff)
+    reply = await socket.request("items", action, **payload)
+    assert reply["status"] == status, reply
+    assert key in reply["errors"]
+    assert reply["action"] == action and reply["request_id"] == "r1"
+    fresh = await get_item(item.pk)
+    assert (fresh.name, fresh.value, fresh.secret) == ("a", 1, "s")
+    assert (await socket.request("items", "list"))["status"] == 200
+
+
+async def test_oversized_frames_get_413_or_close_1009(live, settings):
+    settings.PGBINDING = {**settings.PGBINDING, "MAX_FRAME_BYTES": 1000, "CLOSE_FRAME_BYTES": 5000}
+    staff = await make_user("staff", staff=True)
+    socket = await live.connect(user=staff)
+    big = json.dumps({"stream": "items", "payload": {"action": "list", "pad": "x" * 2000}})
+    reply = await socket.raw(big)
+    assert reply["status"] == 413
+    assert (await socket.request("items", "list"))["status"] == 200
+    await socket.c.send_to(text_data="x" * 6000)
+    closed = await socket.c.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 1009}
+
+
+async def test_a_flood_of_requests_is_rate_limited(live, settings):
+    settings.PGBINDING = {**settings.PGBINDING, "RATE_LIMIT": 1.0, "RATE_BURST": 5.0}
+    staff = await make_user("staff", staff=True)
+    socket = await live.connect(user=staff)
+    statuses = []
+    for n in range(8):
+        await socket.send({"stream": "items", "payload": {"action": "list", "request_id": n}})
+    for _ in range(8):
+        statuses.append((await socket.c.receive_json_from(timeout=10))["payload"]["status"])
+    assert statuses.count(200) == 5 and statuses.count(429) == 3
+
+
+async def test_a_socket_in_several_groups_gets_each_change_once(live):
+    """ItemsDemultiplexer joins "items"; subscribe to the stream too: one create each way,
+    but never two of the same from overlapping groups."""
+    staff = await make_user("staff", staff=True)
+    socket = await live.connect(user=staff)
+    await socket.c.send_json_to({"stream": "items", "payload": {"action": "list"}})
+    await socket.c.receive_json_from(timeout=10)
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    name = next(iter(layer.groups["items"]))
+    await layer.group_add("items-status-open", name)  # now in two groups the row is sent to
+    item = await make_item(name="twice?", status="open")
+    frames = [f["payload"] for f in await socket.events()]
+    assert [(p["action"], p["pk"]) for p in frames] == [("create", item.pk)]

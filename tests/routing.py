@@ -1,0 +1,26 @@
+"""The ASGI application the end-to-end tests serve (with daphne) and drive (with
+WebsocketCommunicator)."""
+
+from channels.auth import AuthMiddlewareStack
+from channels.routing import ProtocolTypeRouter, URLRouter
+from django.urls import path
+
+from pgbinding.consumers import Demultiplexer
+from tests.testapp.bindings import ItemBinding, ItemValueBinding
+
+
+class ItemsDemultiplexer(Demultiplexer):
+    """Channels 1.x shape: explicit consumers and connection groups."""
+
+    consumers = {"items": ItemBinding.consumer, "itemvalues": ItemValueBinding.consumer}
+
+    def connection_groups(self, **kwargs):
+        return ["items"]
+
+
+websocket_urls = [
+    path("binding/", ItemsDemultiplexer.as_asgi()),
+    path("all/", Demultiplexer.as_asgi()),
+]
+
+application = ProtocolTypeRouter({"websocket": AuthMiddlewareStack(URLRouter(websocket_urls))})
