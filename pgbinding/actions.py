@@ -131,7 +131,11 @@ def _save(binding: Binding, data: dict[str, Any], instance: models.Model | None)
             400, {k: [str(e["message"]) for e in v] for k, v in form.errors.get_json_data().items()}
         )
     obj: models.Model = form.save(commit=False)
-    _check_object(binding, "create" if creating else "update", obj)
+    binding.pre_save(obj, "create" if creating else "update")
+    if creating:
+        # Updates were checked against the row as stored, before the client's changes (a
+        # check of the changed row could be passed by sending e.g. owner=<me>).
+        _check_object(binding, "create", obj)
     obj.save()
     form.save_m2m()
     return obj
@@ -164,6 +168,7 @@ def update(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:
     with _writing(binding):
         instance = _get(binding, pk)
         instance = binding.model._default_manager.select_for_update().get(pk=instance.pk)
+        _check_object(binding, "update", instance)
         obj = _save(binding, data, instance)
     return 200, _row(binding, obj)
 

@@ -210,10 +210,15 @@ class Binding:
         return all(p().has_permission(user, action, self) for p in self.permission_classes)
 
     def has_object_permission(self, user: Any, action: str, instance: models.Model) -> bool:
-        """May ``user`` run ``action`` on this row (asked after ``has_permission``)?"""
+        """May ``user`` run ``action`` on this row (asked after ``has_permission``)? For update
+        and delete ``instance`` is the row as stored; for create, the validated new row."""
         return all(
             p().has_object_permission(user, action, instance, self) for p in self.permission_classes
         )
+
+    def pre_save(self, instance: models.Model, action: str) -> None:
+        """Called with a validated, unsaved row before an inbound create or update is saved:
+        set server-side fields here (``instance.owner = self.user``)."""
 
     def get_queryset(self, user: Any) -> models.QuerySet[Any]:
         """The rows ``user`` may see: reads, writes and live events are limited to these."""

@@ -326,3 +326,43 @@ async def test_a_socket_in_several_groups_gets_each_change_once(live):
     item = await make_item(name="twice?", status="open")
     frames = [f["payload"] for f in await socket.events()]
     assert [(p["action"], p["pk"]) for p in frames] == [("create", item.pk)]
+
+
+async def test_object_permission_is_checked_on_the_stored_row(live):
+    """Sending owner=<me> in an update must not pass an owner check: the row as stored is
+    what update and delete are checked against."""
+    from pgbinding import actions
+    from pgbinding.registry import registry
+    from tests.testapp.bindings import OwnedItemBinding
+
+    class SeesAll(OwnedItemBinding):
+        stream = "seesall"
+        read_only_fields = []
+
+        def get_queryset(self, user):
+            return Item.objects.all()
+
+    try:
+        alice = await make_user("alice")
+        bob = await make_user("bob")
+        bobs = await make_item(name="bobs", owner=bob)
+        binding = SeesAll(user=alice)
+        for action, payload in [
+            ("update", {"pk": bobs.pk, "data": {"name": "x", "owner": alice.pk}}),
+            ("delete", {"pk": bobs.pk}),
+        ]:
+            with pytest.raises(actions.ActionError) as info:
+                await sync_to_async(getattr(actions, action))(binding, payload)
+            assert info.value.status == 403
+        fresh = await get_item(bobs.pk)
+        assert (fresh.name, fresh.owner_id) == ("bobs", bob.pk)
+    finally:
+        registry.unregister(SeesAll)
+
+
+async def test_pre_save_sets_server_side_fields(live):
+    alice = await make_user("alice")
+    socket = await live.connect("/all/", user=alice)
+    reply = await socket.request("myitems", "create", data={"name": "auto-owned"})
+    assert reply["status"] == 201, reply
+    assert reply["data"]["data"]["owner"] == alice.pk

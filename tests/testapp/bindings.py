@@ -67,3 +67,7 @@ class OwnedItemBinding(WebsocketBinding):
 
     def has_object_permission(self, user, action, instance):
         return instance.owner_id == user.pk
+
+    def pre_save(self, instance, action):
+        if action == "create":
+            instance.owner = self.user
