@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class LiveboardConfig(AppConfig):
+    name = "liveboard"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,121 @@
+"""Settings of the liveboard example.
+
+Environment:
+
+* ``DATABASE_URL`` -- a Postgres URL (``postgresql://user:password@host:port/dbname``). When it
+  is unset, the URL of the private embedded Postgres that ``scripts/demo`` started
+  (``PGBINDING_DEMO_DATABASE_URL``) is used.
+* ``REDIS_URL`` -- use channels-redis as the channel layer (for several server processes, with
+  ``manage.py pglisten`` running once); the default is the in-memory layer of one process.
+* ``ALLOWED_HOSTS`` -- extra host names, comma-separated (default: localhost only).
+* ``DJANGO_DEBUG`` -- ``0`` to turn debug pages off.
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+BASE_DIR = Path(__file__).resolve().parent
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "liveboard-demo-only-not-secret")
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"] + [
+    host.strip() for host in os.environ.get("ALLOWED_HOSTS", "").split(",") if host.strip()
+]
+
+INSTALLED_APPS = [
+    "daphne",  # first: its runserver serves the ASGI application
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "channels",
+    "pgbinding",
+    "liveboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "liveboard.urls"
+ASGI_APPLICATION = "liveboard.asgi.application"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+            ],
+        },
+    },
+]
+
+
+def database_from_url(url: str) -> dict:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"DATABASE_URL must be a postgresql:// URL, got {url!r}")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parts.path.lstrip("/")) or "liveboard",
+        "USER": unquote(parts.username or "postgres"),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": parts.hostname or "127.0.0.1",
+        "PORT": str(parts.port or 5432),
+    }
+
+
+DATABASES = {
+    "default": database_from_url(
+        os.environ.get("DATABASE_URL")
+        or os.environ.get("PGBINDING_DEMO_DATABASE_URL")
+        or "postgresql://postgres@127.0.0.1:5432/liveboard"
+    )
+}
+
+REDIS_URL = os.environ.get("REDIS_URL")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # socket_timeout None: redis-py 8 otherwise drops idle sockets after 5 s.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                # The default of 100 messages per channel drops bursts silently.
+                "capacity": 100000,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": 100000},
+        }
+    }
+
+PGBINDING = {}  # the defaults; see pgbinding.conf for the keys
+
+USE_TZ = True
+TIME_ZONE = "UTC"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+#: Shown on the page: a command that changes rows from outside Django (set by scripts/demo).
+LIVEBOARD_PSQL_HINT = os.environ.get("PGBINDING_DEMO_PSQL", "")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"pgbinding": {"handlers": ["console"], "level": "INFO", "propagate": False}},
+}

@@ -1,0 +1,209 @@
+"""The demo (``scripts/demo`` without the venv part): it starts, serves the page and the live
+socket, shows an outside ``UPDATE`` live, enforces the example's permissions, and stops
+everything it started on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from http.cookiejar import CookieJar
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from pgbinding.embedded import EmbeddedPostgres, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_ITEMS = {"Water the plants", "Fix the bike", "Paint the fence", "Read DESIGN.md"}
+
+
+class Output:
+    """The demo's stdout and stderr, collected by a thread."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, proc: subprocess.Popen[str], timeout: float = 25) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.text)
+            if found:
+                return found.group(1)
+            if proc.poll() is not None:
+                self.thread.join(2)
+                found = re.search(pattern, self.text)
+                if found:
+                    return found.group(1)
+                raise AssertionError(f"demo exited with {proc.returncode}:\n{self.text}")
+            time.sleep(0.05)
+        raise AssertionError(
+            f"no {pattern!r} in the demo's output within {timeout} s:\n{self.text}"
+        )
+
+
+def request(ws: ClientConnection, action: str, request_id: str, **payload: Any) -> dict[str, Any]:
+    frame = {"stream": "items", "payload": {"action": action, "request_id": request_id, **payload}}
+    ws.send(json.dumps(frame))
+    while True:
+        reply = json.loads(ws.recv(timeout=10))["payload"]
+        if reply.get("request_id") == request_id:
+            return reply
+
+
+def events(ws: ClientConnection, count: int) -> list[dict[str, Any]]:
+    frames = [json.loads(ws.recv(timeout=10)) for _ in range(count)]
+    assert {f["stream"] for f in frames} == {"items"}
+    return [f["payload"] for f in frames]
+
+
+def sign_in(base: str, username: str, password: str) -> str:
+    """Sign in through Django's login form; return the session cookie."""
+    jar = CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with opener.open(base + "accounts/login/", timeout=10) as response:
+        page = response.read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+    assert token, page
+    form = {
+        "username": username,
+        "password": password,
+        "csrfmiddlewaretoken": token.group(1),
+        "next": "/",
+    }
+    data = urllib.parse.urlencode(form).encode()
+    with opener.open(base + "accounts/login/", data=data, timeout=10) as response:
+        assert f"Signed in as <b>{username}</b>" in response.read().decode()
+    return next(c.value for c in jar if c.name == "sessionid")
+
+
+def leftovers(*markers: str) -> list[str]:
+    """Command lines of running processes that mention any of ``markers``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+            except OSError:
+                continue
+            if state != "Z" and any(m in cmdline for m in markers):
+                found.append(cmdline)
+    return found
+
+
+def test_demo_serves_live_updates_and_stops_cleanly(tmp_path: Path) -> None:
+    started = time.monotonic()
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    datadir = tmp_path / "demo"
+    demo = [sys.executable, str(ROOT / "example" / "run_demo.py")]
+    proc = subprocess.Popen(
+        [*demo, "--data-dir", str(datadir), "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Output(proc)
+    postgres = EmbeddedPostgres(datadir / "pgdata")
+    try:
+        base = output.wait_for(r"Liveboard is running at\s+(\S+)", proc)
+        assert base == f"http://127.0.0.1:{port}/"
+        database_url = output.wait_for(r"psql (postgresql://\S+) -c", proc)
+        assert "UPDATE liveboard_item SET value = value + 1;" in output.text
+        assert "demo / demo" in output.text
+
+        with urllib.request.urlopen(base, timeout=10) as response:
+            assert response.status == 200
+            page = response.read().decode()
+        assert "Liveboard" in page and "/binding/" in page and "/accounts/login/" in page
+
+        ws_url = f"ws://127.0.0.1:{port}/binding/"
+        origin = f"http://127.0.0.1:{port}"
+        # Another site's page may not use the visitor's session on our socket.
+        with pytest.raises(InvalidStatus):
+            connect(ws_url, origin="http://evil.example", open_timeout=10).close()
+
+        with connect(ws_url, origin=origin, open_timeout=10) as watcher:
+            reply = request(watcher, "subscribe", "s1")
+            assert reply["status"] == 200, reply
+            rows = {r["data"]["name"]: r for r in reply["data"]["results"]}
+            assert set(rows) == DEMO_ITEMS
+            values = {r["pk"]: r["data"]["value"] for r in rows.values()}
+
+            # Anonymous visitors read but do not write.
+            reply = request(watcher, "update", "u0", pk=rows["Fix the bike"]["pk"], data={})
+            assert reply["status"] == 403
+
+            # The outside write the demo prints, as psql would run it.
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute("UPDATE liveboard_item SET value = value + 1;")
+            updates = events(watcher, len(DEMO_ITEMS))
+            assert {p["action"] for p in updates} == {"update"}
+            assert {p["subscription"] for p in updates} == {"s1"}
+            assert {p["pk"]: p["data"]["value"] for p in updates} == {
+                pk: value + 1 for pk, value in values.items()
+            }
+
+            # Signed in as demo: +1 on your own item works, on someone else's it is refused.
+            session = sign_in(base, "demo", "demo")
+            headers = {"Cookie": f"sessionid={session}"}
+            with connect(ws_url, origin=origin, additional_headers=headers) as editor:
+                mine = rows["Water the plants"]["pk"]
+                reply = request(editor, "update", "u1", pk=mine, data={"value": 100})
+                assert reply["status"] == 200, reply
+                theirs = rows["Paint the fence"]["pk"]
+                reply = request(editor, "update", "u2", pk=theirs, data={"value": 100})
+                assert reply["status"] == 403, reply
+                # Nor can you make it yours.
+                me = rows["Water the plants"]["data"]["owner"]
+                reply = request(editor, "update", "u3", pk=theirs, data={"owner": me})
+                assert reply["status"] == 403, reply
+            [event] = events(watcher, 1)
+            assert (event["action"], event["pk"], event["data"]["value"]) == ("update", mine, 100)
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0, output.text
+        output.thread.join(5)
+        assert "stopping Postgres" in output.text
+        assert not postgres.is_running()
+        assert leftovers(str(datadir), f"-p {port} liveboard.asgi") == []
+        assert time.monotonic() - started < 30
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        postgres.stop()
