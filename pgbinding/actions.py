@@ -9,6 +9,7 @@ refusal is an :class:`ActionError` carrying the reply's status and per-field err
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import IntegrityError, connections, models, transaction
+from django.db import DataError, IntegrityError, connections, models, transaction
 from django.db.models import JSONField
 from django.forms.models import modelform_factory
 
@@ -26,6 +27,8 @@ from . import filters
 from .bindings import Binding
 from .conf import pgbinding_settings
 from .log import Cursor
+
+logger = logging.getLogger("pgbinding.actions")
 
 WRITE = ("create", "update", "delete")
 READ = ("retrieve", "list")
@@ -138,6 +141,7 @@ def _save(binding: Binding, data: dict[str, Any], instance: models.Model | None)
         _check_object(binding, "create", obj)
     obj.save()
     form.save_m2m()
+    obj.refresh_from_db()  # reply with what is stored (e.g. decimals at the column's scale)
     return obj
 
 
@@ -148,9 +152,16 @@ def _writing(binding: Binding) -> Iterator[None]:
         with transaction.atomic(using=_db(binding)):
             yield
     except IntegrityError as exc:
-        raise ActionError(
-            409, f"The change conflicts with the data: {exc.__cause__ or exc}".strip()
-        ) from None
+        # Postgres' own message can quote the whole row, unbound columns included: log it,
+        # tell the client only which constraint.
+        logger.info("Inbound write on %s refused by the database: %s", binding.stream, exc)
+        diag = getattr(exc.__cause__, "diag", None)
+        name = getattr(diag, "constraint_name", None)
+        suffix = f" (constraint {name!r})." if name else "."
+        raise ActionError(409, "The change conflicts with existing data" + suffix) from None
+    except DataError as exc:
+        logger.info("Inbound write on %s refused by the database: %s", binding.stream, exc)
+        raise ActionError(400, "A value is not valid for the database.") from None
 
 
 def create(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:
@@ -204,7 +215,7 @@ def _ordering(binding: Binding, spec: Any) -> list[str]:
         return ["pk"]
     if isinstance(spec, str):
         spec = [spec]
-    names = {f.name for f in binding.serialized_fields()}
+    names = {f.name for f in binding.serialized_fields()} | {"pk"}
     if not isinstance(spec, list) or not all(isinstance(s, str) for s in spec) or len(spec) > 5:
         raise ActionError(400, {"ordering": ["must be a field name or a list of up to 5"]})
     bad = [s for s in spec if s.lstrip("-") not in names]
@@ -242,6 +253,9 @@ class Snapshot:
         default_factory=list
     )
     resync: bool = False
+    #: pks of the rows in the subscription's view in this snapshot (after a replay: the rows
+    #: the client holds once it has applied it).
+    members: set[Any] = field(default_factory=set)
 
 
 def _db(binding: Binding) -> str:
@@ -302,6 +316,7 @@ def snapshot(
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             cursor.execute("SELECT 1")  # take the snapshot now
             cur_state = _snapshot_cursor(cursor)
+            replay = None
             if since is not None:
                 floor = min([since.position, *(lo - 1 for lo, _ in since.gaps)])
                 limit = int(pgbinding_settings.MAX_REPLAY)
@@ -321,23 +336,27 @@ def snapshot(
                 pruned = _pruned_past(cursor, floor)
                 if not pruned and len(entries) <= limit:
                     replay = [(r[0], r[1], _json(r[2]), _json(r[3])) for r in entries]
-                    return Snapshot([], cur_state, replay)
-            qs = binding.get_queryset(binding.user).filter(filters.to_q(where))
-            if pk is not None:
-                qs = qs.filter(pk=pk)
-            rows = list(qs.order_by("pk")[: binding.max_subscription_rows + 1])
-            if len(rows) > binding.max_subscription_rows:
-                raise ActionError(
-                    400,
-                    f"More than {binding.max_subscription_rows} rows match; subscribe with a "
-                    "narrower filter.",
-                )
-            visible = [
-                r for r in rows if binding.has_object_permission(binding.user, "retrieve", r)
-            ]
-            return Snapshot(
-                [_row(binding, r) for r in visible], cur_state, resync=since is not None
-            )
+            visible = _view(binding, where, pk)
+            rows = [_row(binding, r) for r in visible]
+            members = {row["pk"] for row in rows}
+            if replay is not None:
+                return Snapshot([], cur_state, replay, members=members)
+            return Snapshot(rows, cur_state, resync=since is not None, members=members)
+
+
+def _view(binding: Binding, where: list[filters.Condition], pk: Any) -> list[models.Model]:
+    """The rows a subscription shows: its filter, the user's queryset and object permission."""
+    qs = binding.get_queryset(binding.user).filter(filters.to_q(where))
+    if pk is not None:
+        qs = qs.filter(pk=pk)
+    rows = list(qs.order_by("pk")[: binding.max_subscription_rows + 1])
+    if len(rows) > binding.max_subscription_rows:
+        raise ActionError(
+            400,
+            f"More than {binding.max_subscription_rows} rows match; subscribe with a "
+            "narrower filter.",
+        )
+    return [r for r in rows if binding.has_object_permission(binding.user, "retrieve", r)]
 
 
 def _json(value: Any) -> Any:

@@ -320,12 +320,28 @@ def instance_from_row(model: type[models.Model], row: dict[str, Any]) -> models.
     return model.from_db(None, attnames, values)
 
 
+def _plain_json(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return (
+            int(value)
+            if value == value.to_integral_value() and "." not in str(value)
+            else float(value)
+        )
+    if isinstance(value, dict):
+        return {k: _plain_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_json(v) for v in value]
+    return value
+
+
 def python_value(field: Field[Any, Any], raw: Any) -> Any:
     """Turn one ``to_jsonb`` column value into what Django would load from the database."""
     if raw is None:
         return None
     if isinstance(field, JSONField):
-        return raw
+        # The log is read with Decimal numbers (to keep decimal columns exact); inside a JSON
+        # value they are plain JSON numbers, as json.loads would give them.
+        return _plain_json(raw)
     if isinstance(field, models.BinaryField):
         text = str(raw)
         return bytes.fromhex(text[2:]) if text.startswith("\\x") else text.encode()

@@ -167,7 +167,8 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         ):
             raise BadFrame(
                 400,
-                f"'request_id' must be a string or number of at most {REQUEST_ID_MAX} characters.",
+                f"'request_id' must be a string or an integer of at most {REQUEST_ID_MAX} "
+                "characters.",
                 stream,
                 action,
             )
@@ -265,8 +266,11 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         sub = Subscription(sub_id, stream, binding, where, clean_pk, snap.cursor)
         self.subscriptions[sub_id] = sub
         if since is not None and not snap.resync:
-            # Resuming: the changes missed, then the reply with the new position.
+            # Resuming: the changes missed, then the reply with the new position. While
+            # replaying, which rows the client holds is not known: an old row counts as held if
+            # it matched the filter and the user could see it.
             sub.members = None
+            sent = 0
             for change_id, op, old, new in snap.replay:
                 message = {
                     "id": change_id,
@@ -277,12 +281,14 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
                 }
                 for out in await database_sync_to_async(_evaluate)(sub, message):
                     await self.send_json({"stream": stream, "payload": out})
+                    sent += 1
+            sub.members = snap.members
             return 200, {
                 "subscription": sub_id,
-                "replayed": len(snap.replay),
+                "replayed": sent,
                 "position": snap.cursor.encode(),
             }
-        sub.members = {row["pk"] for row in snap.rows}
+        sub.members = snap.members
         return 200, {
             "subscription": sub_id,
             "results": snap.rows,
@@ -383,7 +389,8 @@ def _was_in(sub: Subscription, old: models.Model | None) -> bool:
         return False
     if sub.members is not None:
         return sub.binding.serialize_pk(old) in sub.members
-    return _in_view(sub, old)
+    binding = sub.binding
+    return _in_view(sub, old) and binding.has_object_permission(binding.user, "retrieve", old)
 
 
 def _visible(binding: Binding, instance: models.Model) -> bool:

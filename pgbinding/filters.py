@@ -8,16 +8,19 @@ subscription events), so a row is in a filtered view by one rule.
 
 from __future__ import annotations
 
+import datetime
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.db.models.fields import Field
 from django.db.models.fields.json import JSONField
+from django.utils import timezone
 
 OPERATORS = ("exact", "in", "lt", "lte", "gt", "gte", "isnull", "contains")
 MAX_CONDITIONS = 20
@@ -119,7 +122,12 @@ def _scalar(field: Field[Any, Any], raw: Any) -> Any:
     if isinstance(raw, dict | list):
         raise TypeError(f"expected a single value, got {raw!r}")
     target = field.target_field if isinstance(field, models.ForeignKey) else field
-    return target.to_python(raw)
+    value = target.to_python(raw)
+    if isinstance(value, datetime.datetime) and settings.USE_TZ and timezone.is_naive(value):
+        # As the ORM would read it: in the current time zone. Then SQL and the live check
+        # compare the same aware value.
+        value = timezone.make_aware(value)
+    return value
 
 
 def _message(exc: Exception) -> str:

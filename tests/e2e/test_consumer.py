@@ -162,11 +162,19 @@ async def test_resume_from_a_pruned_position_is_told_to_resync(live):
         with connection.cursor() as cursor:
             cursor.execute("UPDATE pgbinding_state SET pruned_through = 1000000")
 
+    @sync_to_async
+    def unprune():
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE pgbinding_state SET pruned_through = 0")
+
     await prune_everything()
-    socket = await live.connect("/all/", user=staff)
-    reply = await socket.request("items", "subscribe", since="5")
-    assert reply["status"] == 200 and reply["data"]["resync"] is True
-    assert [r["data"]["name"] for r in reply["data"]["results"]] == ["a"]
+    try:
+        socket = await live.connect("/all/", user=staff)
+        reply = await socket.request("items", "subscribe", since="5")
+        assert reply["status"] == 200 and reply["data"]["resync"] is True
+        assert [r["data"]["name"] for r in reply["data"]["results"]] == ["a"]
+    finally:
+        await unprune()
 
 
 async def test_list_paginates_orders_and_filters(live):
@@ -366,3 +374,45 @@ async def test_pre_save_sets_server_side_fields(live):
     reply = await socket.request("myitems", "create", data={"name": "auto-owned"})
     assert reply["status"] == 201, reply
     assert reply["data"]["data"]["owner"] == alice.pk
+
+
+async def test_resumed_subscription_never_sees_rows_of_others(live):
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    bobs = await make_item(name="bobs", owner=bob)
+    await live.settle()
+    socket = await live.connect("/all/", user=alice)
+    reply = await socket.request("myitems", "subscribe")
+    position = reply["data"]["position"]
+    await socket.c.disconnect()
+    live.sockets.remove(socket.c)
+    await update_items([bobs.pk], value=5)
+    mine = await make_item(name="mine", owner=alice)
+    await live.settle()
+    again = await live.connect("/all/", user=alice)
+    reply = await again.request("myitems", "subscribe", since=position)
+    frames = [f["payload"] for f in await again.events()] + again.pending
+    assert reply["data"]["replayed"] == 1
+    await update_items([bobs.pk], value=6)
+    frames += [f["payload"] for f in await again.events()]
+    assert all(p.get("pk") != bobs.pk for p in frames), frames
+    assert mine.pk
+
+
+async def test_json_numbers_and_naive_datetime_filters(live):
+    """Floats inside a JSON field reach clients as numbers (not Decimal, which would break
+    the socket), and a naive datetime filter means the same in the snapshot and live."""
+    import datetime
+
+    staff = await make_user("staff", staff=True)
+    due = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+    item = await make_item(name="j", extra={"x": 1.5, "n": [1, 2.25]}, due=due)
+    await live.settle()
+    socket = await live.connect("/all/", user=staff)
+    reply = await socket.request("items", "subscribe", filter={"due__lt": "2031-01-01T00:00:00"})
+    assert [r["pk"] for r in reply["data"]["results"]] == [item.pk]
+    await update_items([item.pk], value=9)
+    frames = [f["payload"] for f in await socket.events()]
+    assert [(p["action"], p["data"]["extra"]) for p in frames] == [
+        ("update", {"x": 1.5, "n": [1, 2.25]})
+    ]
