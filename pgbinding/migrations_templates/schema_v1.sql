@@ -49,14 +49,18 @@ BEGIN
         FROM (SELECT to_jsonb(t) AS j FROM pgbinding_new t) n;
     ELSIF TG_OP = 'UPDATE' THEN
         -- Pair old and new rows by key; a row whose key changed is a delete plus an insert.
-        -- A row that did not change at all is not logged.
+        -- A row that did not change at all is not logged. OFFSET 0 keeps the planner from
+        -- repeating to_jsonb() in the join key, the filter and every output column (measured:
+        -- about 40% off a 10,000-row UPDATE, bench/README.md).
         INSERT INTO pgbinding_change (table_name, op, pk, old, new)
         SELECT TG_TABLE_NAME,
                CASE WHEN o.j IS NULL THEN 'I' WHEN n.j IS NULL THEN 'D' ELSE 'U' END,
                coalesce(n.j ->> pk_col, o.j ->> pk_col), o.j, n.j
-        FROM (SELECT to_jsonb(t) AS j FROM pgbinding_old t) o
-        FULL JOIN (SELECT to_jsonb(t) AS j FROM pgbinding_new t) n
-          ON (o.j -> pk_col) = (n.j -> pk_col)
+        FROM (SELECT j, j -> pk_col AS k
+                FROM (SELECT to_jsonb(t) AS j FROM pgbinding_old t OFFSET 0) x) o
+        FULL JOIN (SELECT j, j -> pk_col AS k
+                FROM (SELECT to_jsonb(t) AS j FROM pgbinding_new t OFFSET 0) x) n
+          ON o.k = n.k
         WHERE o.j IS DISTINCT FROM n.j;
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO pgbinding_change (table_name, op, pk, old, new)

@@ -1,0 +1,118 @@
+"""The processes that consume changes during a benchmark, each in its own OS process.
+
+They run in separate processes (``multiprocessing``, spawn) so that their Python work never
+shares an interpreter or a GIL with the benchmark driver. The load generator is pgbench (C),
+so no Python runs in the hot path of the writes at all.
+
+- :func:`run_listener`: a real :class:`pgbinding.listener.Listener` with an empty binding
+  registry: it reads every change from the log, saves its position, and sends nothing.
+- :func:`run_drainer`: one connection that LISTENs on the row-notify channel and parses each
+  notification's JSON payload, counting them. It also LISTENs on pgbinding's wake-up channel
+  and counts those, so the benchmark can report how many wake-ups pgbinding's triggers sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from typing import Any
+
+LISTENER_NAME = "bench"
+NOTIFY_CHANNEL = "bench_rows"
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C in the terminal is for the driver, which stops us itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def pace_reads(pace: float, linger: int) -> None:
+    """EXPERIMENT (``--experiment paced-listener``), applied in the listener's process only: make
+    the listener read in bigger, fewer batches. Before a read that follows a short batch it
+    waits ``pace`` seconds; a read that finds nothing is retried ``linger`` times, ``pace``
+    apart, before the listener is told the log is empty (and so marks itself asleep, which
+    makes writers NOTIFY). Costs up to ``pace`` seconds of delivery latency per batch."""
+    from pgbinding import log as changelog
+
+    original = changelog.ChangeLog.read
+    short = {"last": False}
+
+    async def read(self: Any, conn: Any) -> Any:
+        if short["last"]:
+            await asyncio.sleep(pace)
+        changes = await original(self, conn)
+        tries = 0
+        while not changes and tries < linger:
+            await asyncio.sleep(pace)
+            changes = await original(self, conn)
+            tries += 1
+        short["last"] = len(changes) < self.batch_size
+        return changes
+
+    changelog.ChangeLog.read = read  # type: ignore[method-assign]
+
+
+def run_listener(dsn: str, ready: Any, stop: Any, pace: float = 0.0, linger: int = 0) -> None:
+    _ignore_sigint()
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(INSTALLED_APPS=[], USE_TZ=True)
+    level = os.environ.get("BENCH_LISTENER_LOG", "WARNING")
+    logging.basicConfig(level=level, format="listener %(asctime)s %(levelname)s %(message)s")
+
+    from channels.layers import InMemoryChannelLayer
+
+    from pgbinding.dispatch import Dispatcher
+    from pgbinding.listener import Listener
+    from pgbinding.registry import Registry
+
+    if pace > 0:
+        pace_reads(pace, linger)
+
+    listener = Listener(
+        dsn,
+        Dispatcher(InMemoryChannelLayer(), bindings=Registry()),
+        name=LISTENER_NAME,
+        prune_interval=0,  # the driver empties the log between measurements
+        lag_log_interval=3600.0,
+    )
+
+    async def main() -> None:
+        task = asyncio.create_task(listener.run())
+        await listener.active.wait()
+        ready.set()
+        # ``stop`` is a multiprocessing Event, set by the driver process: poll it.
+        while not stop.is_set() and not task.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        listener.stop()
+        await task
+
+    asyncio.run(main())
+
+
+def run_drainer(dsn: str, ready: Any, stop: Any, count: Any, wakeups: Any) -> None:
+    _ignore_sigint()
+    import psycopg
+
+    from pgbinding.sql import NOTIFY_CHANNEL as WAKEUP_CHANNEL
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        conn.execute(f"LISTEN {WAKEUP_CHANNEL}")
+        ready.set()
+        received = woken = 0
+        while not stop.is_set():
+            for notify in conn.notifies(timeout=0.2):
+                if notify.channel == NOTIFY_CHANNEL:
+                    json.loads(notify.payload)
+                    received += 1
+                    if received % 64 == 0:
+                        count.value = received
+                else:
+                    woken += 1
+            count.value = received
+            wakeups.value = woken

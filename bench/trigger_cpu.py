@@ -1,0 +1,93 @@
+"""CPU cost of the capture trigger per single-row statement, without commits or clients.
+
+    python -m bench.trigger_cpu [--statements 10000] [--repeat 3] [--dsn URL]
+
+Runs ``--statements`` single-row UPDATEs (then INSERTs) inside one DO block, so one transaction
+and no network: what remains is the executor's work per statement, trigger included. Compared:
+no trigger, pgbinding's released capture (with the ``sleeping`` flag false, as under load), the
+stmt-once and rowlevel experiments (bench/experiment.py) and the row-level pg_notify trigger
+(whose real cost, the commit lock, does not show here at all). Median of ``--repeat``.
+
+Table names in the SQL below are this module's own constants, never input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import psycopg
+
+from . import common
+from .experiment import install_experiment
+from .write_path import NOTIFY_FUNCTION
+
+VARIANTS = [
+    ("plain", "no trigger"),
+    ("pgbinding", "pgbinding v1"),
+    ("stmt_once", "EXP stmt-once"),
+    ("rowlevel", "EXP rowlevel"),
+    ("notify", "row notify"),
+]
+ROWS = 10_000
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.trigger_cpu", description=__doc__)
+    p.add_argument("--statements", type=int, default=10_000)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--dsn")
+    args = p.parse_args(argv)
+    with common.server(args.dsn) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+        print("\n".join(common.machine_report(conn)))
+        common.install_pgbinding_schema(conn)
+        wakeup = common.wakeup_table(conn)
+        conn.execute(f"UPDATE {wakeup} SET sleeping = false")  # noqa: S608 - own name
+        conn.execute(NOTIFY_FUNCTION)
+        for key, _ in VARIANTS:
+            table = f"c_{key}"
+            common.create_table(conn, table, ROWS)
+            if key == "pgbinding":
+                common.install_pgbinding_trigger(conn, table)
+            elif key in ("stmt_once", "rowlevel"):
+                install_experiment(conn, key.replace("_", "-"), table)
+            elif key == "notify":
+                conn.execute(
+                    f"CREATE TRIGGER bench_notify AFTER INSERT OR UPDATE OR DELETE ON {table}"
+                    " FOR EACH ROW EXECUTE FUNCTION bench_notify_row()"
+                )
+        conn.execute("VACUUM ANALYZE")
+        n = args.statements
+        loops = {
+            "update": "FOR i IN 1..{n} LOOP UPDATE {t} SET value = value + 1, "
+            "updated_at = now() WHERE id = 1 + (i * 7919) % {rows}; END LOOP;",
+            "insert": "FOR i IN 1..{n} LOOP INSERT INTO {t} (name, value, updated_at) "
+            "VALUES ('bench', i, now()); END LOOP;",
+        }
+        print(
+            f"== microseconds per single-row statement, {n} statements in one transaction, "
+            f"median of {args.repeat}"
+        )
+        print(f"{'variant':16} {'update':>8} {'insert':>8}")
+        results: dict[tuple[str, str], list[float]] = {}
+        for rep in range(args.repeat):
+            for workload, body in loops.items():
+                for key, _ in VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]:
+                    table = f"c_{key}"
+                    conn.execute("TRUNCATE pgbinding_change")
+                    conn.execute(f"DELETE FROM {table} WHERE id > {ROWS}")  # noqa: S608
+                    conn.execute(f"VACUUM {table}, pgbinding_change")
+                    sql = "DO $$ BEGIN " + body.format(n=n, t=table, rows=ROWS) + " END $$"
+                    t0 = time.perf_counter()
+                    conn.execute(sql)
+                    results.setdefault((key, workload), []).append(
+                        (time.perf_counter() - t0) / n * 1e6
+                    )
+        for key, label in VARIANTS:
+            u = common.median(results[(key, "update")])
+            i = common.median(results[(key, "insert")])
+            print(f"{label:16} {u:>8.1f} {i:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,558 @@
+"""Write-path cost of change capture: single-row UPDATE and INSERT throughput under pgbench.
+
+    python -m bench.write_path [--seconds 4] [--clients 1,8,32] [--runs 3] [--dsn URL]
+    python -m bench.write_path --quick          # 3 s, 1 run: a smoke check
+
+Variants, measured side by side in one run on identical 10,000-row tables, interleaved (the
+order of the variants is rotated from run to run), reported as medians over the runs:
+
+  plain      no trigger.
+  pgbinding  pgbinding's capture as the migrations install it (schema_v1 + trigger_v1), with a
+             real pgbinding Listener running in its own process, reading and discarding the log
+             (empty Registry). Under load the listener is busy, so the triggers skip NOTIFY.
+  notify     a hand-written row-level AFTER trigger that calls pg_notify with the row as JSON
+             (old and new, like django-pgpubsub's Notify trigger), with one LISTENing
+             connection, in its own process, draining and parsing the notifications.
+
+The load generator is pgbench (C, ``-c N -j min(N,2) -T S -n -f script``), not Python. The server
+is a private embedded Postgres started with fsync, synchronous_commit and full_page_writes ON
+(the embedded helper's test defaults turn them off), unless ``--dsn`` names another server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+
+import psycopg
+
+from . import common
+from .consumers import LISTENER_NAME, NOTIFY_CHANNEL, run_drainer, run_listener
+from .experiment import EXPERIMENTS, LINGER, PACE, install_experiment
+
+ROWS = 10_000
+
+NOTIFY_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION bench_notify_row() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    payload jsonb;
+BEGIN
+    -- The common hand-written approach (the shape of django-pgpubsub's Notify trigger):
+    -- one NOTIFY per row, carrying the row(s) as JSON.
+    payload := jsonb_build_object(
+        'table', TG_TABLE_NAME, 'op', TG_OP,
+        'old', CASE WHEN TG_OP <> 'INSERT' THEN row_to_json(OLD) END,
+        'new', CASE WHEN TG_OP <> 'DELETE' THEN row_to_json(NEW) END);
+    PERFORM pg_notify('{NOTIFY_CHANNEL}', payload::text);
+    RETURN NULL;
+END $$;
+"""
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    label: str
+    table: str
+    #: How the pgbinding listener must run while this variant is measured ("default": as
+    #: shipped; "async": its connection with synchronous_commit=off; "off": not running;
+    #: None: as it happens to be, idle).
+    listener: str | None = None
+
+    @property
+    def captures(self) -> bool:
+        """Whether this variant writes pgbinding's change log."""
+        return self.key == "pgbinding" or self.key.startswith("exp:")
+
+
+BASE_VARIANTS = [
+    Variant("plain", "no trigger", "t_plain"),
+    Variant("pgbinding", "pgbinding", "t_pgbinding", "default"),
+    Variant("notify", "row notify", "t_notify"),
+]
+
+SCRIPTS = {
+    "update": "\\set id random(1, {rows})\n"
+    "UPDATE {table} SET value = value + 1, updated_at = now() WHERE id = :id;\n",
+    "insert": "INSERT INTO {table} (name, value, updated_at) VALUES ('bench', 1, now());\n",
+}
+
+
+def with_params(dsn: str, **params: str) -> str:
+    parts = urlsplit(dsn)
+    query = "&".join(q for q in (parts.query, urlencode(params, quote_via=quote)) if q)
+    return urlunsplit(parts._replace(query=query))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.write_path",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--seconds", type=int, default=4, help="length of each pgbench run (4)")
+    p.add_argument("--clients", default="1,8,32", help="client counts (1,8,32)")
+    p.add_argument("--runs", type=int, default=3, help="runs of every measurement (3)")
+    p.add_argument("--workloads", default="update,insert", help="update,insert")
+    p.add_argument("--dsn", help="benchmark this database instead of a private server")
+    p.add_argument("--quick", action="store_true", help="smoke check: 3 s, 1 run")
+    p.add_argument(
+        "--experiment",
+        action="append",
+        default=[],
+        choices=sorted(EXPERIMENTS),
+        help="also measure an experimental capture function (see bench/experiment.py)",
+    )
+    p.add_argument(
+        "--quiet-cores",
+        type=float,
+        default=0.4,
+        help="before each measurement wait (up to --quiet-wait s) until the idle machine uses "
+        "less than this many cores (0.4); 0 disables",
+    )
+    p.add_argument("--quiet-wait", type=float, default=10.0)
+    p.add_argument(
+        "--max-other",
+        type=float,
+        default=0.5,
+        help="repeat a measurement (up to --retries times, keeping the cleanest) when other "
+        "work on the machine used more than this many cores during it (0.5)",
+    )
+    p.add_argument("--retries", type=int, default=1)
+    p.add_argument("--json", type=Path, help="also write all measurements to this file")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seconds, args.runs = 3, 1
+    args.client_list = [int(c) for c in args.clients.split(",")]
+    args.workload_list = [w.strip() for w in args.workloads.split(",")]
+    for w in args.workload_list:
+        if w not in SCRIPTS:
+            p.error(f"unknown workload {w!r}")
+    return args
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, dsn: str) -> None:
+        self.args = args
+        self.dsn = dsn
+        self.conn = psycopg.connect(
+            with_params(dsn, application_name="bench-driver"), autocommit=True
+        )
+        self.variants = BASE_VARIANTS + [
+            Variant(
+                f"exp:{name}",
+                f"EXP {name}",
+                f"t_exp_{name.replace('-', '_')}",
+                EXPERIMENTS[name].listener,
+            )
+            for name in args.experiment
+        ]
+        self.pgbench = common.pgbench_path()
+        self.tmp = Path(tempfile.mkdtemp(prefix="pgbinding-bench-scripts-"))
+        self.ctx = mp.get_context("spawn")
+        self.listener: Any = None
+        self.listener_stop: Any = None
+        self.drainer: Any = None
+        self.listener_mode = "off"
+        self.results: list[dict[str, Any]] = []
+        self.waited = 0.0
+        self.retried = 0
+
+    # -- setup --------------------------------------------------------------------------------
+
+    def header(self) -> None:
+        notes = common.ensure_durable(self.conn)
+        print("== machine")
+        print("\n".join(common.machine_report(self.conn)))
+        print("== settings in force (source in brackets)")
+        print("\n".join(common.settings_report(self.conn)))
+        for note in notes:
+            print("  " + note)
+        a = self.args
+        n = a.runs * len(a.workload_list) * len(a.client_list) * len(self.variants)
+        print(
+            f"== plan: {n} pgbench runs of {a.seconds} s ({a.runs} run(s) x workloads "
+            f"{a.workload_list} x clients {a.client_list} x {len(self.variants)} variants), "
+            f"about {n * (a.seconds + 1.5) / 60:.1f} min"
+        )
+        print(f"   pgbench: {self.pgbench} -n -f SCRIPT -c N -j min(N,2) -T {a.seconds}")
+        sys.stdout.flush()
+
+    def setup(self) -> None:
+        c = self.conn
+        for v in self.variants:
+            common.create_table(c, v.table, ROWS)
+        common.install_pgbinding_schema(c)
+        self.wakeup_table = common.wakeup_table(c)
+        common.install_pgbinding_trigger(c, "t_pgbinding")
+        c.execute(NOTIFY_FUNCTION)
+        c.execute(
+            "CREATE TRIGGER bench_notify AFTER INSERT OR UPDATE OR DELETE ON t_notify"
+            " FOR EACH ROW EXECUTE FUNCTION bench_notify_row()"
+        )
+        for v in self.variants:
+            if v.key.startswith("exp:"):
+                install_experiment(c, v.key[4:], v.table)
+        c.execute("VACUUM ANALYZE")
+        for v in self.variants:
+            for w in self.args.workload_list:
+                path = self.tmp / f"{w}_{v.table}.sql"
+                path.write_text(SCRIPTS[w].format(table=v.table, rows=ROWS))
+
+    def start_consumers(self) -> None:
+        self.postmaster = common.postmaster_pid(self.conn)
+        self.drainer_stop = self.ctx.Event()
+        ready = self.ctx.Event()
+        self.notified = self.ctx.Value("q", 0, lock=False)
+        self.wakeups = self.ctx.Value("q", 0, lock=False)
+        self.drainer = self.ctx.Process(
+            target=run_drainer,
+            name="bench-drainer",
+            args=(
+                with_params(self.dsn, application_name="bench-drainer"),
+                ready,
+                self.drainer_stop,
+                self.notified,
+                self.wakeups,
+            ),
+        )
+        self.drainer.start()
+        if not ready.wait(60):
+            raise SystemExit("the drainer process did not start")
+        self.ensure_listener("default")
+        print(
+            f"== consumers: listener pid {self.listener.pid} (backend "
+            f"{self.backend_pid('bench-listener')}), drainer pid {self.drainer.pid} (backend "
+            f"{self.backend_pid('bench-drainer')}); load generator: pgbench, a child of this "
+            "process"
+        )
+
+    def backend_pid(self, application_name: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [application_name]
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def ensure_listener(self, mode: str | None) -> None:
+        """Run the listener the way a variant needs it (restarting it if need be)."""
+        if mode is None or mode == self.listener_mode:
+            return
+        if self.listener is not None:
+            self.listener_stop.set()
+            self.listener.join(30)
+            if self.listener.is_alive():
+                self.listener.terminate()
+                self.listener.join(5)
+            self.listener = None
+        self.listener_mode = mode
+        if mode != "off":
+            params = {"application_name": "bench-listener"}
+            if mode == "async":
+                params["options"] = "-c synchronous_commit=off"
+            pace, linger = (PACE, LINGER) if mode == "paced" else (0.0, 0)
+            self.listener_stop = self.ctx.Event()
+            ready = self.ctx.Event()
+            self.listener = self.ctx.Process(
+                target=run_listener,
+                name="bench-listener",
+                args=(with_params(self.dsn, **params), ready, self.listener_stop, pace, linger),
+            )
+            self.listener.start()
+            if not ready.wait(60):
+                raise SystemExit("the listener process did not start")
+            self.wait_listener_caught_up(30)
+        others: dict[str, int] = {"drainer_py": self.drainer.pid}
+        pid = self.backend_pid("bench-drainer")
+        if pid:
+            others["drainer_pg"] = pid
+        if self.listener is not None:
+            others["listener_py"] = self.listener.pid
+            pid = self.backend_pid("bench-listener")
+            if pid:
+                others["listener_pg"] = pid
+        self.meter = common.CpuMeter(self.postmaster, others)
+
+    def stop_consumers(self) -> None:
+        if self.listener is not None:
+            self.ensure_listener("off")
+        if self.drainer is not None:
+            self.drainer_stop.set()
+            self.drainer.join(20)
+            if self.drainer.is_alive():
+                self.drainer.terminate()
+                self.drainer.join(5)
+
+    # -- one measurement ----------------------------------------------------------------------
+
+    def listener_state(self) -> tuple[int, int, bool]:
+        row = self.conn.execute(
+            "SELECT (SELECT coalesce(max(id), 0) FROM pgbinding_change), l.position,"
+            " l.pending = '[]'::jsonb FROM pgbinding_listener l WHERE l.name = %s",
+            [LISTENER_NAME],
+        ).fetchone()
+        return (int(row[0]), int(row[1]), bool(row[2])) if row else (0, -1, False)
+
+    def wait_listener_caught_up(self, timeout: float) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            top, pos, clean = self.listener_state()
+            if pos >= top and clean:
+                return time.monotonic() - start
+            if self.listener is None or not self.listener.is_alive():
+                raise SystemExit("the listener process died")
+            time.sleep(0.01)
+        raise SystemExit(f"the listener did not catch up within {timeout} s")
+
+    def wait_drained(self, target: int, timeout: float) -> float:
+        start = time.monotonic()
+        while self.notified.value < target:
+            if time.monotonic() - start > timeout:
+                raise SystemExit(f"the drainer got {self.notified.value} of {target} notifications")
+            time.sleep(0.01)
+        return time.monotonic() - start
+
+    def wal_lsn(self) -> int:
+        row = self.conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
+        return int(row[0]) if row else 0
+
+    def reset(self) -> None:
+        """Same starting state for every measurement: 10,000 rows, an empty log, no dead rows,
+        a fresh checkpoint (so no measurement pays for another's dirty pages)."""
+        c = self.conn
+        c.execute("SET session_replication_role = replica")  # no triggers fire
+        for v in self.variants:
+            c.execute(f"DELETE FROM {v.table} WHERE id > {ROWS}")  # noqa: S608 - own name
+        c.execute("RESET session_replication_role")
+        c.execute("TRUNCATE pgbinding_change")
+        if self.listener is None:
+            # Nobody reads the log now: move the stopped listener's position past what was
+            # truncated, so that it does not wait on a huge gap when it comes back.
+            c.execute(
+                "UPDATE pgbinding_listener SET position = coalesce(pg_sequence_last_value("
+                "pg_get_serial_sequence('pgbinding_change', 'id')::regclass), 0),"
+                " pending = '[]' WHERE name = %s",
+                [LISTENER_NAME],
+            )
+        tables = [v.table for v in self.variants]
+        tables += ["pgbinding_change", self.wakeup_table, "pgbinding_listener"]
+        c.execute(f"VACUUM (ANALYZE) {', '.join(tables)}")
+        c.execute("CHECKPOINT")
+
+    def measure(self, run: int, workload: str, clients: int, v: Variant) -> dict[str, Any]:
+        self.ensure_listener(v.listener)
+        self.reset()
+        waited, idle_busy = 0.0, float("nan")
+        if self.args.quiet_cores > 0:
+            waited, idle_busy = common.wait_quiet(self.args.quiet_cores, self.args.quiet_wait)
+            self.waited += waited
+        script = self.tmp / f"{workload}_{v.table}.sql"
+        notified0, wakeups0 = self.notified.value, self.wakeups.value
+        wal0 = self.wal_lsn()
+        self.meter.start()
+        res = common.run_pgbench(
+            self.pgbench,
+            with_params(self.dsn, application_name="bench-pgbench"),
+            script,
+            clients,
+            self.args.seconds,
+        )
+        cpu = self.meter.stop()
+        wal = self.wal_lsn() - wal0
+        drain = float("nan")
+        if v.captures and self.listener is not None:
+            drain = self.wait_listener_caught_up(120)
+        elif v.key == "notify":
+            drain = self.wait_drained(notified0 + res.xacts, 120)
+        time.sleep(0.25)  # let the drainer report the wake-ups it got
+        if v.key == "notify":
+            seen = self.notified.value - notified0
+        else:
+            seen = self.wakeups.value - wakeups0
+        return {
+            "run": run,
+            "workload": workload,
+            "clients": clients,
+            "variant": v.key,
+            "label": v.label,
+            "tps": res.tps,
+            "xacts": res.xacts,
+            "failed": res.failed,
+            "latency_ms": res.latency_ms,
+            "drain_s": drain,
+            "cpu": cpu,
+            "notifies": seen,
+            "wal_per_xact": wal / res.xacts if res.xacts else float("nan"),
+            "pg_us_per_xact": cpu["postgres"] * cpu["wall"] / res.xacts * 1e6
+            if res.xacts
+            else float("nan"),
+            "idle_busy": idle_busy,
+            "waited_s": waited,
+        }
+
+    def run(self) -> None:
+        a = self.args
+        n = len(self.variants)
+        started = time.monotonic()
+        for run in range(a.runs):
+            order = [self.variants[(i + run) % n] for i in range(n)]
+            print(f"== run {run + 1}/{a.runs}: order {[v.key for v in order]}")
+            for workload in a.workload_list:
+                for clients in a.client_list:
+                    line = []
+                    for v in order:
+                        r = self.measure(run, workload, clients, v)
+                        for _ in range(a.retries):
+                            if r["cpu"]["other"] <= a.max_other:
+                                break
+                            self.retried += 1
+                            again = self.measure(run, workload, clients, v)
+                            if again["cpu"]["other"] < r["cpu"]["other"]:
+                                r = again
+                        self.results.append(r)
+                        other = r["cpu"]["other"]
+                        flag = f" (other work {other:.1f} cores)" if other > 0.3 else ""
+                        line.append(f"{v.key} {r['tps']:.0f}{flag}")
+                    print(f"   {workload:6} c={clients:<3} " + "  ".join(line), flush=True)
+        print(
+            f"== measured in {(time.monotonic() - started) / 60:.1f} min (of which "
+            f"{self.waited:.0f} s waiting for other work on the machine to quieten; "
+            f"{self.retried} measurement(s) repeated because of it; "
+            f"{sum(r['cpu']['other'] > a.max_other for r in self.results)} kept with more "
+            f"than {a.max_other} cores of other work)"
+        )
+
+    # -- report -------------------------------------------------------------------------------
+
+    def report(self) -> None:
+        a = self.args
+        med = common.median
+        width = max(len(v.label) for v in self.variants)
+        print()
+        print(
+            f"== results: median tps over {a.runs} run(s) of {a.seconds} s; ratio = median "
+            "tps / median no-trigger tps; ratio range = min-max of the per-run ratios"
+        )
+        hdr = (
+            f"{'workload':8} {'clients':>7}  {'variant':{width}} {'median tps':>10} "
+            f"{'min-max tps':>15} {'ratio':>6} {'ratio range':>12}"
+        )
+        print(hdr)
+        print("-" * len(hdr))
+        for workload in a.workload_list:
+            for clients in a.client_list:
+                base = self.pick(workload, clients, "plain")
+                base_med = med([r["tps"] for r in base])
+                for v in self.variants:
+                    rs = self.pick(workload, clients, v.key)
+                    tps = [r["tps"] for r in rs]
+                    ratios = [r["tps"] / b["tps"] for r, b in zip(rs, base, strict=True)]
+                    ratio = med(tps) / base_med if base_med else float("nan")
+                    rng = f"{min(ratios):.2f}-{max(ratios):.2f}"
+                    print(
+                        f"{workload:8} {clients:>7}  {v.label:{width}} {med(tps):>10.0f} "
+                        f"{min(tps):>7.0f}-{max(tps):<7.0f} {ratio:>6.2f} {rng:>12}"
+                    )
+                print()
+        print(
+            f"== where the time went (medians; CPU in cores = CPU seconds per second, of "
+            f"{common.NCPU})"
+        )
+        hdr = (
+            f"{'workload':8} {'clients':>7}  {'variant':{width}} {'pgbench':>7} "
+            f"{'postgres':>8} {'consumer':>8} {'busy%':>5} {'iowt%':>5} {'pg us/tx':>8} "
+            f"{'WAL B/tx':>8} {'lat ms':>6} {'drain s':>7} {'NOTIFYs':>7} {'other':>5}"
+        )
+        print(hdr)
+        print("-" * len(hdr))
+        for workload in a.workload_list:
+            for clients in a.client_list:
+                for v in self.variants:
+                    rs = self.pick(workload, clients, v.key)
+
+                    def m(key: str, rs: list[dict[str, Any]] = rs) -> float:
+                        return med([r["cpu"].get(key, 0.0) for r in rs])
+
+                    def f(key: str, rs: list[dict[str, Any]] = rs) -> float:
+                        return med([r[key] for r in rs])
+
+                    if v.key == "notify":
+                        consumer = med(
+                            [
+                                r["cpu"].get("drainer_py", 0) + r["cpu"].get("drainer_pg", 0)
+                                for r in rs
+                            ]
+                        )
+                    elif not v.captures or v.listener == "off":
+                        consumer = float("nan")
+                    else:
+                        consumer = med(
+                            [
+                                r["cpu"].get("listener_py", 0) + r["cpu"].get("listener_pg", 0)
+                                for r in rs
+                            ]
+                        )
+                    wake = f("notifies") if v.key != "plain" else float("nan")
+                    print(
+                        f"{workload:8} {clients:>7}  {v.label:{width}} {m('loadgen'):>7.2f} "
+                        f"{m('postgres'):>8.2f} {consumer:>8.2f} {100 * m('busy'):>5.0f} "
+                        f"{100 * m('iowait'):>5.0f} {f('pg_us_per_xact'):>8.0f} "
+                        f"{f('wal_per_xact'):>8.0f} {f('latency_ms'):>6.2f} "
+                        f"{f('drain_s'):>7.2f} {wake:>7.0f} {m('other'):>5.2f}"
+                    )
+        print(
+            "  pgbench  = the load generator's CPU; postgres = all Postgres processes' CPU "
+            "(the consumers' backends too);\n"
+            "  consumer = CPU of the listener (pgbinding) or the drainer (notify): its Python "
+            "process plus its backend;\n"
+            "  busy%/iowt% = whole machine; pg us/tx = Postgres CPU per transaction; WAL B/tx = "
+            "WAL bytes per transaction,\n"
+            "  all sessions (the listener's position saves too); lat ms = pgbench's average "
+            "latency;\n"
+            "  drain s = time from the end of the load until the consumer had read everything;\n"
+            "  NOTIFYs = notifications received (pgbinding: wake-ups on channel 'pgbinding'; "
+            "notify: one per row);\n"
+            "  other = cores busy with anything else during the measurement (other people's "
+            "work on a shared machine: noise)."
+        )
+        if a.json:
+            a.json.write_text(json.dumps(self.results, indent=1))
+            print(f"== all measurements written to {a.json}")
+
+    def pick(self, workload: str, clients: int, key: str) -> list[dict[str, Any]]:
+        return sorted(
+            (
+                r
+                for r in self.results
+                if r["workload"] == workload and r["clients"] == clients and r["variant"] == key
+            ),
+            key=lambda r: r["run"],
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    with common.server(args.dsn) as dsn:
+        bench = Bench(args, dsn)
+        try:
+            bench.header()
+            bench.setup()
+            bench.start_consumers()
+            bench.run()
+            bench.report()
+        finally:
+            bench.stop_consumers()
+            bench.conn.close()
+            shutil.rmtree(bench.tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
