@@ -15,7 +15,6 @@ import argparse
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -56,7 +55,9 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    if not port_free(args.host, args.port):
+    from pgbinding.embedded import port_is_free
+
+    if not port_is_free(args.host, args.port):
         print(f"Port {args.port} on {args.host} is in use; run with PORT=<another port>.")
         return 1
 
@@ -97,16 +98,6 @@ def main() -> int:
         if postgres is not None:
             print("== stopping Postgres")
             postgres.stop()
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def psql_command(database_url: str) -> str:

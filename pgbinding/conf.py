@@ -94,3 +94,32 @@ def _reload(*, setting: str, **kwargs: Any) -> None:
 
 
 setting_changed.connect(_reload)
+
+
+def channel_layers(
+    redis_url: str | None = None, *, capacity: int = 100_000, expiry: int = 60
+) -> dict[str, Any]:
+    """A ``CHANNEL_LAYERS`` setting with the defaults pgbinding's guarantees need.
+
+    Without ``redis_url``: the in-memory layer (one process). With it: channels-redis, with
+    ``socket_timeout=None`` (redis-py 8 otherwise drops idle consumers after 5 s,
+    channels_redis#422) and ``capacity`` raised from the default 100 per channel, which
+    silently drops bursts.
+    """
+    if not redis_url:
+        return {
+            "default": {
+                "BACKEND": "channels.layers.InMemoryChannelLayer",
+                "CONFIG": {"capacity": capacity, "expiry": expiry},
+            }
+        }
+    return {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": redis_url, "socket_timeout": None}],
+                "capacity": capacity,
+                "expiry": expiry,
+            },
+        }
+    }

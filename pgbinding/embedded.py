@@ -96,7 +96,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _port_is_free(host: str, port: int) -> bool:
+def port_is_free(host: str, port: int) -> bool:
     """Whether a server could listen on host:port now.
 
     Like Postgres and Redis, the probe sets ``SO_REUSEADDR``: connections of a previous
@@ -725,7 +725,7 @@ class EmbeddedPostgres(_Server):
             # Keep the port of the previous run (and of this object) when still free, so
             # that URLs stay stable across restarts and demo runs.
             previous = self._port or self._read_state().get("port")
-            if isinstance(previous, int) and _port_is_free(self.host, previous):
+            if isinstance(previous, int) and port_is_free(self.host, previous):
                 return previous
         return free_port(self.host)
 
@@ -860,7 +860,7 @@ class EmbeddedRedis(_Server):
                 # After stop() or kill(), come back on the same port when it is still free,
                 # so that clients holding the URL can reconnect.
                 previous = self._port if attempt == 1 else None
-                free = previous is not None and _port_is_free(self.host, previous)
+                free = previous is not None and port_is_free(self.host, previous)
                 port = previous if previous is not None and free else free_port(self.host)
             try:
                 self._spawn(directory, port, retry_on_port_clash=attempt < attempts)

@@ -9,6 +9,8 @@ import os
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from pgbinding.conf import channel_layers
+
 SECRET_KEY = "pgbinding-tests-not-secret"
 DEBUG = False
 USE_TZ = True
@@ -54,28 +56,10 @@ MIDDLEWARE = [
 
 ASGI_APPLICATION = "tests.asgi.application"
 
-_redis = os.environ.get("PGBINDING_TEST_CHANNEL_LAYER_REDIS")
-if _redis:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # A dict host lets us pass socket_timeout=None: redis-py 8 otherwise drops idle
-                # connections after 5 s (channels_redis#422).
-                "hosts": [{"address": _redis, "socket_timeout": None}],
-                # The default capacity of 100 silently drops bursts (DESIGN §5).
-                "capacity": 100_000,
-                "expiry": 600,
-            },
-        }
-    }
-else:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
-            "CONFIG": {"capacity": 100_000, "expiry": 600},
-        }
-    }
+# Subprocesses (pglisten, daphne) of the multi-process tests get a Redis URL here.
+CHANNEL_LAYERS = channel_layers(
+    os.environ.get("PGBINDING_TEST_CHANNEL_LAYER_REDIS"), capacity=100_000, expiry=600
+)
 
 PGBINDING = {
     "GAP_POLL_INTERVAL": 0.01,

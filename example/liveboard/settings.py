@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from pgbinding.conf import channel_layers
+
 BASE_DIR = Path(__file__).resolve().parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "liveboard-demo-only-not-secret")
@@ -83,26 +85,9 @@ DATABASES = {
     )
 }
 
-REDIS_URL = os.environ.get("REDIS_URL")
-if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # socket_timeout None: redis-py 8 otherwise drops idle sockets after 5 s.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
-                # The default of 100 messages per channel drops bursts silently.
-                "capacity": 100000,
-            },
-        }
-    }
-else:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
-            "CONFIG": {"capacity": 100000},
-        }
-    }
+# In-memory layer for one process; channels-redis (with the settings that avoid its known
+# pitfalls) when REDIS_URL is set, for a separate pglisten and several servers.
+CHANNEL_LAYERS = channel_layers(os.environ.get("REDIS_URL"))
 
 PGBINDING = {}  # the defaults; see pgbinding.conf for the keys
 
