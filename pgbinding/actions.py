@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from django import forms
@@ -110,6 +111,8 @@ def _form_class(binding: Binding) -> type[forms.ModelForm[Any]]:
 
 
 def _save(binding: Binding, data: dict[str, Any], instance: models.Model | None) -> models.Model:
+    if binding.serializer_class is not None:
+        return _save_with_serializer(binding, data, instance)
     form_class = _form_class(binding)
     # Fields the client did not send keep their current values (update) or the model's
     # defaults (create).
@@ -162,6 +165,33 @@ def _writing(binding: Binding) -> Iterator[None]:
     except DataError as exc:
         logger.info("Inbound write on %s refused by the database: %s", binding.stream, exc)
         raise ActionError(400, "A value is not valid for the database.") from None
+
+
+def _save_with_serializer(
+    binding: Binding, data: dict[str, Any], instance: models.Model | None
+) -> models.Model:
+    """Validate and save with the binding's DRF serializer (partial on update)."""
+    request = SimpleNamespace(user=binding.user)
+    serializer = binding.serializer_class(
+        instance=instance,
+        data=data,
+        partial=instance is not None,
+        context={"user": binding.user, "binding": binding, "request": request},
+    )
+    if not serializer.is_valid():
+        raise ActionError(
+            400,
+            {
+                str(k): [str(m) for m in (v if isinstance(v, list) else [v])]
+                for k, v in serializer.errors.items()
+            },
+        )
+    obj: models.Model = serializer.save()
+    if instance is None:
+        # Saved inside the action's transaction: refusing here rolls the create back.
+        _check_object(binding, "create", obj)
+    obj.refresh_from_db()
+    return obj
 
 
 def create(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:

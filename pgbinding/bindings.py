@@ -80,6 +80,10 @@ class Binding:
     permission_classes: ClassVar[Sequence[type[BasePermission]]] = ()
     #: A ModelForm that validates inbound create/update (default: one built from the fields).
     form_class: ClassVar[type[forms.ModelForm[Any]] | None] = None
+    #: A Django REST framework serializer class that validates and saves inbound writes instead
+    #: of a form. Its context has ``user``, ``binding`` and ``request`` (with ``.user``, for
+    #: ``CurrentUserDefault``); ``pre_save`` is not called on this path.
+    serializer_class: ClassVar[Any] = None
     #: ``list`` page size when the client does not ask, and the most it may ask for.
     page_size: ClassVar[int] = 50
     max_page_size: ClassVar[int] = 500

@@ -416,3 +416,79 @@ async def test_json_numbers_and_naive_datetime_filters(live):
     assert [(p["action"], p["data"]["extra"]) for p in frames] == [
         ("update", {"x": 1.5, "n": [1, 2.25]})
     ]
+
+
+async def test_drf_serializer_validates_and_unknown_fields_can_be_ignored(live):
+    user = await make_user("writer")
+    socket = await live.connect("/all/", user=user)
+    reply = await socket.request("serialized", "create", data={"name": "s", "value": -1})
+    assert reply["status"] == 400 and reply["errors"] == {"value": ["must not be negative"]}
+    reply = await socket.request(
+        "serialized", "create", data={"name": "s", "value": 2, "not_a_field": 1}
+    )
+    assert reply["status"] == 201 and reply["data"]["data"] == {"name": "s", "value": 2}
+    pk = reply["data"]["pk"]
+    reply = await socket.request("serialized", "update", pk=pk, data={"value": 5})
+    assert reply["status"] == 200 and reply["data"]["data"] == {"name": "s", "value": 5}
+    assert (await get_item(pk)).value == 5
+
+
+async def test_subscribe_to_one_row(live):
+    staff = await make_user("staff", staff=True)
+    a = await make_item(name="a")
+    b = await make_item(name="b")
+    await live.settle()
+    socket = await live.connect("/all/", user=staff)
+    reply = await socket.request("items", "subscribe", pk=a.pk)
+    assert [r["pk"] for r in reply["data"]["results"]] == [a.pk]
+    await update_items([a.pk, b.pk], value=4)
+    frames = [f["payload"] for f in await socket.events()]
+    assert [(p["action"], p["pk"]) for p in frames] == [("update", a.pk)]
+    reply = await socket.request("items", "unsubscribe", subscription=reply["data"]["subscription"])
+    assert reply["status"] == 200
+    await update_items([a.pk], value=5)
+    assert await socket.events() == []
+
+
+async def test_no_change_between_snapshot_and_subscription_is_lost_or_doubled(live, raw_conninfo):
+    """Writers increment rows while a client subscribes: the snapshot value of each row, then
+    its events, must count up by exactly one (a lost change skips a number, a doubled one
+    repeats it), ending at the row's final value."""
+    import threading
+
+    import psycopg
+
+    staff = await make_user("staff", staff=True)
+    items = [await make_item(name=f"r{n}", value=0) for n in range(4)]
+    await live.settle()
+    stop = threading.Event()
+
+    def write() -> None:
+        with psycopg.connect(raw_conninfo, autocommit=True) as conn:
+            while not stop.is_set():
+                for item in items:
+                    conn.execute(
+                        "UPDATE testapp_item SET value = value + 1 WHERE id = %s", [item.pk]
+                    )
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        import asyncio
+
+        await asyncio.sleep(0.3)
+        socket = await live.connect("/all/", user=staff)
+        reply = await socket.request("items", "subscribe")
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        writer.join()
+    frames = [f["payload"] for f in await socket.events()]
+    for item in items:
+        [row] = [r for r in reply["data"]["results"] if r["pk"] == item.pk]
+        values = [row["data"]["value"]] + [
+            p["data"]["value"] for p in frames if p["pk"] == item.pk and p["action"] == "update"
+        ]
+        assert values == list(range(values[0], values[0] + len(values))), values
+        assert values[-1] == (await get_item(item.pk)).value
+        assert len(values) > 1, "writes should have happened after the snapshot"

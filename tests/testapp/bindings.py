@@ -71,3 +71,32 @@ class OwnedItemBinding(WebsocketBinding):
     def pre_save(self, instance, action):
         if action == "create":
             instance.owner = self.user
+
+
+def _item_serializer():
+    from rest_framework import serializers
+
+    class Serializer(serializers.ModelSerializer):
+        class Meta:
+            model = Item
+            fields = ["name", "value"]
+
+        def validate_value(self, value):
+            if value < 0:
+                raise serializers.ValidationError("must not be negative")
+            return value
+
+    return Serializer
+
+
+class SerializedItemBinding(WebsocketBinding):
+    """Inbound writes validated by a DRF serializer; unknown fields are dropped, not refused."""
+
+    from pgbinding.permissions import IsAuthenticated
+
+    model = Item
+    stream = "serialized"
+    fields = ["name", "value"]
+    ignore_unknown_fields = True
+    permission_classes = [IsAuthenticated]
+    serializer_class = _item_serializer()
