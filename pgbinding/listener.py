@@ -261,15 +261,13 @@ class Listener:
                 # for every transaction running now to end, then read once more.
                 self._guard = await changelog.watch_running(conn)
                 continue
-            if self._guard is not None:
-                if self._guard.finished(await changelog.running(conn)):
-                    self._guard = None
-                else:
-                    await self._wait_notify(conn, self.gap_poll_interval)
+            if self._guard is not None and self._guard.finished(await changelog.running(conn)):
+                self._guard = None
                 continue
-            if self.log.gaps:
-                # Ids below our position are held by transactions still running (or rolled
-                # back): re-read them now and then, backing off up to half a second.
+            if self._guard is not None or self.log.gaps:
+                # Transactions still running may commit changes we will not be told about
+                # (guard), or hold ids below our position (gaps): look again now and then,
+                # backing off up to half a second (a long transaction may be unrelated).
                 await self._wait_notify(conn, gap_wait)
                 gap_wait = min(gap_wait * 2, 0.5)
                 continue
