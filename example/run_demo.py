@@ -51,18 +51,28 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".pgbinding-demo")
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument(
+        "--production",
+        action="store_true",
+        help="the production shape: channels-redis (a private Redis unless REDIS_URL is set), "
+        "manage.py pglisten in its own process, and two daphne servers (PORT and PORT+1)",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
     from pgbinding.embedded import port_is_free
 
-    if not port_is_free(args.host, args.port):
-        print(f"Port {args.port} on {args.host} is in use; run with PORT=<another port>.")
-        return 1
+    ports = [args.port, args.port + 1] if args.production else [args.port]
+    for port in ports:
+        if not port_is_free(args.host, port):
+            print(f"Port {port} on {args.host} is in use; run with PORT=<another port>.")
+            return 1
 
     postgres = None
-    daphne = None
+    redis = None
+    listener: subprocess.Popen[bytes] | None = None
+    servers: list[subprocess.Popen[bytes]] = []
     try:
         if os.environ.get("DATABASE_URL"):
             database_url = os.environ["DATABASE_URL"]
@@ -82,19 +92,37 @@ def main() -> int:
         )
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
         prepare_database()
-        daphne = start_daphne(args.host, args.port)
-        url = f"http://{args.host}:{args.port}/"
-        wait_until_serving(url, daphne)
-        print_banner(url)
-        return daphne.wait()
+        if args.production:
+            if not os.environ.get("REDIS_URL"):
+                from pgbinding.embedded import EmbeddedRedis
+
+                redis = EmbeddedRedis()
+                os.environ["REDIS_URL"] = redis.start().url
+                print(f"== Redis on {redis.url}")
+            print("== manage.py pglisten (its own process)")
+            listener = subprocess.Popen(
+                [sys.executable, "manage.py", "pglisten"], cwd=EXAMPLE, start_new_session=True
+            )
+        urls = []
+        for port in ports:
+            servers.append(start_daphne(args.host, port))
+            urls.append(f"http://{args.host}:{port}/")
+            wait_until_serving(urls[-1], servers[-1])
+        print_banner(" and ".join(urls))
+        return servers[0].wait()
     except Stop as stop:
         print(f"\n== {stop}: stopping")
         return 0
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the clean-up finish
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if daphne is not None:
-            stop_daphne(daphne)
+        for server in servers:
+            stop_daphne(server)
+        if listener is not None:
+            stop_daphne(listener)
+        if redis is not None:
+            print("== stopping Redis")
+            redis.stop()
         if postgres is not None:
             print("== stopping Postgres")
             postgres.stop()
@@ -173,8 +201,9 @@ def wait_until_serving(url: str, daphne: subprocess.Popen[bytes], timeout: float
 
 
 def stop_daphne(daphne: subprocess.Popen[bytes]) -> None:
+    """Stop a child we started (daphne or pglisten) with SIGINT, then harder."""
     if daphne.poll() is None:
-        print("== stopping daphne")
+        print(f"== stopping {'pglisten' if 'pglisten' in daphne.args else 'daphne'}")
         daphne.send_signal(signal.SIGINT)
         try:
             daphne.wait(10)

@@ -6,6 +6,7 @@ and pgbinding's listener running inside this process (one process, in-memory cha
 
 import os
 
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "liveboard.settings")
@@ -26,15 +27,18 @@ class LiveboardDemultiplexer(Demultiplexer):
     consumers = {"items": ItemBinding.consumer}
 
 
-application = with_listener(
-    ProtocolTypeRouter(
-        {
-            "http": django_asgi_app,
-            # The socket is authenticated by the session cookie, so refuse pages of other
-            # sites (cross-site WebSocket hijacking): the Origin must be in ALLOWED_HOSTS.
-            "websocket": AllowedHostsOriginValidator(
-                AuthMiddlewareStack(URLRouter([path("binding/", LiveboardDemultiplexer.as_asgi())]))
-            ),
-        }
-    )
+router = ProtocolTypeRouter(
+    {
+        # Static files (the pgbinding.js client) from the apps' static/ folders: daphne
+        # itself serves none. Behind a real web server, collectstatic and serve them there.
+        "http": ASGIStaticFilesHandler(django_asgi_app),
+        # The socket is authenticated by the session cookie, so refuse pages of other
+        # sites (cross-site WebSocket hijacking): the Origin must be in ALLOWED_HOSTS.
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter([path("binding/", LiveboardDemultiplexer.as_asgi())]))
+        ),
+    }
 )
+# One process with the in-memory layer: run the listener here. With REDIS_URL (the production
+# shape) `manage.py pglisten` runs in its own process instead.
+application = router if os.environ.get("REDIS_URL") else with_listener(router)

@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
+    "django.contrib.staticfiles",  # serves pgbinding/pgbinding.js (see asgi.py)
     "channels",
     "pgbinding",
     "liveboard",
@@ -48,6 +49,7 @@ ROOT_URLCONF = "liveboard.urls"
 ASGI_APPLICATION = "liveboard.asgi.application"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
+STATIC_URL = "static/"
 
 TEMPLATES = [
     {

@@ -207,3 +207,64 @@ def test_demo_serves_live_updates_and_stops_cleanly(tmp_path: Path) -> None:
                 proc.kill()
                 proc.wait()
         postgres.stop()
+
+
+def test_demo_production_shape_pglisten_redis_two_servers(tmp_path: Path) -> None:
+    """``scripts/demo --production``: a separate pglisten process, channels-redis (a private
+    Redis) and two daphne servers; an outside write reaches sockets on both servers."""
+    from pgbinding.embedded import port_is_free
+
+    port = free_port()
+    while not port_is_free("127.0.0.1", port + 1):
+        port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    datadir = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "example" / "run_demo.py"),
+            "--production",
+            "--data-dir",
+            str(datadir),
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Output(proc)
+    try:
+        output.wait_for(r"Liveboard is running at\s+(\S+)", proc, timeout=40)
+        assert "manage.py pglisten" in output.text and "Redis on" in output.text
+        database_url = output.wait_for(r"psql (postgresql://\S+) -c", proc)
+        sockets = [
+            connect(f"ws://127.0.0.1:{p}/binding/", origin=f"http://127.0.0.1:{p}", open_timeout=10)
+            for p in (port, port + 1)
+        ]
+        try:
+            for ws in sockets:
+                assert request(ws, "subscribe", "s")["status"] == 200
+            output.wait_for(r"(Caught up)", proc)
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute("UPDATE liveboard_item SET value = value + 1;")
+            for ws in sockets:
+                updates = events(ws, len(DEMO_ITEMS))
+                assert {p["action"] for p in updates} == {"update"}
+        finally:
+            for ws in sockets:
+                ws.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+    output.thread.join(5)
+    assert code == 0, output.text
+    assert "stopping pglisten" in output.text and "stopping Redis" in output.text
+    assert leftovers(str(datadir), f"-p {port} liveboard.asgi", f"-p {port + 1} liveboard") == []
