@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ import psycopg
 import pytest
 
 from pgbinding.embedded import EmbeddedPostgres, free_port
+from tests.demo_process import Output, demo_env
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / ".test-artifacts"
@@ -88,24 +88,6 @@ def browser(chromium: str) -> Iterator[Any]:
             browser.close()
 
 
-class Output:
-    """A process's stdout and stderr, collected by a thread."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self.thread.start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.lines)
-
-
 class Demo:
     """``example/run_demo.py`` on a fixed port, with ``DATABASE_URL`` set to our Postgres."""
 
@@ -119,12 +101,7 @@ class Demo:
         self.outputs: list[str] = []
 
     def start(self, timeout: float = 30) -> None:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")
-        }
-        env.update(DATABASE_URL=self.database_url, PYTHONUNBUFFERED="1")
+        env = {**demo_env(), "DATABASE_URL": self.database_url}
         # The port was just released by the previous run: retry while it is still taken.
         deadline = time.monotonic() + timeout
         while True:

@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -24,44 +23,10 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from pgbinding.embedded import EmbeddedPostgres, free_port
+from tests.demo_process import Output, demo_env
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_ITEMS = {"Water the plants", "Fix the bike", "Paint the fence", "Read DESIGN.md"}
-
-
-class Output:
-    """The demo's stdout and stderr, collected by a thread."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self.thread.start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, pattern: str, proc: subprocess.Popen[str], timeout: float = 25) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(pattern, self.text)
-            if found:
-                return found.group(1)
-            if proc.poll() is not None:
-                self.thread.join(2)
-                found = re.search(pattern, self.text)
-                if found:
-                    return found.group(1)
-                raise AssertionError(f"demo exited with {proc.returncode}:\n{self.text}")
-            time.sleep(0.05)
-        raise AssertionError(
-            f"no {pattern!r} in the demo's output within {timeout} s:\n{self.text}"
-        )
 
 
 def request(ws: ClientConnection, action: str, request_id: str, **payload: Any) -> dict[str, Any]:
@@ -117,12 +82,7 @@ def leftovers(*markers: str) -> list[str]:
 def test_demo_serves_live_updates_and_stops_cleanly(tmp_path: Path) -> None:
     started = time.monotonic()
     port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")
-    }
-    env["PYTHONUNBUFFERED"] = "1"
+    env = demo_env()
     datadir = tmp_path / "demo"
     demo = [sys.executable, str(ROOT / "example" / "run_demo.py")]
     proc = subprocess.Popen(
@@ -217,12 +177,7 @@ def test_demo_production_shape_pglisten_redis_two_servers(tmp_path: Path) -> Non
     port = free_port()
     while not port_is_free("127.0.0.1", port + 1):
         port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")
-    }
-    env["PYTHONUNBUFFERED"] = "1"
+    env = demo_env()
     datadir = tmp_path / "demo"
     proc = subprocess.Popen(
         [
