@@ -117,9 +117,9 @@ def main() -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the clean-up finish
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for server in servers:
-            stop_daphne(server)
+            stop_child(server)
         if listener is not None:
-            stop_daphne(listener)
+            stop_child(listener)
         if redis is not None:
             print("== stopping Redis")
             redis.stop()
@@ -200,16 +200,16 @@ def wait_until_serving(url: str, daphne: subprocess.Popen[bytes], timeout: float
         time.sleep(0.1)
 
 
-def stop_daphne(daphne: subprocess.Popen[bytes]) -> None:
+def stop_child(child: subprocess.Popen[bytes]) -> None:
     """Stop a child we started (daphne or pglisten) with SIGINT, then harder."""
-    if daphne.poll() is None:
-        print(f"== stopping {'pglisten' if 'pglisten' in daphne.args else 'daphne'}")
-        daphne.send_signal(signal.SIGINT)
+    if child.poll() is None:
+        print(f"== stopping {'pglisten' if 'pglisten' in child.args else 'daphne'}")
+        child.send_signal(signal.SIGINT)
         try:
-            daphne.wait(10)
+            child.wait(10)
         except subprocess.TimeoutExpired:
-            daphne.kill()
-            daphne.wait()
+            child.kill()
+            child.wait()
 
 
 def print_banner(url: str) -> None:

@@ -352,31 +352,33 @@ def _evaluate(sub: Subscription, message: dict[str, Any]) -> list[dict[str, Any]
         return [{"action": "reload", "reason": "truncate", **base}]
     old = instance_from_row(binding.model, message["old"]) if message["old"] else None
     new = instance_from_row(binding.model, message["new"]) if message["new"] else None
-    old_in = _was_in(sub, old)
+    old_pk = binding.serialize_pk(old) if old is not None else None
+    new_pk = binding.serialize_pk(new) if new is not None else None
+    old_in = old is not None and _was_in(sub, old, old_pk)
     new_in = new is not None and _in_view(sub, new) and _visible(binding, new)
     out: list[dict[str, Any]] = []
 
-    def event(action: str, instance: models.Model, data: Any) -> dict[str, Any]:
-        e = {"action": action, "pk": binding.serialize_pk(instance), **base}
+    def event(action: str, pk: Any, data: Any) -> dict[str, Any]:
+        e = {"action": action, "pk": pk, **base}
         if data is not None:
             e["data"] = data
         return e
 
     if old is not None and old_in and new is not None and new_in:
-        if old.pk != new.pk:
-            out += [event("delete", old, None), event("create", new, binding.serialize(new))]
-        elif binding.serialize(old) != binding.serialize(new):
-            out.append(event("update", new, binding.serialize(new)))
+        new_data = binding.serialize(new)
+        if old_pk != new_pk:
+            out += [event("delete", old_pk, None), event("create", new_pk, new_data)]
+        elif binding.serialize(old) != new_data:
+            out.append(event("update", new_pk, new_data))
     elif old is not None and old_in:
         known = sub.members is not None
-        out.append(event("delete", old, binding.serialize(old) if known else None))
+        out.append(event("delete", old_pk, binding.serialize(old) if known else None))
     elif new is not None and new_in:
-        out.append(event("create", new, binding.serialize(new)))
+        out.append(event("create", new_pk, binding.serialize(new)))
     if sub.members is not None:
-        if old is not None:
-            sub.members.discard(binding.serialize_pk(old))
-        if new is not None and new_in:
-            sub.members.add(binding.serialize_pk(new))
+        sub.members.discard(old_pk)
+        if new_in:
+            sub.members.add(new_pk)
     return out
 
 
@@ -384,11 +386,11 @@ def _in_view(sub: Subscription, instance: models.Model) -> bool:
     return (sub.pk is None or instance.pk == sub.pk) and filters.matches(sub.where, instance)
 
 
-def _was_in(sub: Subscription, old: models.Model | None) -> bool:
-    if old is None:
-        return False
+def _was_in(sub: Subscription, old: models.Model, pk: Any) -> bool:
+    """Did the client hold this row before the change? Known exactly from the rows it was
+    sent; after a resume (not known), judged by filter and object permission."""
     if sub.members is not None:
-        return sub.binding.serialize_pk(old) in sub.members
+        return pk in sub.members
     binding = sub.binding
     return _in_view(sub, old) and binding.has_object_permission(binding.user, "retrieve", old)
 

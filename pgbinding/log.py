@@ -129,22 +129,24 @@ class Cursor:
     @classmethod
     def decode(cls, token: object) -> Cursor:
         """Parse a token; raises ValueError (with the token quoted) if it is not one."""
-        text = str(token) if isinstance(token, int | str) else None
+        error = ValueError(
+            f"{token!r} is not a position: expected a value received in an event's "
+            '\'position\', like "123" or "123:118-119"'
+        )
+        if isinstance(token, bool) or not isinstance(token, int | str) or len(str(token)) > 4096:
+            raise error
+        head, _, rest = str(token).partition(":")
         try:
-            assert text is not None and len(text) <= 4096
-            head, _, rest = text.partition(":")
-            gaps = []
-            for part in filter(None, rest.split(",")):
-                lo, _, hi = part.partition("-")
-                gaps.append((int(lo), int(hi)))
-            cursor = cls(int(head), tuple(gaps))
-            assert cursor.position >= 0 and all(0 < lo <= hi for lo, hi in gaps)
-            return cursor
-        except (AssertionError, ValueError):
-            raise ValueError(
-                f"{token!r} is not a position: expected a value received in an event's "
-                '\'position\', like "123" or "123:118-119"'
-            ) from None
+            position = int(head)
+            gaps = tuple(
+                (int(lo), int(hi))
+                for lo, _, hi in (part.partition("-") for part in rest.split(",") if part)
+            )
+        except ValueError:
+            raise error from None
+        if position < 0 or not all(0 < lo <= hi for lo, hi in gaps):
+            raise error
+        return cls(position, gaps)
 
 
 class ChangeLog:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def demo_env() -> dict[str, str]:
@@ -54,3 +58,18 @@ class Output:
         raise AssertionError(
             f"no {pattern!r} in the demo's output within {timeout} s:\n{self.text}"
         )
+
+
+def start_demo(
+    *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], Output]:
+    """``example/run_demo.py *args`` as a child process, its output collected."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "example" / "run_demo.py"), *args],
+        cwd=ROOT,
+        env=env if env is not None else demo_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return proc, Output(proc)

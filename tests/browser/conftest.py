@@ -26,7 +26,7 @@ import psycopg
 import pytest
 
 from pgbinding.embedded import EmbeddedPostgres, free_port
-from tests.demo_process import Output, demo_env
+from tests.demo_process import Output, demo_env, start_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / ".test-artifacts"
@@ -105,15 +105,7 @@ class Demo:
         # The port was just released by the previous run: retry while it is still taken.
         deadline = time.monotonic() + timeout
         while True:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "example" / "run_demo.py"), "--port", str(self.port)],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            self.output = Output(self.proc)
+            self.proc, self.output = start_demo("--port", str(self.port), env=env)
             while time.monotonic() < deadline:
                 if re.search(r"Liveboard is running at\s+(\S+)", self.output.text):
                     return

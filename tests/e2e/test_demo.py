@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -23,7 +22,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from pgbinding.embedded import EmbeddedPostgres, free_port
-from tests.demo_process import Output, demo_env
+from tests.demo_process import start_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_ITEMS = {"Water the plants", "Fix the bike", "Paint the fence", "Read DESIGN.md"}
@@ -82,18 +81,8 @@ def leftovers(*markers: str) -> list[str]:
 def test_demo_serves_live_updates_and_stops_cleanly(tmp_path: Path) -> None:
     started = time.monotonic()
     port = free_port()
-    env = demo_env()
     datadir = tmp_path / "demo"
-    demo = [sys.executable, str(ROOT / "example" / "run_demo.py")]
-    proc = subprocess.Popen(
-        [*demo, "--data-dir", str(datadir), "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output = Output(proc)
+    proc, output = start_demo("--data-dir", str(datadir), "--port", str(port))
     postgres = EmbeddedPostgres(datadir / "pgdata")
     try:
         base = output.wait_for(r"Liveboard is running at\s+(\S+)", proc)
@@ -177,25 +166,8 @@ def test_demo_production_shape_pglisten_redis_two_servers(tmp_path: Path) -> Non
     port = free_port()
     while not port_is_free("127.0.0.1", port + 1):
         port = free_port()
-    env = demo_env()
     datadir = tmp_path / "demo"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "example" / "run_demo.py"),
-            "--production",
-            "--data-dir",
-            str(datadir),
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output = Output(proc)
+    proc, output = start_demo("--production", "--data-dir", str(datadir), "--port", str(port))
     try:
         output.wait_for(r"Liveboard is running at\s+(\S+)", proc, timeout=40)
         assert "manage.py pglisten" in output.text and "Redis on" in output.text
