@@ -6,6 +6,8 @@ import logging
 from collections import defaultdict
 from typing import Any
 
+from channels.layers import BaseChannelLayer
+
 from .bindings import Binding, Change
 from .registry import Registry, registry
 
@@ -38,6 +40,11 @@ class Dispatcher:
         self.bindings = bindings
         #: Groups each binding has sent to since start; TRUNCATE tells them all to reload.
         self.sent_groups: dict[type[Binding], set[str]] = defaultdict(set)
+        # Group names are checked in build(), off the event loop. channels_redis's pub/sub layer
+        # resolves attributes per running loop (there is none in a thread), so take the check
+        # from the layer's class, or Channels' own rule when the class has none.
+        own = hasattr(type(channel_layer), "require_valid_group_name")
+        self._group_checker: Any = channel_layer if own else BaseChannelLayer()
 
     def build(self, changes: list[Change]) -> list[Message]:
         """All (group, message) pairs for ``changes``, in order. Runs binding code: call it from
@@ -75,7 +82,7 @@ class Dispatcher:
 
     def _valid_group(self, binding: type[Binding], group: Any) -> bool:
         try:
-            self.channel_layer.require_valid_group_name(group)
+            self._group_checker.require_valid_group_name(group)
         except TypeError as exc:
             logger.error("Binding %s returned a bad group name: %s", binding.label(), exc)
             return False

@@ -1,0 +1,39 @@
+"""The benchmarks' ASGI application.
+
+``/pgbinding/``: pgbinding's Demultiplexer, joined to the ``ticks`` group.
+``/signal/`` and ``/dcrf/``: the peers (bench/site/benchapp/peers.py); ``/dcrf/`` only when
+djangochannelsrestframework is installed (the benchmark environment has it).
+With ``BENCH_LAYER=memory`` the pgbinding listener runs inside this process.
+"""
+
+import os
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.site.settings")
+django.setup()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from bench.site.benchapp import peers  # noqa: E402
+from pgbinding.asgi import with_listener  # noqa: E402
+from pgbinding.consumers import Demultiplexer  # noqa: E402
+
+
+class TicksDemultiplexer(Demultiplexer):
+    def connection_groups(self, **kwargs):
+        return ["ticks"]
+
+
+routes = [
+    path("pgbinding/", TicksDemultiplexer.as_asgi()),
+    path("signal/", peers.SignalConsumer.as_asgi()),
+]
+if peers.DCRF:
+    routes.append(path("dcrf/", peers.dcrf_consumer().as_asgi()))
+
+application = ProtocolTypeRouter({"websocket": URLRouter(routes)})
+if settings.LAYER == "memory" and os.environ.get("BENCH_IN_PROCESS_LISTENER", "1") == "1":
+    application = with_listener(application)

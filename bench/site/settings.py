@@ -1,0 +1,76 @@
+"""Django settings of the benchmarks' site: one model, bound by pgbinding and watched by peers.
+
+Environment:
+
+* ``BENCH_DATABASE_URL``: the Postgres database (the benchmark scripts start a private one).
+* ``BENCH_LAYER``: ``memory`` (in-process listener, InMemoryChannelLayer), ``redis``
+  (channels_redis.core) or ``pubsub`` (channels_redis.pubsub); the last two need
+  ``BENCH_REDIS_URL``.
+"""
+
+import os
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from pgbinding.conf import channel_layers
+
+SECRET_KEY = "pgbinding-bench-not-secret"
+DEBUG = False
+USE_TZ = True
+ALLOWED_HOSTS = ["*"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+ROOT_URLCONF = "bench.site.urls"
+
+
+def database_from_url(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parts.path.lstrip("/")) or "postgres",
+        "USER": unquote(parts.username or "postgres"),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": parts.hostname or "127.0.0.1",
+        "PORT": str(parts.port or 5432),
+    }
+
+
+DATABASES = {
+    "default": database_from_url(
+        os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/bench")
+    )
+}
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "channels",
+    "pgbinding",
+    "bench.site.benchapp",
+]
+
+ASGI_APPLICATION = "bench.site.asgi.application"
+
+LAYER = os.environ.get("BENCH_LAYER", "memory")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL")
+if LAYER == "memory":
+    CHANNEL_LAYERS = channel_layers(None, capacity=1_000_000, expiry=600)
+elif LAYER == "redis":
+    CHANNEL_LAYERS = channel_layers(REDIS_URL, capacity=1_000_000, expiry=600)
+elif LAYER == "pubsub":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    raise ValueError(f"BENCH_LAYER must be memory, redis or pubsub, not {LAYER!r}")
+
+PGBINDING = {"LISTENER_NAME": os.environ.get("BENCH_LISTENER_NAME", "bench")}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"pgbinding": {"handlers": ["console"], "level": "INFO"}},
+}
