@@ -29,33 +29,7 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def pace_reads(pace: float, linger: int) -> None:
-    """EXPERIMENT (``--experiment paced-listener``), applied in the listener's process only: make
-    the listener read in bigger, fewer batches. Before a read that follows a short batch it
-    waits ``pace`` seconds; a read that finds nothing is retried ``linger`` times, ``pace``
-    apart, before the listener is told the log is empty (and so marks itself asleep, which
-    makes writers NOTIFY). Costs up to ``pace`` seconds of delivery latency per batch."""
-    from pgbinding import log as changelog
-
-    original = changelog.ChangeLog.read
-    short = {"last": False}
-
-    async def read(self: Any, conn: Any) -> Any:
-        if short["last"]:
-            await asyncio.sleep(pace)
-        changes = await original(self, conn)
-        tries = 0
-        while not changes and tries < linger:
-            await asyncio.sleep(pace)
-            changes = await original(self, conn)
-            tries += 1
-        short["last"] = len(changes) < self.batch_size
-        return changes
-
-    changelog.ChangeLog.read = read  # type: ignore[method-assign]
-
-
-def run_listener(dsn: str, ready: Any, stop: Any, pace: float = 0.0, linger: int = 0) -> None:
+def run_listener(dsn: str, ready: Any, stop: Any) -> None:
     _ignore_sigint()
     from django.conf import settings
 
@@ -69,9 +43,6 @@ def run_listener(dsn: str, ready: Any, stop: Any, pace: float = 0.0, linger: int
     from pgbinding.dispatch import Dispatcher
     from pgbinding.listener import Listener
     from pgbinding.registry import Registry
-
-    if pace > 0:
-        pace_reads(pace, linger)
 
     listener = Listener(
         dsn,

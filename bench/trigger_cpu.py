@@ -5,7 +5,7 @@
 Runs ``--statements`` single-row UPDATEs (then INSERTs) inside one DO block, so one transaction
 and no network: what remains is the executor's work per statement, trigger included. Compared:
 no trigger, pgbinding's released capture (with the ``sleeping`` flag false, as under load), the
-stmt-once and rowlevel experiments (bench/experiment.py) and the row-level pg_notify trigger
+log-floor and rowlevel experiments (bench/experiment.py) and the row-level pg_notify trigger
 (whose real cost, the commit lock, does not show here at all). Median of ``--repeat``.
 
 Table names in the SQL below are this module's own constants, never input.
@@ -25,7 +25,7 @@ from .write_path import NOTIFY_FUNCTION
 VARIANTS = [
     ("plain", "no trigger"),
     ("pgbinding", "pgbinding v1"),
-    ("stmt_once", "EXP stmt-once"),
+    ("log_floor", "EXP log-floor"),
     ("rowlevel", "EXP rowlevel"),
     ("notify", "row notify"),
 ]
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
             common.create_table(conn, table, ROWS)
             if key == "pgbinding":
                 common.install_pgbinding_trigger(conn, table)
-            elif key in ("stmt_once", "rowlevel"):
+            elif key in ("log_floor", "rowlevel"):
                 install_experiment(conn, key.replace("_", "-"), table)
             elif key == "notify":
                 conn.execute(

@@ -37,7 +37,7 @@ import psycopg
 
 from . import common
 from .consumers import LISTENER_NAME, NOTIFY_CHANNEL, run_drainer, run_listener
-from .experiment import EXPERIMENTS, LINGER, PACE, install_experiment
+from .experiment import EXPERIMENTS, install_experiment
 
 ROWS = 10_000
 
@@ -64,8 +64,7 @@ class Variant:
     label: str
     table: str
     #: How the pgbinding listener must run while this variant is measured ("default": as
-    #: shipped; "async": its connection with synchronous_commit=off; "off": not running;
-    #: None: as it happens to be, idle).
+    #: shipped; "off": not running; None: as it happens to be, idle).
     listener: str | None = None
 
     @property
@@ -141,8 +140,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, dsn: str) -> None:
+    def __init__(self, args: argparse.Namespace, dsn: str, argv: list[str]) -> None:
         self.args = args
+        self.argv = argv
+        self.machine: list[str] = []
+        self.settings: list[str] = []
         self.dsn = dsn
         self.conn = psycopg.connect(
             with_params(dsn, application_name="bench-driver"), autocommit=True
@@ -171,10 +173,12 @@ class Bench:
 
     def header(self) -> None:
         notes = common.ensure_durable(self.conn)
+        self.machine = common.machine_report(self.conn)
+        self.settings = common.settings_report(self.conn)
         print("== machine")
-        print("\n".join(common.machine_report(self.conn)))
+        print("\n".join(self.machine))
         print("== settings in force (source in brackets)")
-        print("\n".join(common.settings_report(self.conn)))
+        print("\n".join(self.settings))
         for note in notes:
             print("  " + note)
         a = self.args
@@ -256,15 +260,12 @@ class Bench:
         self.listener_mode = mode
         if mode != "off":
             params = {"application_name": "bench-listener"}
-            if mode == "async":
-                params["options"] = "-c synchronous_commit=off"
-            pace, linger = (PACE, LINGER) if mode == "paced" else (0.0, 0)
             self.listener_stop = self.ctx.Event()
             ready = self.ctx.Event()
             self.listener = self.ctx.Process(
                 target=run_listener,
                 name="bench-listener",
-                args=(with_params(self.dsn, **params), ready, self.listener_stop, pace, linger),
+                args=(with_params(self.dsn, **params), ready, self.listener_stop),
             )
             self.listener.start()
             if not ready.wait(60):
@@ -524,7 +525,21 @@ class Bench:
             "work on a shared machine: noise)."
         )
         if a.json:
-            a.json.write_text(json.dumps(self.results, indent=1))
+            data = {
+                "benchmark": "write_path",
+                "command": "python -m bench.write_path " + " ".join(self.argv),
+                "params": {
+                    "seconds": a.seconds,
+                    "runs": a.runs,
+                    "clients": a.client_list,
+                    "workloads": a.workload_list,
+                    "variants": [[v.key, v.label] for v in self.variants],
+                },
+                "machine": self.machine,
+                "settings": self.settings,
+                "results": self.results,
+            }
+            a.json.write_text(json.dumps(data, indent=1))
             print(f"== all measurements written to {a.json}")
 
     def pick(self, workload: str, clients: int, key: str) -> list[dict[str, Any]]:
@@ -541,7 +556,7 @@ class Bench:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with common.server(args.dsn) as dsn:
-        bench = Bench(args, dsn)
+        bench = Bench(args, dsn, sys.argv[1:] if argv is None else argv)
         try:
             bench.header()
             bench.setup()
@@ -552,6 +567,179 @@ def main(argv: list[str] | None = None) -> None:
             bench.stop_consumers()
             bench.conn.close()
             shutil.rmtree(bench.tmp, ignore_errors=True)
+
+
+# -- the report's section (bench/report.py) ----------------------------------------------------
+
+TARGETS = {1: 0.85, 8: 0.75, 32: 0.6}
+
+
+def _pick(data: dict[str, Any], workload: str, clients: int, key: str) -> list[dict[str, Any]]:
+    return sorted(
+        (
+            r
+            for r in data["results"]
+            if r["workload"] == workload and r["clients"] == clients and r["variant"] == key
+        ),
+        key=lambda r: r["run"],
+    )
+
+
+def _consumer_cpu(r: dict[str, Any]) -> float:
+    cpu = r["cpu"]
+    if r["variant"] == "notify":
+        return float(cpu.get("drainer_py", 0) + cpu.get("drainer_pg", 0))
+    return float(cpu.get("listener_py", 0) + cpu.get("listener_pg", 0))
+
+
+def summary(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (workload, clients, variant): medians and the ratio to no trigger."""
+    med = common.median
+    p = data["params"]
+    rows = []
+    for workload in p["workloads"]:
+        for clients in p["clients"]:
+            base = med([r["tps"] for r in _pick(data, workload, clients, "plain")])
+            for key, label in p["variants"]:
+                rs = _pick(data, workload, clients, key)
+                if not rs:
+                    continue
+                tps = med([r["tps"] for r in rs])
+                rows.append(
+                    {
+                        "workload": workload,
+                        "clients": clients,
+                        "variant": key,
+                        "label": label,
+                        "tps": tps,
+                        "ratio": tps / base if base else float("nan"),
+                        "ratios": [
+                            r["tps"] / b["tps"]
+                            for r, b in zip(
+                                rs, _pick(data, workload, clients, "plain"), strict=False
+                            )
+                        ],
+                        "consumer": med([_consumer_cpu(r) for r in rs])
+                        if key != "plain"
+                        else float("nan"),
+                        "loadgen": med([r["cpu"].get("loadgen", 0.0) for r in rs]),
+                        "postgres": med([r["cpu"].get("postgres", 0.0) for r in rs]),
+                        "pg_us": med([r["pg_us_per_xact"] for r in rs]),
+                        "wal": med([r["wal_per_xact"] for r in rs]),
+                        "notifies": med([r["notifies"] for r in rs]),
+                        "other": med([r["cpu"].get("other", 0.0) for r in rs]),
+                    }
+                )
+    return rows
+
+
+def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """(what, target, measured, met) for the summary table of docs/benchmarks.md."""
+    rows = summary(data)
+    out = []
+    for r in rows:
+        if r["variant"] != "pgbinding" or r["clients"] not in TARGETS:
+            continue
+        want = TARGETS[r["clients"]]
+        out.append(
+            (
+                f"write path, {r['workload']}, {r['clients']} client(s): ratio to no trigger",
+                f">= {want:.2f}",
+                f"{r['ratio']:.2f}",
+                r["ratio"] >= want,
+            )
+        )
+        if r["clients"] >= 8:
+            notify = next(
+                (
+                    n
+                    for n in rows
+                    if n["variant"] == "notify"
+                    and n["workload"] == r["workload"]
+                    and n["clients"] == r["clients"]
+                ),
+                None,
+            )
+            if notify is not None:
+                out.append(
+                    (
+                        f"write path, {r['workload']}, {r['clients']} clients: ahead of the "
+                        "row notify trigger",
+                        "pgbinding > notify",
+                        f"{r['ratio']:.2f} vs {notify['ratio']:.2f}",
+                        r["ratio"] > notify["ratio"],
+                    )
+                )
+    return out
+
+
+def markdown(data: dict[str, Any]) -> str:
+    p = data["params"]
+    lines = [
+        f"pgbench, one single-row statement per transaction, {p['seconds']} s per measurement, "
+        f"{p['runs']} runs with the variants' order rotated; tps is the median of the runs, "
+        "ratio = median tps / median no-trigger tps, and the range is the spread of the "
+        "per-run ratios (each run's variants were measured back to back).",
+        "",
+        "| workload | clients | variant | median tps | ratio | per-run ratios | listener/drainer "
+        "CPU (cores) | Postgres µs/tx | WAL B/tx | NOTIFYs |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in summary(data):
+        rng = f"{min(r['ratios']):.2f}-{max(r['ratios']):.2f}" if r["ratios"] else ""
+        consumer = "" if r["variant"] == "plain" else f"{r['consumer']:.2f}"
+        notifies = "" if r["variant"] == "plain" else f"{r['notifies']:.0f}"
+        lines.append(
+            f"| {r['workload']} | {r['clients']} | {r['label']} | {r['tps']:.0f} | "
+            f"{r['ratio']:.2f} | {rng} | {consumer} | {r['pg_us']:.0f} | {r['wal']:.0f} | "
+            f"{notifies} |"
+        )
+    loadgen = [r["loadgen"] for r in summary(data)]
+    lines += [
+        "",
+        f"The load generator is pgbench (C); it used {min(loadgen):.2f}-{max(loadgen):.2f} "
+        "cores. The pgbinding listener and the notify drainer each run in their own process; "
+        "their CPU (Python process plus Postgres backend) is the listener/drainer column. "
+        "NOTIFYs: pgbinding's wake-ups (sent only while the listener sleeps) or, for the notify "
+        "trigger, one per row.",
+    ]
+    return "\n".join(lines)
+
+
+def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary(data)
+    p = data["params"]
+    out = []
+    fig, axes = plt.subplots(1, len(p["workloads"]), figsize=(5 * len(p["workloads"]), 3.6))
+    axes = axes if len(p["workloads"]) > 1 else [axes]
+    for ax, workload in zip(axes, p["workloads"], strict=True):
+        for key, label in p["variants"]:
+            if key == "plain":
+                continue
+            xs = [r["clients"] for r in rows if r["workload"] == workload and r["variant"] == key]
+            ys = [r["ratio"] for r in rows if r["workload"] == workload and r["variant"] == key]
+            ax.plot(xs, ys, marker="o", label=label)
+        tx = sorted(c for c in TARGETS if c in p["clients"])
+        ax.plot(tx, [TARGETS[c] for c in tx], "k--", lw=1, label="target")
+        ax.set_xscale("log")
+        ax.set_xticks(p["clients"], [str(c) for c in p["clients"]])
+        ax.set_ylim(0, 1.1)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("tps / tps without trigger")
+        ax.set_title(f"single-row {workload}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = outdir / "write_path.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    out.append(path)
+    return out
 
 
 if __name__ == "__main__":

@@ -38,6 +38,16 @@ DEFAULTS: dict[str, Any] = {
     # While waiting for in-progress transactions that may still fill a gap in the log ids,
     # re-check this often (seconds).
     "GAP_POLL_INTERVAL": 0.02,
+    # After a batch shorter than BATCH_SIZE, wait this long (seconds) before reading again, so
+    # the next read carries several changes. At most this much added delivery latency.
+    "READ_PAUSE": 0.002,
+    # When the log runs dry, keep polling (every READ_PAUSE) this long before going to sleep
+    # and having writers NOTIFY; a steady trickle of writes then never pays for wake-ups.
+    "IDLE_LINGER": 0.05,
+    # Save the listener's position at most this often (seconds) while changes flow, and always
+    # when it goes idle or stops. After a crash, up to this much is sent again (consumers drop
+    # repeats by position).
+    "SAVE_INTERVAL": 0.25,
     # Inbound frames larger than this get an error reply (413); the socket stays open.
     "MAX_FRAME_BYTES": 64 * 1024,
     # Frames larger than this close the socket with code 1009 (message too big).

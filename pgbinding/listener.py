@@ -71,6 +71,9 @@ class Listener:
         retention: float = 24 * 3600.0,
         prune_interval: float = 60.0,
         lag_log_interval: float = 10.0,
+        read_pause: float = 0.002,
+        idle_linger: float = 0.05,
+        save_interval: float = 0.25,
     ) -> None:
         self.conninfo = conninfo
         self.dispatcher = dispatcher
@@ -83,6 +86,9 @@ class Listener:
         self.retention = retention
         self.prune_interval = prune_interval
         self.lag_log_interval = lag_log_interval
+        self.read_pause = read_pause
+        self.idle_linger = idle_linger
+        self.save_interval = save_interval
         self._stop = asyncio.Event()
         #: Set once this listener holds the lock and has loaded its position.
         self.active = asyncio.Event()
@@ -93,6 +99,7 @@ class Listener:
         self.saved_position = 0
         self._sleeping = False
         self._guard: changelog.Watch | None = None
+        self._saved_cursor = changelog.Cursor(0)
 
     @classmethod
     def from_settings(cls, channel_layer: Any = None, **overrides: Any) -> Listener:
@@ -119,6 +126,9 @@ class Listener:
             "retention": s.RETENTION,
             "prune_interval": s.PRUNE_INTERVAL,
             "lag_log_interval": s.LAG_LOG_INTERVAL,
+            "read_pause": s.READ_PAUSE,
+            "idle_linger": s.IDLE_LINGER,
+            "save_interval": s.SAVE_INTERVAL,
         }
         options.update(overrides)
         return cls(conninfo_from_django(s.DATABASE), Dispatcher(layer), **options)
@@ -200,7 +210,12 @@ class Listener:
 
     async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(psql.SQL("LISTEN {}").format(psql.Identifier(NOTIFY_CHANNEL)))
+        # The listener's own writes (its position, the sleeping flag) need not wait for a WAL
+        # flush: a position lost in a server crash only means changes are sent again, which
+        # consumers drop by position. Writers' commits are not affected.
+        await conn.execute("SET synchronous_commit = off")
         await self.log.load(conn)
+        self._saved_cursor = self.log.cursor()
         behind, age = await self.log.behind(conn)
         logger.info(
             "Listener %r resuming at position %d; %d change(s) to catch up on%s",
@@ -214,6 +229,7 @@ class Listener:
         pruner = asyncio.create_task(self._prune_loop()) if self.prune_interval > 0 else None
         try:
             await self._loop(conn)
+            await self._save(conn)
             # Clean stop: nobody is left to wake, so writers need not NOTIFY.
             await self._set_sleeping(conn, False)
         finally:
@@ -223,12 +239,13 @@ class Listener:
     async def _loop(self, conn: psycopg.AsyncConnection[Any]) -> None:
         caught_up = False
         batch_count = 0
-        last_lag_log = time.monotonic()
+        last_lag_log = last_save = time.monotonic()
         gap_wait = self.gap_poll_interval
+        dry_since: float | None = None
         while not self.stopping:
-            before = (self.log.position, len(self.log.gaps))
             changes = await self.log.read(conn)
             if changes:
+                dry_since = None
                 self.idle.clear()
                 if self._sleeping:
                     await self._set_sleeping(conn, False)
@@ -236,25 +253,41 @@ class Listener:
                     changes
                 )
                 await self.dispatcher.send(messages)
-                await self.log.save(conn)
-                self.saved_position = self.log.position
                 self.delivered += len(changes)
                 batch_count += len(changes)
                 caught_up, gap_wait = False, self.gap_poll_interval
-                if time.monotonic() - last_lag_log >= self.lag_log_interval:
+                now = time.monotonic()
+                if now - last_save >= self.save_interval:
+                    # Not after every batch: under a steady trickle each batch holds one or
+                    # two changes, and a save per batch was most of the listener's cost.
+                    await self._save(conn)
+                    last_save = now
+                if now - last_lag_log >= self.lag_log_interval:
                     behind, age = await self.log.behind(conn)
                     logger.info(
                         "Delivered %d change(s) in the last %.0f s; %d behind (oldest %.1f s)",
                         batch_count,
-                        time.monotonic() - last_lag_log,
+                        now - last_lag_log,
                         behind,
                         age,
                     )
-                    batch_count, last_lag_log = 0, time.monotonic()
+                    batch_count, last_lag_log = 0, now
+                if len(changes) < self.log.batch_size and self.read_pause > 0:
+                    # A short batch: the log is nearly drained. Let a few more commits land
+                    # so the next round trip carries several changes, not one.
+                    await asyncio.sleep(self.read_pause)
                 continue
-            if before != (self.log.position, len(self.log.gaps)):
-                await self.log.save(conn)
-            self.saved_position = self.log.position
+            if not self._sleeping:
+                # Dry while awake: poll a little longer before marking ourselves asleep, or a
+                # steady trickle of writes would flip the flag (and make writers NOTIFY) for
+                # every change.
+                now = time.monotonic()
+                dry_since = dry_since or now
+                if now - dry_since < self.idle_linger:
+                    await asyncio.sleep(max(self.read_pause, 0.001))
+                    continue
+            await self._save(conn)
+            last_save = time.monotonic()
             if not self._sleeping:
                 await self._set_sleeping(conn, True)
                 # A writer that read "awake" before we flipped the flag will not NOTIFY; wait
@@ -281,6 +314,14 @@ class Listener:
                 caught_up, batch_count, last_lag_log = True, 0, time.monotonic()
             self.idle.set()
             await self._wait_notify(conn, self.keepalive)
+
+    async def _save(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Save the position (and open gaps) if they moved since the last save."""
+        cursor = self.log.cursor()
+        if cursor != self._saved_cursor:
+            await self.log.save(conn)
+            self._saved_cursor = cursor
+        self.saved_position = self.log.position
 
     async def _set_sleeping(self, conn: psycopg.AsyncConnection[Any], sleeping: bool) -> None:
         await conn.execute("UPDATE pgbinding_state SET sleeping = %s", [sleeping])
