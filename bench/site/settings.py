@@ -3,11 +3,13 @@
 Environment:
 
 * ``BENCH_DATABASE_URL``: the Postgres database (the benchmark scripts start a private one).
+* ``BENCH_PGBINDING``: JSON overrides of ``PGBINDING`` (listener settings under test).
 * ``BENCH_LAYER``: ``memory`` (in-process listener, InMemoryChannelLayer), ``redis``
   (channels_redis.core) or ``pubsub`` (channels_redis.pubsub); the last two need
   ``BENCH_REDIS_URL``.
 """
 
+import json
 import os
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -66,7 +68,12 @@ elif LAYER == "pubsub":
 else:
     raise ValueError(f"BENCH_LAYER must be memory, redis or pubsub, not {LAYER!r}")
 
-PGBINDING = {"LISTENER_NAME": os.environ.get("BENCH_LISTENER_NAME", "bench")}
+# BENCH_PGBINDING: JSON overrides of pgbinding's settings, e.g. '{"IDLE_LINGER": 0}', to
+# measure a listener setting without editing code.
+PGBINDING = {
+    "LISTENER_NAME": os.environ.get("BENCH_LISTENER_NAME", "bench"),
+    **json.loads(os.environ.get("BENCH_PGBINDING", "{}")),
+}
 
 LOGGING = {
     "version": 1,
