@@ -330,15 +330,37 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             return
         await self.send_json({"stream": message["stream"], "payload": payload})
 
+    async def pgbinding_events(self, message: dict[str, Any]) -> None:
+        """Several events for one group, in order (the listener coalesces a batch's sends)."""
+        for event in message["events"]:
+            await self.pgbinding_event(event)
+
     async def pgbinding_change(self, message: dict[str, Any]) -> None:
         """A raw change of a stream this socket has subscriptions on."""
-        for sub in [s for s in self.subscriptions.values() if s.stream == message["stream"]]:
-            if message["op"] != "T" and sub.cursor.covers(message["id"]):
-                continue  # already in the subscription's snapshot or replay
-            if not self._first_time(("sub:" + sub.id, str(message["position"])), "any"):
-                continue
-            for out in await database_sync_to_async(_evaluate)(sub, message):
-                await self.send_json({"stream": sub.stream, "payload": out})
+        await self.pgbinding_changes({"changes": [message]})
+
+    async def pgbinding_changes(self, message: dict[str, Any]) -> None:
+        """Raw changes of one stream, in commit order, for this socket's subscriptions."""
+        todo: list[tuple[Subscription, dict[str, Any]]] = []
+        for change in message["changes"]:
+            for sub in [s for s in self.subscriptions.values() if s.stream == change["stream"]]:
+                if change["op"] != "T" and sub.cursor.covers(change["id"]):
+                    continue  # already in the subscription's snapshot or replay
+                if not self._first_time(("sub:" + sub.id, str(change["position"])), "any"):
+                    continue
+                todo.append((sub, change))
+        if not todo:
+            return
+        # One trip to a thread for the whole message: evaluation may query (visibility).
+        frames = await database_sync_to_async(_evaluate_all)(todo)
+        for stream, payload in frames:
+            await self.send_json({"stream": stream, "payload": payload})
+
+
+def _evaluate_all(
+    todo: list[tuple[Subscription, dict[str, Any]]],
+) -> list[tuple[str, dict[str, Any]]]:
+    return [(sub.stream, out) for sub, change in todo for out in _evaluate(sub, change)]
 
 
 def _evaluate(sub: Subscription, message: dict[str, Any]) -> list[dict[str, Any]]:

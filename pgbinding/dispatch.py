@@ -18,6 +18,13 @@ Message = tuple[str, dict[str, Any]]
 
 #: The channel-layer message type of raw changes for subscriptions (handler ``pgbinding_change``).
 CHANGE_TYPE = "pgbinding.change"
+#: Several events for one group in one message (handler ``pgbinding_events``): ``events`` holds
+#: ``pgbinding.event`` messages in order.
+EVENTS_TYPE = "pgbinding.events"
+#: Several raw changes of one stream in one message (handler ``pgbinding_changes``).
+CHANGES_TYPE = "pgbinding.changes"
+#: Most events or changes put in one channel-layer message.
+MAX_PER_MESSAGE = 100
 
 
 def change_message(binding: type[Binding], change: Change) -> dict[str, Any]:
@@ -90,5 +97,54 @@ class Dispatcher:
 
     async def send(self, messages: list[Message]) -> None:
         """Send in order; a failure propagates so the batch is retried, not skipped."""
-        for group, message in messages:
+        for group, message in coalesce(messages):
             await self.channel_layer.group_send(group, message)
+
+
+def unpack(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The single ``pgbinding.event`` / ``pgbinding.change`` messages inside a channel-layer
+    message, in order: for consumers of your own that read pgbinding's groups."""
+    if message.get("type") == EVENTS_TYPE:
+        return list(message["events"])
+    if message.get("type") == CHANGES_TYPE:
+        return list(message["changes"])
+    return [message]
+
+
+def coalesce(messages: list[Message]) -> list[Message]:
+    """Fewer, bigger group sends for one batch, without changing what any socket sees in what
+    order.
+
+    Each group send is a round trip or several (channels_redis), and was most of the listener's
+    time under load. So:
+
+    * events (from ``group_names``) that go to the same group one after another become one
+      ``pgbinding.events`` message; a run is never merged across a send to another group, so a
+      socket in several groups still receives them in the order they were built;
+    * raw changes for subscriptions (a change group per stream) become one ``pgbinding.changes``
+      message per stream, sent after the events. Subscriptions are per stream and in commit
+      order within it; group events and subscription events are separate sequences to a
+      client.
+
+    A run of one is sent as it was built (``pgbinding.event`` / ``pgbinding.change``).
+    """
+    out: list[Message] = []
+    runs: list[tuple[str, list[dict[str, Any]]]] = []
+    changes: dict[str, list[dict[str, Any]]] = {}
+    for group, message in messages:
+        if message.get("type") == CHANGE_TYPE:
+            changes.setdefault(group, []).append(message)
+        elif runs and runs[-1][0] == group and len(runs[-1][1]) < MAX_PER_MESSAGE:
+            runs[-1][1].append(message)
+        else:
+            runs.append((group, [message]))
+    for group, run in runs:
+        out.append((group, run[0] if len(run) == 1 else {"type": EVENTS_TYPE, "events": run}))
+    for group, items in changes.items():
+        for start in range(0, len(items), MAX_PER_MESSAGE):
+            chunk = items[start : start + MAX_PER_MESSAGE]
+            if len(chunk) == 1:
+                out.append((group, chunk[0]))
+            else:
+                out.append((group, {"type": CHANGES_TYPE, "changes": chunk}))
+    return out

@@ -13,6 +13,7 @@ import pytest
 from channels.layers import InMemoryChannelLayer
 from django.db import connection
 
+from pgbinding.dispatch import unpack
 from pgbinding.listener import Listener, conninfo_from_django
 
 
@@ -25,7 +26,7 @@ class Collector:
 
     def add(self, message: dict[str, Any]) -> None:
         with self._lock:
-            self.messages.append(message)
+            self.messages.extend(unpack(message))
 
     def payloads(self, stream: str | None = None) -> list[dict[str, Any]]:
         with self._lock:

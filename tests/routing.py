@@ -18,9 +18,19 @@ class ItemsDemultiplexer(Demultiplexer):
         return ["items"]
 
 
+class ValuesDemultiplexer(Demultiplexer):
+    """One binding whose events all go to one group (the listener coalesces those sends)."""
+
+    consumers = {"itemvalues": ItemValueBinding.consumer}
+
+    def connection_groups(self, **kwargs):
+        return ["itemvalues"]
+
+
 websocket_urls = [
     path("binding/", ItemsDemultiplexer.as_asgi()),
     path("all/", Demultiplexer.as_asgi()),
+    path("values/", ValuesDemultiplexer.as_asgi()),
 ]
 
 application = ProtocolTypeRouter({"websocket": AuthMiddlewareStack(URLRouter(websocket_urls))})

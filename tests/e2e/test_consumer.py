@@ -492,3 +492,27 @@ async def test_no_change_between_snapshot_and_subscription_is_lost_or_doubled(li
         assert values == list(range(values[0], values[0] + len(values))), values
         assert values[-1] == (await get_item(item.pk)).value
         assert len(values) > 1, "writes should have happened after the snapshot"
+
+
+async def test_one_statement_of_many_rows_arrives_whole_and_in_order(live):
+    """The listener sends a batch's events to one group as a few big channel-layer messages
+    (dispatch.coalesce); every socket still gets one frame per row, in log order."""
+    staff = await make_user("staff", staff=True)
+    pks = {(await make_item(name=f"i{n}", value=0)).pk for n in range(250)}
+    await live.settle()
+    grouped = await live.connect("/values/")
+    subscriber = await live.connect("/all/", user=staff)
+    reply = await subscriber.request("items", "subscribe", page_size=500)
+    assert reply["status"] == 200 and len(reply["data"]["results"]) == 250
+    await update_items(list(pks), value=1)
+
+    def check(frames, stream):
+        payloads = [f["payload"] for f in frames]
+        assert all(f["stream"] == stream for f in frames)
+        assert [p["action"] for p in payloads] == ["update"] * 250
+        assert {p["pk"] for p in payloads} == pks
+        positions = [int(str(p["position"]).partition(":")[0]) for p in payloads]
+        assert positions == sorted(positions) and len(set(positions)) == 250
+
+    check(await grouped.events(), "itemvalues")
+    check(await subscriber.events(), "items")

@@ -9,7 +9,7 @@ from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from pgbinding.bindings import Change
-from pgbinding.dispatch import Dispatcher
+from pgbinding.dispatch import MAX_PER_MESSAGE, Dispatcher, coalesce, unpack
 from tests.unit.test_bindings import row
 
 LAYERS = {
@@ -40,3 +40,56 @@ def test_bad_group_names_are_refused_with_every_layer(layer, caplog):
     assert dispatcher._valid_group(ItemBinding, "fine.group-1")
     assert not dispatcher._valid_group(ItemBinding, "not fine!")
     assert "bad group name" in caplog.text
+
+
+def event(stream, position, action="update"):
+    return {
+        "type": "pgbinding.event",
+        "stream": stream,
+        "payload": {"action": action, "position": position},
+    }
+
+
+def change(stream, position):
+    return {"type": "pgbinding.change", "stream": stream, "id": position, "position": str(position)}
+
+
+def flatten(sent):
+    """What each group receives, message by message, unpacked."""
+    out = {}
+    for group, message in sent:
+        out.setdefault(group, []).extend(unpack(message))
+    return out
+
+
+def test_coalesce_merges_runs_to_one_group_and_batches_changes_per_stream():
+    built = []
+    for pos in range(1, 5):
+        built += [("items", event("items", pos)), ("pgbinding-changes.items", change("items", pos))]
+    built.append(("notes", event("notes", 5)))
+    sent = coalesce(built)
+    assert [(g, m["type"]) for g, m in sent] == [
+        ("items", "pgbinding.events"),
+        ("notes", "pgbinding.event"),
+        ("pgbinding-changes.items", "pgbinding.changes"),
+    ]
+    assert flatten(sent) == flatten(built)
+
+
+def test_coalesce_never_reorders_what_a_socket_in_several_groups_sees():
+    # Change 1 only reaches group B, change 2 reaches A then B: a socket in A and B must get
+    # B:1 before A:2, so nothing may be merged across the groups.
+    built = [("b", event("s", 1)), ("a", event("s", 2)), ("b", event("s", 2)), ("b", event("s", 3))]
+    sent = coalesce(built)
+    assert [g for g, _ in sent] == ["b", "a", "b"]
+    assert [m["payload"]["position"] for _, m in sent[:2]] == [1, 2]
+    assert flatten(sent) == flatten(built)
+
+
+def test_coalesce_caps_the_size_of_one_message():
+    built = [("items", event("items", pos)) for pos in range(1, 251)]
+    built += [("pgbinding-changes.items", change("items", pos)) for pos in range(1, 202)]
+    sent = coalesce(built)
+    sizes = [len(m.get("events") or m.get("changes") or [m]) for _, m in sent]
+    assert sizes == [MAX_PER_MESSAGE, MAX_PER_MESSAGE, 50, MAX_PER_MESSAGE, MAX_PER_MESSAGE, 1]
+    assert flatten(sent) == flatten(built)
