@@ -13,19 +13,44 @@ No listener runs; the ``sleeping`` flag (``pgbinding_state``) stays as installed
 listener would be asleep), so each captured statement sends one wake-up NOTIFY, as it would on an
 idle system.
 
+**Live delivery** (``--layers``, default ``memory``; ``--layers ''`` skips it). In a second
+database of the same server, the bench site (bench/site, bench/live.py) runs under daphne with
+its listener (inside daphne for ``memory``, ``manage.py pglisten`` for ``redis``), and one
+WebSocket client (its own OS process, bench/throughput.py's ``Client``) is connected to
+``/pgbinding/`` and so in group ``ticks``. ``benchapp_tick`` is filled with exactly N rows
+(triggers off while loading), then this process runs ``Tick.objects.update(value=F("value") +
+1)`` through the ORM. Reported: the statement's time (ORM call, autocommit, so through the
+commit), the time from the statement's start until the client has received all N update frames,
+and until the listener's saved position reached the end of the log (saved every SAVE_INTERVAL
+and when idle: up to ~0.1 s late), plus the CPU of each part during that window. Median of
+``--live-repeat``.
+
+    python -m bench.bulk --quick            # smoke: 1 statement per variant and size (~1 min)
+    python -m bench.bulk --json FILE        # also write every measurement
+
 Table names in the SQL below are this module's own constants, never input.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from . import common
+from . import common, live, throughput
 from .experiment import install_experiment
+
+LIVE_DB = "pgbinding_bench_live"
+TARGET_RATIO = 1.5  # the issue's target for the statement with capture, at 100,000 rows
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,8 +76,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="wait (up to 20 s) before each statement until the machine uses "
         "less than this many cores (0.4); 0 disables",
     )
+    p.add_argument(
+        "--layers",
+        default="memory",
+        help="channel layers of the live delivery part (memory; also: redis); '' skips it",
+    )
+    p.add_argument("--live-rows", help="table sizes of the live part (default: --rows)")
+    p.add_argument("--live-repeat", type=int, default=3, help="statements per live size (3)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke check: 1 statement per variant and size",
+    )
+    p.add_argument("--json", type=Path, help="also write all measurements to this file")
     args = p.parse_args(argv)
+    if args.quick:
+        args.repeat = 1
+        args.live_repeat = 1
+        args.live_rows = args.live_rows or "10000,100000"
     args.row_list = [int(r) for r in args.rows.split(",")]
+    args.live_row_list = [int(r) for r in (args.live_rows or args.rows).split(",")]
+    args.layer_list = [x for x in args.layers.split(",") if x]
+    for layer in args.layer_list:
+        if layer not in live.LAYERS:
+            p.error(f"unknown layer {layer!r}")
     return args
 
 
@@ -63,11 +110,13 @@ def wal_lsn(conn: psycopg.Connection[Any]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    argv_used = sys.argv[1:] if argv is None else argv
     with common.server(args.dsn) as dsn:
         conn = psycopg.connect(dsn, autocommit=True)
         notes = common.ensure_durable(conn)
+        machine = common.machine_report(conn)
         print("== machine")
-        print("\n".join(common.machine_report(conn)))
+        print("\n".join(machine))
         print("== settings in force (source in brackets)")
         print("\n".join(common.settings_report(conn)))
         for note in notes:
@@ -145,6 +194,431 @@ def main(argv: list[str] | None = None) -> None:
                 )
             print()
         conn.close()
+
+        out: list[dict[str, Any]] = [
+            {"part": "raw", "rows": rows, "variant": key, "rep": i, "s": t, "wal": w}
+            for (rows, key), values in results.items()
+            for i, (t, w) in enumerate(values)
+        ]
+        if args.layer_list:
+            out += live_part(dsn, args)
+        data = {
+            "benchmark": "bulk",
+            "command": "python -m bench.bulk " + " ".join(argv_used),
+            "params": {
+                "rows": args.row_list,
+                "repeat": args.repeat,
+                "variants": [[k, label] for k, label in variants],
+                "layers": args.layer_list,
+                "live_rows": args.live_row_list,
+                "live_repeat": args.live_repeat,
+            },
+            "machine": machine,
+            "results": out,
+        }
+        if args.layer_list:
+            print(live_text(data))
+        if args.json:
+            args.json.write_text(json.dumps(data, indent=1))
+            print(f"== all measurements written to {args.json}")
+
+
+# --------------------------------------------------------------------------- live delivery
+
+
+def _other_db(dsn: str, name: str) -> str:
+    """``dsn`` (a postgresql:// URL) with its database replaced by ``name``, created if needed."""
+    parts = urlsplit(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def _position(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(
+        "SELECT position FROM pgbinding_listener WHERE name = %s", [throughput.LISTENER_NAME]
+    ).fetchone()
+    return int(row[0]) if row else -1
+
+
+def _log_end(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT coalesce(max(id), 0) FROM pgbinding_change").fetchone()
+    return int(row[0]) if row else 0
+
+
+def live_part(dsn: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Time ``Tick.objects.update()`` and its delivery to a WebSocket client, per layer."""
+    # No peer's signal receivers in the stack (see bench/throughput.py's main).
+    os.environ.setdefault("BENCH_PEERS", "none")
+    live_dsn = _other_db(dsn, LIVE_DB)
+    live.migrate(live_dsn)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-bulk-"))
+    out: list[dict[str, Any]] = []
+    needs_redis = any(layer != "memory" for layer in args.layer_list)
+    with contextlib.ExitStack() as stack:
+        redis_url = stack.enter_context(live.redis()) if needs_redis else None
+        # The ORM in this process (the stack's processes get their own settings). The layer
+        # does not matter here: QuerySet.update() sends no signals and no group messages.
+        live.setup_django(live_dsn, args.layer_list[0], redis_url)
+        from django.db import connection
+        from django.db.models import F
+
+        from bench.site.benchapp.models import Tick
+
+        print(
+            f"== live delivery: Tick.objects.update(value=F('value') + 1) through the ORM, "
+            f"timed until a WebSocket client has every frame; {args.live_repeat} per size"
+        )
+        for layer in args.layer_list:
+            throughput.load_table(live_dsn, 1)
+            with (
+                live.stack(live_dsn, layer, tmp / layer, redis_url) as st,
+                psycopg.connect(live_dsn, autocommit=True) as conn,
+            ):
+                client = throughput.Client(st.url + "/pgbinding/")
+                try:
+                    # The in-process listener (memory) starts with that connection: wait
+                    # until it has loaded its position and caught up.
+                    live.wait_for(
+                        lambda: _position(conn) >= _log_end(conn), "the listener to catch up"
+                    )
+                    pids = {"listener_py": (st.listener or st.server).pid, "client_py": client.pid}
+                    if st.listener is not None:
+                        pids["server_py"] = st.server.pid
+                    if redis_url and layer != "memory":
+                        rpid = throughput.redis_pid(redis_url)
+                        if rpid:
+                            pids["redis"] = rpid
+                    for rows in args.live_row_list:
+                        throughput.load_table(live_dsn, rows)
+                        Tick._default_manager.count()  # connect outside the timing
+                        for rep in range(args.live_repeat):
+                            r = _live_once(conn, client, pids, rows, Tick, F, args)
+                            r.update(part="live", layer=layer, rows=rows, rep=rep)
+                            out.append(r)
+                            print(
+                                f"   {layer:6} {rows:>7} rows, statement {rep + 1}: statement "
+                                f"{r['statement_s'] * 1000:.0f} ms, all {r['frames']}/{rows} "
+                                f"frames at {r['deliver_s']:.2f} s, listener done at "
+                                f"{r['listener_s']:.2f} s",
+                                flush=True,
+                            )
+                finally:
+                    client.close()
+                    connection.close()
+    return out
+
+
+def _live_once(
+    conn: psycopg.Connection[Any],
+    client: throughput.Client,
+    pids: dict[str, int],
+    rows: int,
+    tick: Any,
+    f: Any,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    conn.execute("VACUUM benchapp_tick, pgbinding_change")
+    conn.execute("CHECKPOINT")
+    if args.quiet_cores > 0:
+        common.wait_quiet(args.quiet_cores, 20)
+    pg_pid = throughput.lock_holder(conn)  # the listener's backend holds its advisory lock
+    others = dict(pids)
+    if pg_pid:
+        others["listener_pg"] = pg_pid
+    meter = common.CpuMeter(common.postmaster_pid(conn), others)
+    client.arm(rows, idle=30.0)
+    meter.start()
+    t0 = time.monotonic()
+    updated = tick.objects.update(value=f("value") + 1)
+    statement = time.monotonic() - t0
+    if updated != rows:
+        raise RuntimeError(f"updated {updated} rows, not {rows}")
+    end = _log_end(conn)
+    listener_done = float("nan")
+    while not client.pipe.poll(0.02):
+        if listener_done != listener_done and _position(conn) >= end:
+            listener_done = time.monotonic() - t0
+    res = client.result(5)
+    cpu = meter.stop()
+    if listener_done != listener_done and _position(conn) >= end:
+        listener_done = time.monotonic() - t0
+    wall = cpu["wall"]
+    cpu_s = {k: cpu[k] * wall for k in others}
+    cpu_s["postgres"] = cpu["postgres"] * wall
+    cpu_s["machine"] = cpu["busy"] * common.NCPU * wall
+    return {
+        "statement_s": statement,
+        "frames": res["frames"],
+        "deliver_s": res["last"] - t0 if res["last"] else float("nan"),
+        "first_frame_s": res["first"] - t0 if res["first"] else float("nan"),
+        "listener_s": listener_done,
+        "cpu_s": cpu_s,
+        "wall": wall,
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _raw(data: dict[str, Any], rows: int, key: str) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in data["results"]
+        if r["part"] == "raw" and r["rows"] == rows and r["variant"] == key
+    ]
+
+
+def summary(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Medians: the raw statement per (rows, variant), and the live delivery per (layer, rows)."""
+    med = common.median
+    p = data["params"]
+    raw = []
+    for rows in p["rows"]:
+        base = med([r["s"] for r in _raw(data, rows, "plain")])
+        for key, label in p["variants"]:
+            rs = _raw(data, rows, key)
+            if not rs:
+                continue
+            ms = med([r["s"] for r in rs]) * 1000
+            raw.append(
+                {
+                    "rows": rows,
+                    "variant": key,
+                    "label": label,
+                    "ms": ms,
+                    "min_ms": min(r["s"] for r in rs) * 1000,
+                    "max_ms": max(r["s"] for r in rs) * 1000,
+                    "ratio": ms / 1000 / base if base else float("nan"),
+                    "wal_mb": med([r["wal"] for r in rs]) / 1e6,
+                    "n": len(rs),
+                }
+            )
+    lv = []
+    for layer in p.get("layers", []):
+        for rows in p.get("live_rows", []):
+            rs = [
+                r
+                for r in data["results"]
+                if r["part"] == "live" and r["layer"] == layer and r["rows"] == rows
+            ]
+            if not rs:
+                continue
+
+            def m(key: str, rs: list[dict[str, Any]] = rs) -> float:
+                return med([float(r[key]) for r in rs])
+
+            def c(key: str, rs: list[dict[str, Any]] = rs, rows: int = rows) -> float:
+                vals = [r["cpu_s"][key] for r in rs if key in r["cpu_s"]]
+                return med(vals) * 1000 / (rows / 1000) if vals else float("nan")
+
+            lv.append(
+                {
+                    "layer": layer,
+                    "rows": rows,
+                    "statement_ms": m("statement_s") * 1000,
+                    "deliver_s": m("deliver_s"),
+                    "first_frame_s": m("first_frame_s"),
+                    "listener_s": m("listener_s"),
+                    "rate": rows / m("deliver_s"),
+                    "complete": all(r["frames"] == rows for r in rs),
+                    "frames": [r["frames"] for r in rs],
+                    "n": len(rs),
+                    **{
+                        f"ms_{k}": c(k)
+                        for k in (
+                            "listener_py",
+                            "listener_pg",
+                            "server_py",
+                            "redis",
+                            "postgres",
+                            "client_py",
+                            "machine",
+                        )
+                    },
+                }
+            )
+    return {"raw": raw, "live": lv}
+
+
+def _f(x: float, fmt: str = ".0f") -> str:
+    return "-" if x != x else format(x, fmt)  # NaN -> "-"
+
+
+def live_text(data: dict[str, Any]) -> str:
+    rows = summary(data)["live"]
+    hdr = (
+        f"{'layer':7} {'rows':>7} {'stmt ms':>8} {'all frames s':>12} {'lsnr s':>7} "
+        f"{'chg/s':>6} {'lsnr':>5} {'pg':>4} {'daphne':>6} {'redis':>5} {'postgres':>8} "
+        f"{'client':>6} {'machine':>7}  frames"
+    )
+    out = [
+        "",
+        "== live delivery: median of "
+        f"{data['params']['live_repeat']}; times from the statement's start; CPU in ms per 1000 "
+        "changes",
+        hdr,
+        "-" * len(hdr),
+    ]
+    for r in rows:
+        out.append(
+            f"{r['layer']:7} {r['rows']:>7} {r['statement_ms']:>8.0f} {r['deliver_s']:>12.2f} "
+            f"{_f(r['listener_s'], '.2f'):>7} {_f(r['rate']):>6} {_f(r['ms_listener_py']):>5} "
+            f"{_f(r['ms_listener_pg']):>4} {_f(r['ms_server_py']):>6} {_f(r['ms_redis']):>5} "
+            f"{_f(r['ms_postgres']):>8} {_f(r['ms_client_py']):>6} {_f(r['ms_machine']):>7}  "
+            + ",".join(str(n) for n in r["frames"])
+        )
+    out.append(
+        "  stmt ms = Tick.objects.update() through its commit; all frames s = until the client"
+        " had all N frames;\n  lsnr s = until the listener's saved position reached the end;"
+        " chg/s = rows / all frames s; lsnr = the listener's\n  Python process (daphne itself"
+        " with memory), pg = its backend; daphne = the server apart from the listener (redis)."
+    )
+    return "\n".join(out)
+
+
+def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """(what, target, measured, met) for the summary table of docs/benchmarks.md."""
+    out = []
+    for r in summary(data)["raw"]:
+        if r["variant"] == "pgbinding" and r["rows"] == 100_000:
+            out.append(
+                (
+                    "bulk UPDATE of 100,000 rows: time with capture / without",
+                    f"<= {TARGET_RATIO:.1f}x",
+                    f"{r['ratio']:.2f}x ({r['ms']:.0f} ms)",
+                    r["ratio"] <= TARGET_RATIO,
+                )
+            )
+    return out
+
+
+def markdown(data: dict[str, Any]) -> str:
+    p = data["params"]
+    s = summary(data)
+    lines = [
+        "**The statement.** One `UPDATE t SET value = value + 1` over every row of a table of "  # noqa: S608
+        "`(id bigint pk, name text, value int, updated_at timestamptz)`, with and without "
+        "pgbinding's triggers (as the migrations install them), timed at the client through the "
+        f"commit; median of {p['repeat']} with the variants alternating. The capture is "
+        "synchronous: the log holds every row at commit (checked), so this is also the time "
+        "until the log is complete. No listener runs.",
+        "",
+        "| rows | variant | median ms | min-max ms | ratio | WAL MB | µs/row |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in s["raw"]:
+        lines.append(
+            f"| {r['rows']:,} | {r['label']} | {r['ms']:.1f} | {r['min_ms']:.0f}-"
+            f"{r['max_ms']:.0f} | {r['ratio']:.2f} | {r['wal_mb']:.1f} | "
+            f"{r['ms'] * 1000 / r['rows']:.2f} |"
+        )
+    for r in s["raw"]:
+        if r["variant"] == "pgbinding" and r["rows"] == 100_000:
+            met = r["ratio"] <= TARGET_RATIO
+            lines += [
+                "",
+                f"Target ≤ {TARGET_RATIO}x at 100,000 rows: **{'met' if met else 'missed'}** "
+                f"({r['ratio']:.2f}x).",
+            ]
+    if s["live"]:
+        lines += [
+            "",
+            "**Delivery to a WebSocket client.** The bench site under daphne (listener inside "
+            "daphne with `memory`; `manage.py pglisten` with `redis`), one WebSocket client in "
+            "group `ticks` (its own process, parsing every frame). `benchapp_tick` holds exactly "
+            'N rows; the benchmark process runs `Tick.objects.update(value=F("value") + 1)` '
+            "through the ORM. Times are from the statement's start; median of "
+            f"{p['live_repeat']}. CPU is ms per 1,000 changes over the whole window.",
+            "",
+            "| layer | rows | statement ms | first frame s | all frames s | listener done s | "
+            "changes/s | listener CPU ms/1000 (Python + backend) | daphne | Redis | Postgres | "
+            "client | machine |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in s["live"]:
+            lines.append(
+                f"| {r['layer']} | {r['rows']:,} | {r['statement_ms']:.0f} | "
+                f"{r['first_frame_s']:.2f} | {r['deliver_s']:.2f} | {_f(r['listener_s'], '.2f')}"
+                f" | {r['rate']:.0f} | {_f(r['ms_listener_py'])} + {_f(r['ms_listener_pg'])} | "
+                f"{_f(r['ms_server_py'])} | {_f(r['ms_redis'])} | {_f(r['ms_postgres'])} | "
+                f"{_f(r['ms_client_py'])} | {_f(r['ms_machine'])} |"
+            )
+        bad = [f"{r['layer']}/{r['rows']}" for r in s["live"] if not r["complete"]]
+        lines += [
+            "",
+            "With `memory` the listener's Python process is daphne, so its CPU includes the "
+            "consumer and the socket writes. The ORM statement runs in the benchmark process; "
+            "nothing else generates load during the window. "
+            + (
+                "Every statement's changes all reached the client."
+                if not bad
+                else f"**Frames missing** for {', '.join(bad)}."
+            ),
+        ]
+    return "\n".join(lines)
+
+
+def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summary(data)
+    out = []
+    raw = s["raw"]
+    if raw:
+        sizes = sorted({r["rows"] for r in raw})
+        keys = list(dict.fromkeys(r["label"] for r in raw))
+        panels = 2 if s["live"] else 1
+        fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
+        ax = axes[0] if panels > 1 else axes
+        width = 0.8 / len(keys)
+        for i, label in enumerate(keys):
+            ys = [
+                next((r["ms"] for r in raw if r["rows"] == n and r["label"] == label), 0)
+                for n in sizes
+            ]
+            ax.bar([x + i * width for x in range(len(sizes))], ys, width, label=label)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(sizes))], [f"{n:,}" for n in sizes])
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=1)
+        ax.set_ylabel("statement ms (log)")
+        ax.set_xlabel("rows updated")
+        ax.set_title("one UPDATE of every row")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        if s["live"]:
+            ax2 = axes[1]
+            for layer in dict.fromkeys(r["layer"] for r in s["live"]):
+                rs = [r for r in s["live"] if r["layer"] == layer]
+                ax2.plot(
+                    [r["rows"] for r in rs],
+                    [r["deliver_s"] for r in rs],
+                    "o-",
+                    label=f"{layer}: all frames",
+                )
+                ax2.plot(
+                    [r["rows"] for r in rs],
+                    [r["statement_ms"] / 1000 for r in rs],
+                    "s--",
+                    label=f"{layer}: statement",
+                )
+            ax2.set_xscale("log")
+            ax2.set_yscale("log")
+            ax2.set_xlabel("rows updated")
+            ax2.set_ylabel("seconds from statement start (log)")
+            ax2.set_title("Tick.objects.update(): until the client has all")
+            ax2.legend(fontsize=8)
+            ax2.grid(alpha=0.3)
+        fig.tight_layout()
+        path = outdir / "bulk.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        out.append(path)
+    return out
 
 
 if __name__ == "__main__":
