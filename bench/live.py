@@ -118,7 +118,7 @@ def stack(dsn: str, layer: str, logdir: Path, redis_url: str | None = None) -> I
     """daphne serving the bench site, plus pglisten when ``layer`` is not ``memory``.
 
     With ``memory`` the listener runs inside daphne (pgbinding.asgi.with_listener); it starts
-    with the first connection, so :func:`warm_up` before measuring.
+    with the first connection: connect a client and let it see one change before measuring.
     """
     if layer not in LAYERS:
         raise ValueError(f"layer must be one of {LAYERS}, not {layer!r}")

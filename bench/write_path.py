@@ -268,8 +268,11 @@ class Bench:
                 args=(with_params(self.dsn, **params), ready, self.listener_stop),
             )
             self.listener.start()
-            if not ready.wait(60):
-                raise SystemExit("the listener process did not start")
+            if not ready.wait(180):
+                raise SystemExit(
+                    f"the listener process did not start within 180 s (exit code "
+                    f"{self.listener.exitcode}); BENCH_LISTENER_LOG=INFO shows its log"
+                )
             self.wait_listener_caught_up(30)
         others: dict[str, int] = {"drainer_py": self.drainer.pid}
         pid = self.backend_pid("bench-drainer")
