@@ -33,9 +33,19 @@ DOC = ROOT / "docs" / "benchmarks.md"
 IMG = ROOT / "docs" / "benchmarks"
 ANALYSIS = ROOT / "bench" / "analysis.md"
 
+#: The trigger alone (no listener) and the least a log-table capture costs: they say how much
+#: of the write-path cost is the listener, the jsonb capture, and the log insert itself.
+WRITE_PATH_EXPERIMENTS = ["--experiment", "trigger-only", "--experiment", "log-floor"]
+
 #: (module, title, arguments of a full run, arguments of a quick run), in report order.
 BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
-    ("write_path", "1. Write-path cost", ["--runs", "3", "--seconds", "5"], ["--quick"]),
+    (
+        "write_path",
+        "1. Write-path cost",
+        ["--runs", "3", "--seconds", "5", *WRITE_PATH_EXPERIMENTS],
+        ["--quick", *WRITE_PATH_EXPERIMENTS],
+    ),
+    ("trigger_cpu", "1b. Trigger CPU per statement", [], ["--quick"]),
     ("bulk", "2. Bulk statement", [], ["--quick"]),
     ("throughput", "3. Capture throughput", [], ["--quick"]),
     ("latency", "4. Latency", [], ["--quick"]),
