@@ -4,12 +4,19 @@
   the row to a group from ``transaction.on_commit``; the consumer forwards group events.
 * djangochannelsrestframework's ``model_observer`` (signals + ``on_commit`` inside the library),
   when that package is installed (only in the benchmark environment).
+
+``BENCH_PEERS`` chooses which peers' signal receivers a process connects: a comma-separated
+list of ``signal`` and ``dcrf``, or ``none``; unset means both. A writing process measured for
+one system connects only that system's receivers (bench/peers.py), so no peer's work is paid
+for while another system is measured. The consumers (``/signal/``, ``/dcrf/``) are served
+either way.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -17,12 +24,24 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
-from django.dispatch import receiver
 
 from .models import Tick
 
 DCRF = importlib.util.find_spec("djangochannelsrestframework") is not None
 SIGNAL_GROUP = "ticks-signal"
+PEERS = ("signal", "dcrf")
+
+
+def enabled() -> set[str]:
+    """The peers whose receivers this process connects (``BENCH_PEERS``; unset: all)."""
+    raw = os.environ.get("BENCH_PEERS")
+    if raw is None:
+        return set(PEERS)
+    names = {x.strip() for x in raw.split(",") if x.strip()} - {"none"}
+    unknown = names - set(PEERS)
+    if unknown:
+        raise ValueError(f"BENCH_PEERS: unknown peer(s) {sorted(unknown)}; known: {PEERS}")
+    return names
 
 
 def _send(action: str, instance: Tick) -> None:
@@ -36,14 +55,17 @@ def _send(action: str, instance: Tick) -> None:
     transaction.on_commit(lambda: async_to_sync(layer.group_send)(SIGNAL_GROUP, message))
 
 
-@receiver(post_save, sender=Tick, dispatch_uid="bench-signal-save")
 def _saved(sender: Any, instance: Tick, created: bool, **kwargs: Any) -> None:
     _send("create" if created else "update", instance)
 
 
-@receiver(post_delete, sender=Tick, dispatch_uid="bench-signal-delete")
 def _deleted(sender: Any, instance: Tick, **kwargs: Any) -> None:
     _send("delete", instance)
+
+
+if "signal" in enabled():
+    post_save.connect(_saved, sender=Tick, dispatch_uid="bench-signal-save")
+    post_delete.connect(_deleted, sender=Tick, dispatch_uid="bench-signal-delete")
 
 
 class SignalConsumer(AsyncJsonWebsocketConsumer):
