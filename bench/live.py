@@ -131,8 +131,12 @@ def stack(dsn: str, layer: str, logdir: Path, redis_url: str | None = None) -> I
     try:
         listener = None
         if layer != "memory":
+            # pglisten writes nothing through the ORM: no peer receivers there (dcrf's
+            # post_init receiver would otherwise run for every row it builds).
             listener = _start(
-                [sys.executable, "-m", "django", "pglisten"], env, logdir / "pglisten.log"
+                [sys.executable, "-m", "django", "pglisten"],
+                {**env, "BENCH_PEERS": "none"},
+                logdir / "pglisten.log",
             )
             procs.append(listener)
         server = _start(

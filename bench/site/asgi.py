@@ -2,7 +2,8 @@
 
 ``/pgbinding/``: pgbinding's Demultiplexer, joined to the ``ticks`` group.
 ``/signal/`` and ``/dcrf/``: the peers (bench/site/benchapp/peers.py); ``/dcrf/`` only when
-djangochannelsrestframework is installed (the benchmark environment has it).
+djangochannelsrestframework is installed (the benchmark environment has it) and ``BENCH_PEERS``
+allows it.
 With ``BENCH_LAYER=memory`` the pgbinding listener runs inside this process.
 """
 
@@ -31,7 +32,9 @@ routes = [
     path("pgbinding/", TicksDemultiplexer.as_asgi()),
     path("signal/", peers.SignalConsumer.as_asgi()),
 ]
-if peers.DCRF:
+if peers.DCRF and "dcrf" in peers.enabled():
+    # Defining the consumer connects dcrf's receivers (post_init too, for every Tick built,
+    # the listener's rows included): only where the dcrf peer is wanted.
     routes.append(path("dcrf/", peers.dcrf_consumer().as_asgi()))
 
 application = ProtocolTypeRouter({"websocket": URLRouter(routes)})
