@@ -257,7 +257,12 @@ class Binding:
 
     @classmethod
     def event(
-        cls, action: str, instance: models.Model | None, data: Any, position: str
+        cls,
+        action: str,
+        instance: models.Model | None,
+        data: Any,
+        position: str,
+        change_id: int | None = None,
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {"action": action, "model": cls.model_label()}
         if instance is not None:
@@ -265,7 +270,10 @@ class Binding:
         if data is not None:
             payload["data"] = data
         payload["position"] = position
-        return {"type": EVENT_TYPE, "stream": cls.stream, "payload": payload}
+        message: dict[str, Any] = {"type": EVENT_TYPE, "stream": cls.stream, "payload": payload}
+        if change_id is not None:
+            message["id"] = change_id  # the log id, for consumers dropping repeats
+        return message
 
     @classmethod
     def messages_for_change(cls, change: Change) -> list[tuple[str, dict[str, Any]]]:
@@ -276,7 +284,7 @@ class Binding:
         fields sends ``update`` to nobody.
         """
         if change.op == "T":
-            event = cls.event("reload", None, None, change.position)
+            event = cls.event("reload", None, None, change.position, change.id)
             event["payload"]["reason"] = "truncate"
             return [(g, event) for g in dict.fromkeys(cls.reload_groups())]
         old = cls.instance_from_row(change.old) if change.old is not None else None
@@ -290,15 +298,15 @@ class Binding:
         # for a change, and one that saw the row before and after should see an update.
         kept = [g for g in new_groups if g in old_groups]
         if kept and new is not None and (old_data != new_data or _pk_changed(old, new)):
-            event = cls.event("update", new, new_data, change.position)
+            event = cls.event("update", new, new_data, change.position, change.id)
             out += [(g, event) for g in kept]
         gone = [g for g in old_groups if g not in new_groups]
         if gone and old is not None:
-            event = cls.event("delete", old, old_data, change.position)
+            event = cls.event("delete", old, old_data, change.position, change.id)
             out += [(g, event) for g in gone]
         came = [g for g in new_groups if g not in old_groups]
         if came and new is not None:
-            event = cls.event("create", new, new_data, change.position)
+            event = cls.event("create", new, new_data, change.position, change.id)
             out += [(g, event) for g in came]
         return out
 

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
@@ -28,6 +29,16 @@ from .log import Cursor
 from .registry import registry
 
 logger = logging.getLogger("pgbinding.consumers")
+
+#: How many changes a socket remembers in full to drop repeats (older: by cursor).
+RECENT = 256
+_ACTION_BITS = {"update": 1, "create": 2, "delete": 4, "reload": 8}
+_ANY = 16
+#: Channel-layer messages from the listener: handled without Channels' per-message thread trip
+#: to close old database connections (see Demultiplexer.dispatch).
+_LISTENER_TYPES = frozenset(
+    {"pgbinding.event", "pgbinding.events", "pgbinding.change", "pgbinding.changes"}
+)
 
 #: WebSocket close code for a frame too big to read (RFC 6455).
 WS_1009_MESSAGE_TOO_BIG = 1009
@@ -90,6 +101,17 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     # -- connection ----------------------------------------------------------------------------
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels runs close_old_connections in a thread before every handler: a thread trip
+        # per event, a fifth of the server's CPU when fanning out to 1,000 sockets (py-spy,
+        # docs/benchmarks.md). Events from the listener do not touch the database, and the
+        # subscription code that does goes through database_sync_to_async, which closes old
+        # connections itself.
+        if message.get("type") in _LISTENER_TYPES:
+            await getattr(self, get_handler_name(message))(message)
+            return
+        await super().dispatch(message)
+
     async def connect(self) -> None:
         self.user = self.scope.get("user") or AnonymousUser()
         table = (
@@ -100,7 +122,11 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         }
         self.subscriptions: dict[str, Subscription] = {}
         self.joined: set[str] = set()
-        self.seen: OrderedDict[tuple[Any, str], set[str]] = OrderedDict()
+        #: Changes seen lately, per (stream or "sub:<id>", log id): the actions sent (bits).
+        self.recent: OrderedDict[tuple[str, int], int] = OrderedDict()
+        #: Per stream or subscription, the furthest listener cursor received: what it covers
+        #: and is not in ``recent`` is a repeat (a listener re-sending after a crash).
+        self.high: dict[str, Cursor] = {}
         self.bucket = _Bucket(
             float(pgbinding_settings.RATE_LIMIT), float(pgbinding_settings.RATE_BURST)
         )
@@ -309,24 +335,37 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     # -- outbound ------------------------------------------------------------------------------
 
-    def _first_time(self, key: tuple[Any, str], action: str) -> bool:
-        """Drop repeats of one change (several groups, or a listener re-sending after a crash):
-        after an update, nothing more; otherwise each action once."""
-        sent = self.seen.get(key)
-        if sent is not None and ("update" in sent or action in sent):
+    def _first_time(self, space: str, change_id: int, token: str, action: str) -> bool:
+        """Drop repeats of one change (the socket is in several groups it went to, or a
+        listener re-sends after a crash): after an update, nothing more; otherwise each action
+        once. Bounded memory: the last RECENT changes in full, older ones by cursor."""
+        key = (space, change_id)
+        bit = _ACTION_BITS.get(action, _ANY)
+        sent = self.recent.get(key)
+        if sent is not None:
+            if sent & (_ACTION_BITS["update"] | bit):
+                return False
+            self.recent[key] = sent | bit
+            return True
+        high = self.high.get(space)
+        if high is not None and high.covers(change_id):
             return False
-        self.seen.setdefault(key, set()).add(action)
-        self.seen.move_to_end(key)
-        while len(self.seen) > 4096:
-            self.seen.popitem(last=False)
+        self.recent[key] = bit
+        while len(self.recent) > RECENT:
+            self.recent.popitem(last=False)
+        cursor = Cursor.decode(token)
+        if high is None or cursor.position >= high.position:
+            self.high[space] = cursor
         return True
 
     async def pgbinding_event(self, message: dict[str, Any]) -> None:
         """An event for a group this socket is in (from ``group_names``)."""
         payload = message["payload"]
-        if not self._first_time(
-            (message["stream"], str(payload.get("position"))), payload["action"]
-        ):
+        token = str(payload.get("position"))
+        change_id = message.get("id")
+        if change_id is None:  # from an older listener: the cursor's position will do
+            change_id = Cursor.decode(token).position
+        if not self._first_time(message["stream"], int(change_id), token, payload["action"]):
             return
         await self.send_json({"stream": message["stream"], "payload": payload})
 
@@ -346,7 +385,7 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             for sub in [s for s in self.subscriptions.values() if s.stream == change["stream"]]:
                 if change["op"] != "T" and sub.cursor.covers(change["id"]):
                     continue  # already in the subscription's snapshot or replay
-                if not self._first_time(("sub:" + sub.id, str(change["position"])), "any"):
+                if not self._first_time("sub:" + sub.id, change["id"], change["position"], "any"):
                     continue
                 todo.append((sub, change))
         if not todo:
