@@ -67,6 +67,10 @@ NOTE = "latency probe " + "x" * 26  # a 40-character note: a small row, like a t
 TARGET_ONE_P50 = 2.0
 TARGET_ONE_P99 = 10.0
 TARGET_LAST_P99 = 50.0
+#: The baseline "layer": Channels alone (a group_send over channels_redis pub/sub to plain
+#: consumers), so pgbinding's share of a fan-out's latency can be read off.
+BARE = "bare"
+LAYERS = (*live.LAYERS, BARE)
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # --------------------------------------------------------------------------- WebSocket client
@@ -300,7 +304,8 @@ class ClientWorker:
         for c in self.conns:
             seen: dict[int, int] = {}
             for t, raw in c.frames:
-                payload = json.loads(raw).get("payload") or {}
+                frame = json.loads(raw)
+                payload = frame.get("payload") or frame  # bare: {"action", "pk", "data"}
                 if payload.get("action") in ("create", "update") and "status" not in payload:
                     value = int((payload.get("data") or {}).get("value", -1))
                     seen.setdefault(value, t)
@@ -470,9 +475,12 @@ class ClientPool:
 # --------------------------------------------------------------------------- writer
 
 
-def _writer_main(dsn: str, pipe: Any) -> None:
+def _writer_main(dsn: str, pipe: Any, bare_redis: str | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with psycopg.connect(dsn, autocommit=True) as conn:
+        send = None
+        if bare_redis:
+            send = _bare_sender(dsn, bare_redis)
         pipe.send(("ready", os.getpid(), conn.info.backend_pid))
         while True:
             cmd = pipe.recv()
@@ -486,18 +494,46 @@ def _writer_main(dsn: str, pipe: Any) -> None:
                 delay = start + int(i * period) - time.monotonic_ns()
                 if delay > 0:
                     time.sleep(delay / 1e9)
-                conn.execute(WRITE_SQL, (first + i,), prepare=True)
+                if send is None:
+                    conn.execute(WRITE_SQL, (first + i,), prepare=True)
+                else:
+                    send(first + i)
                 out.append((first + i, time.monotonic_ns()))
             pipe.send(("done", out))
 
 
-class Writer:
-    """The writer in its own OS process (spawn): timed single-row UPDATEs, one per commit."""
+def _bare_sender(dsn: str, redis_url: str) -> Callable[[int], None]:
+    """For the ``bare`` baseline: a function doing one channels_redis pub/sub ``group_send``
+    to the bench site's plain Channels consumers (``/signal/``), on one loop and connection
+    kept for the whole run. No database, no pgbinding: what Channels alone costs to fan out."""
+    live.setup_django(dsn, "pubsub", redis_url)
+    from channels.layers import get_channel_layer
 
-    def __init__(self, dsn: str) -> None:
+    from bench.site.benchapp.peers import SIGNAL_GROUP
+
+    layer = get_channel_layer()
+    loop = asyncio.new_event_loop()
+
+    def send(value: int) -> None:
+        message = {
+            "type": "tick.event",
+            "action": "update",
+            "pk": 1,
+            "data": {"id": 1, "value": value, "note": NOTE},
+        }
+        loop.run_until_complete(layer.group_send(SIGNAL_GROUP, message))
+
+    return send
+
+
+class Writer:
+    """The writer in its own OS process (spawn): timed single-row UPDATEs, one per commit; or,
+    with ``bare_redis``, timed Channels ``group_send`` calls (the ``bare`` baseline)."""
+
+    def __init__(self, dsn: str, bare_redis: str | None = None) -> None:
         ctx = mp.get_context("spawn")
         self.pipe, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_writer_main, args=(dsn, child), daemon=True)
+        self.proc = ctx.Process(target=_writer_main, args=(dsn, child, bare_redis), daemon=True)
         self.proc.start()
         if not self.pipe.poll(60):
             raise TimeoutError("the writer did not start")
@@ -608,8 +644,11 @@ def measure(
     tmp: Path,
 ) -> dict[str, Any]:
     logdir = tmp / f"{layer}-{clients}-{run}"
-    with live.stack(dsn, layer, logdir, redis_url) as st:
-        conn_info = pool.connect(st.url, "/pgbinding/", clients, args.per_process)
+    # ``bare``: no pgbinding on the path; the writer group_sends to plain Channels consumers
+    # over channels_redis pub/sub (the stack's pglisten idles: nothing is written).
+    stack_layer, path = ("pubsub", "/signal/") if layer == BARE else (layer, "/pgbinding/")
+    with live.stack(dsn, stack_layer, logdir, redis_url) as st:
+        conn_info = pool.connect(st.url, path, clients, args.per_process)
         try:
             # Warm up: starts the in-process listener, fills caches; not counted.
             pool.broadcast("mark")
@@ -626,7 +665,7 @@ def measure(
             procs = {"daphne": st.server.pid, "writer": writer.pid}
             if st.listener is not None:
                 procs["pglisten"] = st.listener.pid
-            rpid = redis_pid(redis_url) if layer != "memory" else None
+            rpid = redis_pid(redis_url) if stack_layer != "memory" else None
             if rpid:
                 procs["redis"] = rpid
             for i, pid in enumerate(pool.pids()):
@@ -723,7 +762,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="smoke check: fewer writes, 1 run")
     p.add_argument("--runs", type=int, default=3, help="runs; medians are reported (3)")
-    p.add_argument("--layers", default=",".join(live.LAYERS), help="memory,redis,pubsub")
+    p.add_argument(
+        "--layers",
+        default=",".join(LAYERS),
+        help="memory,redis,pubsub,bare (bare: Channels alone over pub/sub, no pgbinding)",
+    )
     p.add_argument("--clients", default="1,100,1000", help="client counts (1,100,1000)")
     p.add_argument(
         "--rates",
@@ -745,8 +788,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.runs = 1
     args.layer_list = [x for x in args.layers.split(",") if x]
     for layer in args.layer_list:
-        if layer not in live.LAYERS:
-            p.error(f"unknown layer {layer!r}")
+        if layer not in LAYERS:
+            p.error(f"unknown layer {layer!r}; choose from {', '.join(LAYERS)}")
     args.client_list = [int(x) for x in args.clients.split(",") if x]
     rates = [float(x) for x in args.rates.split(",") if x]
     writes = [
@@ -788,6 +831,10 @@ def main(argv: list[str] | None = None) -> None:
         stack.callback(pool.close)
         writer = Writer(dsn)
         stack.callback(writer.close)
+        bare_writer = None
+        if BARE in args.layer_list:
+            bare_writer = Writer(dsn, bare_redis=redis_url)
+            stack.callback(bare_writer.close)
         print(
             f"== {WRITE_SQL} from one writer process; {nproc} client process(es) of at most "
             f"{args.per_process} sockets; open-files limit {nofile}; {args.runs} run(s); logs "
@@ -808,7 +855,7 @@ def main(argv: list[str] | None = None) -> None:
                         run,
                         args,
                         pool,
-                        writer,
+                        bare_writer if layer == BARE and bare_writer else writer,
                         redis_url,
                         tmp,
                     )
@@ -966,6 +1013,8 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     """(what, target, measured, met) for the summary table of docs/benchmarks.md."""
     out = []
     for r in summary(data):
+        if r["layer"] == BARE:
+            continue  # a baseline, not pgbinding
         if r["clients"] == 1:
             out.append(
                 (
@@ -1001,7 +1050,11 @@ def markdown(data: dict[str, Any]) -> str:
         "frames are decoded after the measurement). "
         f"{p['warmup']} untimed writes first; fresh daphne (and pglisten) per measurement; "
         f"layers interleaved within each run; medians of {p['runs']} run(s). "
-        "*Last client* is the slowest socket's latency for each write.",
+        "*Last client* is the slowest socket's latency for each write. "
+        "`bare` is the baseline without pgbinding: the writer process does one channels_redis "
+        "pub/sub `group_send` per write (its time taken when the call returns) to plain "
+        "Channels consumers (`/signal/`, an `AsyncJsonWebsocketConsumer` that `send_json`s the "
+        "event) in the same daphne: what Channels alone costs to reach the same sockets.",
         "",
         "| clients | layer | p50 ms | p99 ms | p99.9 ms | max ms | last client p50 | "
         "last client p99 | p50 ÷ memory | p99 ÷ memory | lost | p99 per run |",

@@ -21,6 +21,46 @@ from pgbinding.embedded import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("memory", "redis", "pubsub")
+#: ASGI servers the stack can run the site under: daphne (Twisted + autobahn, Channels' own) or
+#: uvicorn (uvloop, httptools, the websockets library). ``BENCH_SERVER`` picks the default.
+SERVERS = ("daphne", "uvicorn")
+
+
+def default_server() -> str:
+    server = os.environ.get("BENCH_SERVER", "daphne")
+    if server not in SERVERS:
+        raise ValueError(f"BENCH_SERVER must be one of {SERVERS}, not {server!r}")
+    return server
+
+
+def server_command(server: str, port: int) -> list[str]:
+    """The command line serving the bench site's ASGI application on 127.0.0.1:``port``."""
+    app = "bench.site.asgi:application"
+    if server == "daphne":
+        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
+    if server == "uvicorn":
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--ws",
+            "websockets",
+            "--lifespan",
+            "auto",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            app,
+        ]
+    raise ValueError(f"server must be one of {SERVERS}, not {server!r}")
 
 
 def site_env(dsn: str, layer: str = "memory", redis_url: str | None = None) -> dict[str, str]:
@@ -90,6 +130,7 @@ class Stack:
     server: subprocess.Popen[bytes]
     listener: subprocess.Popen[bytes] | None = None
     extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    name: str = "daphne"  # which ASGI server
 
     @property
     def url(self) -> str:
@@ -114,12 +155,21 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 
 @contextlib.contextmanager
-def stack(dsn: str, layer: str, logdir: Path, redis_url: str | None = None) -> Iterator[Stack]:
-    """daphne serving the bench site, plus pglisten when ``layer`` is not ``memory``.
+def stack(
+    dsn: str,
+    layer: str,
+    logdir: Path,
+    redis_url: str | None = None,
+    server: str | None = None,
+) -> Iterator[Stack]:
+    """The ASGI server (daphne unless ``server`` or ``BENCH_SERVER`` says uvicorn) serving the
+    bench site, plus pglisten when ``layer`` is not ``memory``.
 
-    With ``memory`` the listener runs inside daphne (pgbinding.asgi.with_listener); it starts
-    with the first connection: connect a client and let it see one change before measuring.
+    With ``memory`` the listener runs inside the server (pgbinding.asgi.with_listener); it
+    starts with the first connection: connect a client and let it see one change before
+    measuring.
     """
+    server = server or default_server()
     if layer not in LAYERS:
         raise ValueError(f"layer must be one of {LAYERS}, not {layer!r}")
     if layer != "memory" and not redis_url:
@@ -139,28 +189,15 @@ def stack(dsn: str, layer: str, logdir: Path, redis_url: str | None = None) -> I
                 logdir / "pglisten.log",
             )
             procs.append(listener)
-        server = _start(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "bench.site.asgi:application",
-            ],
-            env,
-            logdir / "daphne.log",
-        )
-        procs.append(server)
-        wait_for(lambda: port_open(port), f"daphne on port {port}")
+        proc = _start(server_command(server, port), env, logdir / "daphne.log")
+        procs.append(proc)
+        wait_for(lambda: port_open(port), f"{server} on port {port}")
         if listener is not None:
             wait_for(
                 lambda: "Caught up" in (logdir / "pglisten.log").read_text(errors="replace"),
                 "pglisten to catch up",
             )
-        yield Stack(layer, port, logdir, server, listener)
+        yield Stack(layer, port, logdir, proc, listener, name=server)
     finally:
         stop(procs)
 

@@ -48,7 +48,7 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
     ("trigger_cpu", "1b. Trigger CPU per statement", [], ["--quick"]),
     ("bulk", "2. Bulk statement", [], ["--quick"]),
     ("throughput", "3. Capture throughput", [], ["--quick"]),
-    ("latency", "4. Latency", [], ["--quick"]),
+    ("latency", "4. Latency", ["--writes", "500,300,60"], ["--quick"]),
     ("memory", "5. Memory per connection", [], ["--quick"]),
     ("peers", "6. Peers, same workload, same run", [], ["--quick"]),
 ]

@@ -42,8 +42,10 @@ DEFAULTS: dict[str, Any] = {
     # the next read carries several changes. At most this much added delivery latency.
     "READ_PAUSE": 0.002,
     # When the log runs dry, keep polling (every READ_PAUSE) this long before going to sleep
-    # and having writers NOTIFY; a steady trickle of writes then never pays for wake-ups.
-    "IDLE_LINGER": 0.05,
+    # and having writers NOTIFY: under load (commits well under this apart) the listener never
+    # pays for sleeping and waking; slower writes wake it by NOTIFY at once, which is quicker
+    # than a poll (bench/latency: 1 client p50 2.45 -> 1.45 ms going from 0.05 to 0.005).
+    "IDLE_LINGER": 0.005,
     # Save the listener's position at most this often (seconds) while changes flow, and always
     # when it goes idle or stops. After a crash, up to this much is sent again (consumers drop
     # repeats by position).

@@ -72,7 +72,7 @@ class Listener:
         prune_interval: float = 60.0,
         lag_log_interval: float = 10.0,
         read_pause: float = 0.002,
-        idle_linger: float = 0.05,
+        idle_linger: float = 0.005,
         save_interval: float = 0.25,
     ) -> None:
         self.conninfo = conninfo
@@ -247,12 +247,14 @@ class Listener:
             if changes:
                 dry_since = None
                 self.idle.clear()
-                if self._sleeping:
-                    await self._set_sleeping(conn, False)
                 messages = await sync_to_async(self.dispatcher.build, thread_sensitive=False)(
                     changes
                 )
                 await self.dispatcher.send(messages)
+                if self._sleeping:
+                    # After sending, not before: the round trip is not on the way to the
+                    # clients, and writers NOTIFYing a little longer is harmless.
+                    await self._set_sleeping(conn, False)
                 self.delivered += len(changes)
                 batch_count += len(changes)
                 caught_up, gap_wait = False, self.gap_poll_interval
