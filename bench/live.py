@@ -107,6 +107,20 @@ def redis() -> Iterator[str]:
         server.stop()
 
 
+def flush_redis(url: str) -> None:
+    """Empty the benchmark's private Redis. channels_redis core keeps group members in Redis
+    until ``group_expiry`` (a day): the sockets of a server stopped by the previous measurement
+    would stay in group ``ticks`` and every later ``group_send`` would also write to them
+    (seen: 1-client latency and pglisten CPU growing from run to run)."""
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -175,6 +189,8 @@ def stack(
     if layer != "memory" and not redis_url:
         raise ValueError(f"layer {layer!r} needs a Redis URL")
     logdir.mkdir(parents=True, exist_ok=True)
+    if redis_url:
+        flush_redis(redis_url)
     env = site_env(dsn, layer, redis_url)
     port = free_port()
     procs: list[subprocess.Popen[bytes]] = []

@@ -46,7 +46,7 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
         ["--quick", *WRITE_PATH_EXPERIMENTS],
     ),
     ("trigger_cpu", "1b. Trigger CPU per statement", [], ["--quick"]),
-    ("bulk", "2. Bulk statement", [], ["--quick"]),
+    ("bulk", "2. Bulk statement", ["--experiment", "log-floor"], ["--quick"]),
     ("throughput", "3. Capture throughput", [], ["--quick"]),
     ("latency", "4. Latency", ["--writes", "500,300,60"], ["--quick"]),
     ("memory", "5. Memory per connection", [], ["--quick"]),
@@ -181,7 +181,11 @@ def render(args: argparse.Namespace, timings: dict[str, float], failed: list[str
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+    # How long each benchmark took, kept across runs so --render-only and --only can say it.
+    timings_file = OUT / "timings.json"
+    timings: dict[str, float] = (
+        json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    )
     failed: list[str] = []
     if not args.render_only:
         for name, _, full, quick in BENCHMARKS:
@@ -189,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             code, took = run_one(name, quick if args.quick else full, args.dsn)
             timings[name] = took
+            timings_file.write_text(json.dumps(timings, indent=1))
             if code != 0:
                 failed.append(name)
                 print(f"== bench.{name} exited with {code}", flush=True)

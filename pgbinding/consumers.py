@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -30,8 +29,12 @@ from .registry import registry
 
 logger = logging.getLogger("pgbinding.consumers")
 
-#: How many changes a socket remembers in full to drop repeats (older: by cursor).
-RECENT = 256
+#: How many changes a socket remembers in full to drop repeats (older ones: by cursor). The
+#: listener sends in log order and a change's messages for its several groups one after the
+#: other, so a repeat arrives within a change or two of the first copy; 32 leaves room for
+#: layers that reorder a little, at ~5 KB per socket (256 cost ~44 KB, close to the whole
+#: per-socket budget in bench/memory).
+RECENT = 32
 _ACTION_BITS = {"update": 1, "create": 2, "delete": 4, "reload": 8}
 _ANY = 16
 #: Channel-layer messages from the listener: handled without Channels' per-message thread trip
@@ -123,7 +126,7 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         self.subscriptions: dict[str, Subscription] = {}
         self.joined: set[str] = set()
         #: Changes seen lately, per (stream or "sub:<id>", log id): the actions sent (bits).
-        self.recent: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self.recent: dict[tuple[str, int], int] = {}  # insertion order: oldest first
         #: Per stream or subscription, the furthest listener cursor received: what it covers
         #: and is not in ``recent`` is a repeat (a listener re-sending after a crash).
         self.high: dict[str, Cursor] = {}
@@ -352,7 +355,7 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             return False
         self.recent[key] = bit
         while len(self.recent) > RECENT:
-            self.recent.popitem(last=False)
+            del self.recent[next(iter(self.recent))]
         cursor = Cursor.decode(token)
         if high is None or cursor.position >= high.position:
             self.high[space] = cursor

@@ -1,13 +1,11 @@
 """The consumer drops repeats of a change with bounded memory (no channel layer needed)."""
 
-from collections import OrderedDict
-
 from pgbinding.consumers import RECENT, Demultiplexer
 
 
 def consumer():
     c = Demultiplexer()
-    c.recent, c.high = OrderedDict(), {}
+    c.recent, c.high = {}, {}
     return c
 
 
