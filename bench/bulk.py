@@ -515,13 +515,14 @@ def markdown(data: dict[str, Any]) -> str:
             f"{r['max_ms']:.0f} | {r['ratio']:.2f} | {r['wal_mb']:.1f} | "
             f"{r['ms'] * 1000 / r['rows']:.2f} |"
         )
-    if any(key == "exp_log_floor" for key, _ in p["variants"]):
+    if any(key.startswith("exp_") and key.endswith("_floor") for key, _ in p["variants"]):
         lines += [
             "",
-            "*EXP log-floor* (bench/experiment.py) is not a usable capture: a row-level trigger "
-            "inserting only (table, operation, key) into the same log table, no jsonb, no "
-            "wake-up. It is the least any capture into a log table costs, so the target can be "
-            "judged against it.",
+            "*EXP log-floor* and *EXP stmt-floor* (bench/experiment.py) are not usable "
+            "captures: a row-level trigger, and a statement-level one over the transition "
+            "table, inserting only (table, operation, key) into the same log table: no jsonb, "
+            "no wake-up. They are the least a capture into a log table costs, so the target can "
+            "be judged against them.",
         ]
     for r in s["raw"]:
         if r["variant"] == "pgbinding" and r["rows"] == 100_000:

@@ -2,7 +2,7 @@
 
 (Earlier experiments, ``stmt-once``: to_jsonb() once per row in the UPDATE branch, and
 ``paced-listener``: fewer, bigger listener batches, became the released code; their before and
-after figures are in bench/README.md and docs/benchmarks.md.)
+after figures are in bench/analysis.md, the end of docs/benchmarks.md.)
 
 Nothing here is installed by pgbinding or changes its SQL templates. Each experiment runs on its
 own 10,000-row table; the ones that need a capture function install a copy under another name
@@ -16,6 +16,8 @@ log-floor       the least any log-table capture must do: a row-level trigger tha
                 row per changed row into pgbinding_change with only the table, the operation
                 and the key (no jsonb of old and new, no wake-up). Not a usable capture; it
                 shows how much of the write-path cost is the extra log insert itself.
+stmt-floor      the same, statement-level: one INSERT ... SELECT of (table, op, key) from the
+                statement's transition table. The least a statement-level log capture does.
 rowlevel        a row-level variant of the capture function (FOR EACH ROW triggers for INSERT,
                 UPDATE and DELETE; TRUNCATE stays statement-level), same log rows, same
                 wake-up rule, with the normal listener.
@@ -94,6 +96,35 @@ CREATE TRIGGER bench_floor AFTER INSERT OR UPDATE OR DELETE ON {table}
 """
 
 
+STMT_FLOOR_FUNCTION = """
+CREATE OR REPLACE FUNCTION bench_capture_stmt_floor() RETURNS trigger
+LANGUAGE plpgsql AS $body$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO pgbinding_change (table_name, op, pk)
+        SELECT TG_TABLE_NAME, 'D', o.id::text FROM old_rows o;
+    ELSE
+        INSERT INTO pgbinding_change (table_name, op, pk)
+        SELECT TG_TABLE_NAME, left(TG_OP, 1), n.id::text FROM new_rows n;
+    END IF;
+    RETURN NULL;
+END
+$body$;
+"""
+
+STMT_FLOOR_TRIGGERS = """
+CREATE TRIGGER bench_stmt_floor_i AFTER INSERT ON {table}
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION bench_capture_stmt_floor();
+CREATE TRIGGER bench_stmt_floor_u AFTER UPDATE ON {table}
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION bench_capture_stmt_floor();
+CREATE TRIGGER bench_stmt_floor_d AFTER DELETE ON {table}
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION bench_capture_stmt_floor();
+"""
+
+
 @dataclass(frozen=True)
 class Experiment:
     description: str
@@ -107,6 +138,12 @@ EXPERIMENTS: dict[str, Experiment] = {
     "trigger-only": Experiment("released trigger, no listener running", "off"),
     "log-floor": Experiment(
         "row-level insert of (table, op, key) only", "default", FLOOR_FUNCTION, FLOOR_TRIGGERS
+    ),
+    "stmt-floor": Experiment(
+        "statement-level insert of (table, op, key) only",
+        "default",
+        STMT_FLOOR_FUNCTION,
+        STMT_FLOOR_TRIGGERS,
     ),
     "rowlevel": Experiment(
         "row-level copy of the capture function", "default", ROWLEVEL_FUNCTION, ROWLEVEL_TRIGGERS

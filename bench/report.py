@@ -1,6 +1,6 @@
 """The benchmark report: run every benchmark, then write docs/benchmarks.md with its plots.
 
-    scripts/bench                      # everything, default lengths (about 40 min on 2 cores)
+    scripts/bench                      # everything, default lengths (about 75 min on 2 cores)
     scripts/bench --quick              # smoke run of everything (about 10 min)
     scripts/bench --only latency,memory
     scripts/bench --render-only        # rewrite the document from the last run's JSON
@@ -46,7 +46,12 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
         ["--quick", *WRITE_PATH_EXPERIMENTS],
     ),
     ("trigger_cpu", "1b. Trigger CPU per statement", [], ["--quick"]),
-    ("bulk", "2. Bulk statement", ["--experiment", "log-floor"], ["--quick"]),
+    (
+        "bulk",
+        "2. Bulk statement",
+        ["--experiment", "log-floor", "--experiment", "stmt-floor"],
+        ["--quick"],
+    ),
     ("throughput", "3. Capture throughput", [], ["--quick"]),
     ("latency", "4. Latency", ["--writes", "500,300,60"], ["--quick"]),
     ("memory", "5. Memory per connection", [], ["--quick"]),
@@ -125,7 +130,8 @@ def render(args: argparse.Namespace, timings: dict[str, float], failed: list[str
         machine = machine or list(data.get("machine", []))
         body = [f"## {title}", ""]
         took = f"; took {timings[name] / 60:.1f} min" if name in timings else ""
-        body.append(f"Command: `{data.get('command', 'python -m bench.' + name)}`{took}.")
+        command = str(data.get("command", "python -m bench." + name)).replace(f"{ROOT}/", "")
+        body.append(f"Command: `{command}` (from the repository root){took}.")
         body.append("")
         if name in failed:
             body += ["**This run failed**; the figures below are from its partial output.", ""]
@@ -152,10 +158,10 @@ def render(args: argparse.Namespace, timings: dict[str, float], failed: list[str
         *[f"    {line}" for line in machine],
         f"    Python {platform.python_version()}",
         "",
-        "Rerun: `scripts/bench` (all, ~40 min), `scripts/bench --quick` (smoke run), "
-        "`scripts/bench --only NAME`; each benchmark also runs alone as "
-        "`.venv-bench/bin/python -m bench.NAME --help`. See bench/README.md for the "
-        "write-path and bulk experiments.",
+        "Rerun: `scripts/bench` (all, about 75 min on this machine), `scripts/bench --quick` "
+        "(smoke run), `scripts/bench --only NAME`; each benchmark also runs alone as "
+        "`PYTHONPATH=. .venv-bench/bin/python -m bench.NAME --help`. bench/README.md explains "
+        "the suite: what each benchmark does, how the load generators are kept apart, noise.",
         "",
         "## Targets",
         "",
