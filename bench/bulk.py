@@ -114,14 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     argv_used = sys.argv[1:] if argv is None else argv
     with common.server(args.dsn) as dsn:
         conn = psycopg.connect(dsn, autocommit=True)
-        notes = common.ensure_durable(conn)
-        machine = common.machine_report(conn)
-        print("== machine")
-        print("\n".join(machine))
-        print("== settings in force (source in brackets)")
-        print("\n".join(common.settings_report(conn)))
-        for note in notes:
-            print("  " + note)
+        machine = common.announce_server(conn)
 
         common.install_pgbinding_schema(conn)
         variants = [("plain", "no trigger"), ("pgbinding", "pgbinding")]
@@ -443,8 +436,8 @@ def summary(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return {"raw": raw, "live": lv}
 
 
-def _f(x: float, fmt: str = ".0f") -> str:
-    return "-" if x != x else format(x, fmt)  # NaN -> "-"
+def _f(x: float, spec: str = ".0f") -> str:
+    return common.fmt(x, spec)
 
 
 def live_text(data: dict[str, Any]) -> str:

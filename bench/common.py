@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import re
@@ -404,3 +405,31 @@ def wait_quiet(limit: float, timeout: float) -> tuple[float, float]:
     while busy > limit and time.monotonic() - start < timeout:
         busy = busy_cores(0.5)
     return time.monotonic() - start, busy
+
+
+def announce_server(conn: psycopg.Connection[Any]) -> list[str]:
+    """Make the server's commits durable where it can (see ensure_durable), print the machine,
+    the settings in force and any warning; return the machine report (for the JSON)."""
+    notes = ensure_durable(conn)
+    machine = machine_report(conn)
+    print("== machine")
+    print("\n".join(machine))
+    print("== settings in force (source in brackets)")
+    print("\n".join(settings_report(conn)))
+    for note in notes:
+        print("  " + note)
+    return machine
+
+
+def fmt(x: float, spec: str) -> str:
+    """``x`` formatted with ``spec``, or "-" for NaN (a figure that was not measured)."""
+    return "-" if x != x else format(x, spec)
+
+
+def finish(data: dict[str, Any], text: str, json_path: Path | None) -> None:
+    """Print a benchmark's report text and write all its measurements to ``json_path``."""
+    print()
+    print(text)
+    if json_path:
+        json_path.write_text(json.dumps(data, indent=1))
+        print(f"== all measurements written to {json_path}")

@@ -813,14 +813,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     with common.server(args.dsn) as dsn, contextlib.ExitStack() as stack:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            notes = common.ensure_durable(conn)
-            machine = common.machine_report(conn)
-            print("== machine")
-            print("\n".join(machine))
-            print("== settings in force (source in brackets)")
-            print("\n".join(common.settings_report(conn)))
-            for note in notes:
-                print("  " + note)
+            machine = common.announce_server(conn)
         live.migrate(dsn)
         prepare_table(dsn)
         redis_url = None
@@ -886,18 +879,14 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine,
         "results": results,
     }
-    print()
-    print(report_text(data))
-    if args.json:
-        args.json.write_text(json.dumps(data, indent=1))
-        print(f"== all measurements written to {args.json}")
+    common.finish(data, report_text(data), args.json)
 
 
 # --------------------------------------------------------------------------- report
 
 
-def _f(x: float, fmt: str = ".2f") -> str:
-    return "-" if x != x else format(x, fmt)  # NaN -> "-"
+def _f(x: float, spec: str = ".2f") -> str:
+    return common.fmt(x, spec)
 
 
 def summary(data: dict[str, Any]) -> list[dict[str, Any]]:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import sys
 import tempfile
@@ -201,10 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     with common.server(args.dsn) as dsn, contextlib.ExitStack() as stack:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            common.ensure_durable(conn)
-            machine = common.machine_report(conn)
-            print("== machine")
-            print("\n".join(machine))
+            machine = common.announce_server(conn)
         live.migrate(dsn)
         prepare_table(dsn, args.rows)
         redis_url = None
@@ -257,18 +253,14 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine,
         "results": results,
     }
-    print()
-    print(report_text(data))
-    if args.json:
-        args.json.write_text(json.dumps(data, indent=1))
-        print(f"== all measurements written to {args.json}")
+    common.finish(data, report_text(data), args.json)
 
 
 # --------------------------------------------------------------------------- report
 
 
-def _f(x: float, fmt: str = ".1f") -> str:
-    return "-" if x != x else format(x, fmt)  # NaN -> "-"
+def _f(x: float, spec: str = ".1f") -> str:
+    return common.fmt(x, spec)
 
 
 def summary(data: dict[str, Any]) -> list[dict[str, Any]]:

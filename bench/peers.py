@@ -632,14 +632,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with common.server(args.dsn) as dsn, live.redis() as redis_url:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            notes = common.ensure_durable(conn)
-            machine = common.machine_report(conn)
-            print("== machine")
-            print("\n".join(machine))
-            print("== settings in force (source in brackets)")
-            print("\n".join(common.settings_report(conn)))
-            for note in notes:
-                print("  " + note)
+            machine = common.announce_server(conn)
         live.migrate(dsn)
         load_table(dsn, max(args.client_list), args.rows)
         print(
@@ -673,11 +666,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine,
         "results": results,
     }
-    print()
-    print(report_text(data))
-    if args.json:
-        args.json.write_text(json.dumps(data, indent=1))
-        print(f"== all measurements written to {args.json}")
+    common.finish(data, report_text(data), args.json)
 
 
 def versions() -> dict[str, str]:
@@ -693,8 +682,8 @@ def versions() -> dict[str, str]:
 # --------------------------------------------------------------------------- report
 
 
-def _f(x: float, fmt: str = ".0f") -> str:
-    return "-" if x != x else format(x, fmt)  # NaN -> "-"
+def _f(x: float, spec: str = ".0f") -> str:
+    return common.fmt(x, spec)
 
 
 def _pct(x: float) -> str:

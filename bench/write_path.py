@@ -172,15 +172,8 @@ class Bench:
     # -- setup --------------------------------------------------------------------------------
 
     def header(self) -> None:
-        notes = common.ensure_durable(self.conn)
-        self.machine = common.machine_report(self.conn)
+        self.machine = common.announce_server(self.conn)
         self.settings = common.settings_report(self.conn)
-        print("== machine")
-        print("\n".join(self.machine))
-        print("== settings in force (source in brackets)")
-        print("\n".join(self.settings))
-        for note in notes:
-            print("  " + note)
         a = self.args
         n = a.runs * len(a.workload_list) * len(a.client_list) * len(self.variants)
         print(
