@@ -32,7 +32,7 @@ logger = logging.getLogger("pgbinding.consumers")
 #: How many changes a socket remembers in full to drop repeats (older ones: by cursor). The
 #: listener sends in log order and a change's messages for its several groups one after the
 #: other, so a repeat arrives within a change or two of the first copy; 32 leaves room for
-#: layers that reorder a little, at ~5 KB per socket (256 cost ~44 KB, close to the whole
+#: layers that reorder a little, at ~4 KB per socket (256 cost ~44 KB, close to the whole
 #: per-socket budget in bench/memory).
 RECENT = 32
 _ACTION_BITS = {"update": 1, "create": 2, "delete": 4, "reload": 8}
