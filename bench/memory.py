@@ -408,10 +408,11 @@ def markdown(data: dict[str, Any]) -> str:
         + ".",
         "",
         f"*After events*: every socket received {p['events']} changes, each twice (its group "
-        "event and its subscription's event); growth over *subscribed* is what a socket keeps "
-        "per change it was sent; *bytes kept per frame* divides it by the frames each socket "
-        "received (pgbinding's consumer remembers every (stream, position) it sent in a "
-        "per-socket `seen` map of up to 4,096 entries, so this growth stops only there). "
+        "event and its subscription's event); growth over *subscribed* is what the server "
+        "kept after sending them; *bytes kept per frame* divides it by the frames each socket "
+        "received. pgbinding's consumer remembers the last 32 changes it sent, to drop "
+        "repeats (about 4 KB once full); the rest is the allocator's high-water mark from the "
+        "fan-out and, where the fan-out falls behind, messages still queued in the layer. "
         "*Event frames delivered* below 100% means the fan-out had not finished after 30 s "
         "without progress (or 300 s in all) and the reading was taken anyway. "
         "*After closing*: RSS still held once every socket closed "
