@@ -412,7 +412,7 @@ def markdown(data: dict[str, Any]) -> str:
         "kept after sending them; *bytes kept per frame* divides it by the frames each socket "
         "received. pgbinding's consumer remembers the last 32 changes it sent, to drop "
         "repeats (about 4 KB once full); the rest is the allocator's high-water mark from the "
-        "fan-out and, where the fan-out falls behind, messages still queued in the layer. "
+        "fan-out and, where the fan-out falls behind, of messages that queued in the layer. "
         "*Event frames delivered* below 100% means the fan-out had not finished after 30 s "
         "without progress (or 300 s in all) and the reading was taken anyway. "
         "*After closing*: RSS still held once every socket closed "
