@@ -281,7 +281,7 @@ def live_part(dsn: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                     if st.listener is not None:
                         pids["server_py"] = st.server.pid
                     if redis_url and layer != "memory":
-                        rpid = throughput.redis_pid(redis_url)
+                        rpid = common.redis_pid(redis_url)
                         if rpid:
                             pids["redis"] = rpid
                     for rows in args.live_row_list:

@@ -248,6 +248,20 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def redis_pid(url: str | None) -> int | None:
+    """The pid of the redis-server serving ``url`` (found by the port on its command line)."""
+    if not url:
+        return None
+    port = url.rsplit(":", 1)[-1].split("/")[0]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("latin-1")
+                if "redis-server" in cmd and (f":{port}" in cmd or f"--port {port}" in cmd):
+                    return int(entry.name)
+    return None
+
+
 def postmaster_pid(conn: psycopg.Connection[Any]) -> int | None:
     """The postmaster's pid, if the server runs on this machine (None otherwise)."""
     backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]

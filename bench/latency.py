@@ -559,20 +559,6 @@ class Writer:
 # --------------------------------------------------------------------------- helpers
 
 
-def redis_pid(url: str | None) -> int | None:
-    """The pid of the redis-server serving ``url`` (found by the port on its command line)."""
-    if not url:
-        return None
-    port = url.rsplit(":", 1)[-1].split("/")[0]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("latin-1")
-                if "redis-server" in cmd and (f":{port}" in cmd or f"--port {port}" in cmd):
-                    return int(entry.name)
-    return None
-
-
 def prepare_table(dsn: str, rows: int = 1) -> None:
     """``rows`` rows in benchapp_tick (id 1 is the one written), written with capture off."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -592,18 +578,16 @@ class CpuWindow:
     """CPU of named processes, of all of Postgres and of the machine over a window, in cores."""
 
     def __init__(self, postmaster: int | None, procs: dict[str, int]) -> None:
-        self.meter = common.CpuMeter(postmaster, {})
+        self.meter = common.CpuMeter(postmaster, dict(procs))
         self.procs = procs
 
     def start(self) -> None:
         self.meter.start()
-        self.t0 = {k: common.proc_cpu(p) for k, p in self.procs.items()}
 
     def stop(self) -> dict[str, float]:
-        t1 = {k: common.proc_cpu(p) for k, p in self.procs.items()}
         res = self.meter.stop()
         wall = res["wall"]
-        out = {k: (t1[k] - self.t0[k]) / wall for k in self.procs}
+        out = {k: res[k] for k in self.procs}
         out["postgres"] = res["postgres"]
         out["machine"] = res["busy"] * common.NCPU
         out["other"] = out["machine"] - sum(out[k] for k in self.procs) - res["postgres"]
@@ -665,7 +649,7 @@ def measure(
             procs = {"daphne": st.server.pid, "writer": writer.pid}
             if st.listener is not None:
                 procs["pglisten"] = st.listener.pid
-            rpid = redis_pid(redis_url) if stack_layer != "memory" else None
+            rpid = common.redis_pid(redis_url) if stack_layer != "memory" else None
             if rpid:
                 procs["redis"] = rpid
             for i, pid in enumerate(pool.pids()):

@@ -160,7 +160,7 @@ class Stack:
         return out
 
     def listener_log(self) -> str:
-        name = "pglisten.log" if self.listener is not None else "daphne.log"
+        name = "pglisten.log" if self.listener is not None else f"{self.name}.log"
         return (self.logdir / name).read_text(errors="replace")
 
 
@@ -205,7 +205,7 @@ def stack(
                 logdir / "pglisten.log",
             )
             procs.append(listener)
-        proc = _start(server_command(server, port), env, logdir / "daphne.log")
+        proc = _start(server_command(server, port), env, logdir / f"{server}.log")
         procs.append(proc)
         wait_for(lambda: port_open(port), f"{server} on port {port}")
         if listener is not None:

@@ -48,7 +48,7 @@ from typing import Any
 import psycopg
 
 from . import common, live
-from .latency import ClientPool, Writer, prepare_table, redis_pid
+from .latency import ClientPool, Writer, prepare_table
 
 TARGET_KB = 50.0
 KINDS = ("pgbinding", "baseline")
@@ -130,7 +130,7 @@ def measure(
         pids = {"daphne": st.server.pid}
         if st.listener is not None:
             pids["pglisten"] = st.listener.pid
-        rpid = redis_pid(redis_url) if layer != "memory" else None
+        rpid = common.redis_pid(redis_url) if layer != "memory" else None
         if rpid:
             pids["redis"] = rpid
         warm_up(pool, st, path, writer)

@@ -388,18 +388,6 @@ class Writers:
 # --------------------------------------------------------------------------- measurements
 
 
-def redis_pid(url: str) -> int | None:
-    """The pid of the redis-server listening on ``url``'s port (found by its command line)."""
-    port = url.rsplit(":", 1)[-1].split("/")[0]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                if "redis-server" in cmd and (f":{port}" in cmd or f"--port {port}" in cmd):
-                    return int(entry.name)
-    return None
-
-
 def load_table(dsn: str, writers: int, rows: int) -> None:
     """The writers' rows (16 each) and the share rows, written with triggers off."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -589,7 +577,7 @@ def run_system(
         others = {"server_py": st.server.pid, "client_py": client.pid}
         if st.listener is not None:
             others["listener_py"] = st.listener.pid
-        rpid = redis_pid(redis_url)
+        rpid = common.redis_pid(redis_url)
         if rpid:
             others["redis"] = rpid
         for clients in args.client_list:

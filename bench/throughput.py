@@ -328,19 +328,6 @@ def notify_baseline(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- pgbinding drain
 
 
-def redis_pid(url: str) -> int | None:
-    """The pid of the redis-server listening on ``url``'s port (found by its command line)."""
-    port = url.rsplit(":", 1)[-1].split("/")[0]
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if "redis-server" in cmd and port in cmd:
-                return int(entry.name)
-    return None
-
-
 def standby_backend(conn: psycopg.Connection[Any], timeout: float = 30) -> int:
     """The backend pid of the listener standing by: its last query is its lock attempt."""
     deadline = time.monotonic() + timeout
@@ -451,7 +438,7 @@ def drain(
             others = {"listener_py": py_pid, "listener_pg": backend, "client_py": client.pid}
             if own is not None:
                 others["server_py"] = st.server.pid
-            rpid = redis_pid(redis_url) if redis_url and layer != "memory" else None
+            rpid = common.redis_pid(redis_url) if redis_url and layer != "memory" else None
             if rpid:
                 others["redis"] = rpid
             meter = common.CpuMeter(common.postmaster_pid(lock), others)

@@ -22,8 +22,9 @@ from django.contrib.auth.models import AnonymousUser
 from django.db import models
 
 from . import actions, filters
-from .bindings import Binding, instance_from_row
+from .bindings import EVENT_TYPE, Binding, instance_from_row
 from .conf import pgbinding_settings
+from .dispatch import CHANGE_TYPE, CHANGES_TYPE, EVENTS_TYPE
 from .log import Cursor
 from .registry import registry
 
@@ -39,9 +40,7 @@ _ACTION_BITS = {"update": 1, "create": 2, "delete": 4, "reload": 8}
 _ANY = 16
 #: Channel-layer messages from the listener: handled without Channels' per-message thread trip
 #: to close old database connections (see Demultiplexer.dispatch).
-_LISTENER_TYPES = frozenset(
-    {"pgbinding.event", "pgbinding.events", "pgbinding.change", "pgbinding.changes"}
-)
+_LISTENER_TYPES = frozenset({EVENT_TYPE, EVENTS_TYPE, CHANGE_TYPE, CHANGES_TYPE})
 
 #: WebSocket close code for a frame too big to read (RFC 6455).
 WS_1009_MESSAGE_TOO_BIG = 1009

@@ -138,12 +138,12 @@ class Cursor:
     @classmethod
     def decode(cls, token: object) -> Cursor:
         """Parse a token; raises ValueError (with the token quoted) if it is not one."""
-        error = ValueError(
-            f"{token!r} is not a position: expected a value received in an event's "
-            '\'position\', like "123" or "123:118-119"'
-        )
+        # Consumers decode every event's token, so: the common form (no gaps) first, and the
+        # error built only when it is raised.
+        if type(token) is str and len(token) <= 4096 and token.isascii() and token.isdigit():
+            return cls(int(token))
         if isinstance(token, bool) or not isinstance(token, int | str) or len(str(token)) > 4096:
-            raise error
+            raise _not_a_position(token)
         head, _, rest = str(token).partition(":")
         try:
             position = int(head)
@@ -152,10 +152,17 @@ class Cursor:
                 for lo, _, hi in (part.partition("-") for part in rest.split(",") if part)
             )
         except ValueError:
-            raise error from None
+            raise _not_a_position(token) from None
         if position < 0 or not all(0 < lo <= hi for lo, hi in gaps):
-            raise error
+            raise _not_a_position(token)
         return cls(position, gaps)
+
+
+def _not_a_position(token: object) -> ValueError:
+    return ValueError(
+        f"{token!r} is not a position: expected a value received in an event's "
+        '\'position\', like "123" or "123:118-119"'
+    )
 
 
 class ChangeLog:
