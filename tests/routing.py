@@ -6,7 +6,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter
 from django.urls import path
 
 from pgbinding.consumers import Demultiplexer
-from tests.testapp.bindings import ItemBinding, ItemValueBinding
+from tests.testapp.bindings import CounterBinding, ItemBinding, ItemValueBinding
 
 
 class ItemsDemultiplexer(Demultiplexer):
@@ -27,10 +27,20 @@ class ValuesDemultiplexer(Demultiplexer):
         return ["itemvalues"]
 
 
+class CountersDemultiplexer(Demultiplexer):
+    """The fault tests' group socket: every change of the counters, through group "counters"."""
+
+    consumers = {"counters": CounterBinding.consumer}
+
+    def connection_groups(self, **kwargs):
+        return ["counters"]
+
+
 websocket_urls = [
     path("binding/", ItemsDemultiplexer.as_asgi()),
     path("all/", Demultiplexer.as_asgi()),
     path("values/", ValuesDemultiplexer.as_asgi()),
+    path("counters/", CountersDemultiplexer.as_asgi()),
 ]
 
 application = ProtocolTypeRouter({"websocket": AuthMiddlewareStack(URLRouter(websocket_urls))})

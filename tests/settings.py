@@ -5,6 +5,7 @@ and drop their own ``test_*`` database on it). When it is unset, the ``tests.ser
 starts a private embedded Postgres and sets it.
 """
 
+import json
 import os
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -47,6 +48,7 @@ INSTALLED_APPS = [
     "channels",
     "pgbinding",
     "tests.testapp",
+    "tests.fidelity",
 ]
 
 MIDDLEWARE = [
@@ -56,15 +58,33 @@ MIDDLEWARE = [
 
 ASGI_APPLICATION = "tests.asgi.application"
 
-# Subprocesses (pglisten, daphne) of the multi-process tests get a Redis URL here.
+# Subprocesses (pglisten, daphne) of the multi-process tests get a Redis URL here, and
+# PGBINDING_TEST_CHANNEL_LAYER_KIND=pubsub picks channels_redis's pub/sub layer instead of core.
 CHANNEL_LAYERS = channel_layers(
     os.environ.get("PGBINDING_TEST_CHANNEL_LAYER_REDIS"), capacity=100_000, expiry=600
 )
+if (
+    os.environ.get("PGBINDING_TEST_CHANNEL_LAYER_REDIS")
+    and os.environ.get("PGBINDING_TEST_CHANNEL_LAYER_KIND") == "pubsub"
+):
+    CHANNEL_LAYERS["default"] = {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {
+            "hosts": [
+                {
+                    "address": os.environ["PGBINDING_TEST_CHANNEL_LAYER_REDIS"],
+                    "socket_timeout": None,
+                }
+            ]
+        },
+    }
 
 PGBINDING = {
     "GAP_POLL_INTERVAL": 0.01,
     "STANDBY_RETRY": 0.5,
     "KEEPALIVE": 5.0,
+    # Child processes of the fault tests get settings of their own (a JSON object).
+    **json.loads(os.environ.get("PGBINDING_TEST_PGBINDING", "{}")),
 }
 
 LOGGING = {

@@ -32,9 +32,14 @@ class ItemValueBinding(WebsocketBinding):
 
 
 class CounterBinding(WebsocketBinding):
+    """The stress and fault tests' table: anyone may read it (live too), signed-in users write."""
+
+    from pgbinding.permissions import IsAuthenticatedOrReadOnly
+
     model = Counter
     stream = "counters"
     exclude = []
+    permission_classes = [IsAuthenticatedOrReadOnly]
 
     @classmethod
     def group_names(cls, instance):
