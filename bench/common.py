@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import psycopg.sql
 
-from pgbinding.sql import schema_sql, trigger_sql
+from pgbinding.sql import full_schema_sql, trigger_sql
 
 DBNAME = "pgbinding_bench"
 
@@ -186,11 +186,11 @@ def create_table(conn: psycopg.Connection[Any], name: str, rows: int) -> None:
 
 
 def install_pgbinding_schema(conn: psycopg.Connection[Any]) -> None:
-    """pgbinding's schema_v1, exactly as the migrations install it (dropped first if there)."""
+    """pgbinding's schema, exactly as the migrations install it (dropped first if there)."""
     exists = conn.execute("SELECT to_regclass('pgbinding_change') IS NOT NULL").fetchone()
     if exists and exists[0]:
-        conn.execute(schema_sql()[1])
-    conn.execute(schema_sql()[0])
+        conn.execute(full_schema_sql()[1])
+    conn.execute(full_schema_sql()[0])
 
 
 def wakeup_table(conn: psycopg.Connection[Any]) -> str:

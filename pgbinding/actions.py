@@ -2,49 +2,44 @@
 
 Each function runs synchronously (the consumer calls it through ``database_sync_to_async``),
 checks permissions before touching a row, validates with a ModelForm (or the binding's
-``form_class``), writes inside ``transaction.atomic``, and returns the reply's ``data``. Any
-refusal is an :class:`ActionError` carrying the reply's status and per-field errors.
+``form_class``), writes inside ``transaction.atomic`` on pgbinding's database (``DATABASE``:
+reads, locks and writes of one request all use it, whatever the routers say), and returns the
+reply's ``data``. Any refusal is a :class:`~pgbinding.exceptions.RequestError` carrying the
+reply's status and per-field errors. ``subscribe`` and ``unsubscribe`` are the consumer's own
+(see :mod:`pgbinding.subscriptions`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
 from django import forms
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DataError, IntegrityError, connections, models, transaction
+from django.db import DataError, IntegrityError, models, transaction
 from django.db.models import JSONField
 from django.forms.models import modelform_factory
 
 from . import filters
 from .bindings import Binding
 from .conf import pgbinding_settings
-from .log import Cursor
+from .exceptions import RequestError
 
 logger = logging.getLogger("pgbinding.actions")
 
 WRITE = ("create", "update", "delete")
-READ = ("retrieve", "list")
-ACTIONS = (*WRITE, *READ, "subscribe", "unsubscribe")
+#: Reads answered with a reply even to Channels 1.x frames (no request_id).
+READ = ("retrieve", "list", "subscribe")
+ACTIONS = (*WRITE, "retrieve", "list", "subscribe", "unsubscribe")
 
-
-class ActionError(Exception):
-    """A request refused: ``status`` (HTTP-like) and ``errors`` ({field or "__all__": [msgs]})."""
-
-    def __init__(self, status: int, errors: dict[str, list[str]] | str) -> None:
-        if isinstance(errors, str):
-            errors = {"__all__": [errors]}
-        super().__init__(status, errors)
-        self.status = status
-        self.errors = errors
+#: Kept for code written against earlier releases: requests are refused with RequestError.
+ActionError = RequestError
 
 
 def _row(binding: Binding, instance: models.Model) -> dict[str, Any]:
@@ -74,9 +69,13 @@ def clean_pk(binding: Binding, pk: Any) -> Any:
         raise ActionError(400, {"pk": list(exc.messages)}) from None
 
 
-def _get(binding: Binding, pk: Any) -> models.Model:
+def _get(binding: Binding, pk: Any, *, lock: bool = False) -> models.Model:
+    """The row ``pk`` if the user may read it (a 404 otherwise, whether or not it exists)."""
+    qs = binding.readable_queryset(binding.user)
+    if lock:
+        qs = qs.select_for_update(of=("self",))
     try:
-        instance: models.Model = binding.get_queryset(binding.user).get(pk=pk)
+        instance: models.Model = qs.get(pk=pk)
     except ObjectDoesNotExist:
         raise ActionError(404, f"No {binding.model._meta.verbose_name} with pk {pk!r}.") from None
     return instance
@@ -87,12 +86,15 @@ def _clean_data(binding: Binding, data: Any) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ActionError(400, {"data": [f"must be an object of field values, got {data!r}"]})
-    writable = {f.name for f in binding.writable_fields()}
+    writable = {f.name: f for f in binding.writable_fields()}
     readable = {f.name for f in binding.serialized_fields()}
     errors: dict[str, list[str]] = {}
     clean: dict[str, Any] = {}
     for key, value in data.items():
         if key in writable:
+            if isinstance(value, dict | list) and not _takes_structures(writable[key]):
+                errors[key] = [f"Expected a single value, got {type(value).__name__}."]
+                continue
             clean[key] = value
         elif key in readable or key in ("pk", "id"):
             errors[key] = ["This field is read-only."]
@@ -101,6 +103,19 @@ def _clean_data(binding: Binding, data: Any) -> dict[str, Any]:
     if errors:
         raise ActionError(400, errors)
     return clean
+
+
+def _takes_structures(field: Any) -> bool:
+    """Fields whose values are JSON arrays or objects (JSON, arrays, hstore, ranges)."""
+    return isinstance(field, JSONField) or field.get_internal_type() in (
+        "ArrayField",
+        "HStoreField",
+        "IntegerRangeField",
+        "BigIntegerRangeField",
+        "DecimalRangeField",
+        "DateRangeField",
+        "DateTimeRangeField",
+    )
 
 
 def _form_class(binding: Binding) -> type[forms.ModelForm[Any]]:
@@ -142,9 +157,9 @@ def _save(binding: Binding, data: dict[str, Any], instance: models.Model | None)
         # Updates were checked against the row as stored, before the client's changes (a
         # check of the changed row could be passed by sending e.g. owner=<me>).
         _check_object(binding, "create", obj)
-    obj.save()
+    obj.save(using=_db())
     form.save_m2m()
-    obj.refresh_from_db()  # reply with what is stored (e.g. decimals at the column's scale)
+    obj.refresh_from_db(using=_db())  # reply with what is stored (decimals at the column's scale)
     return obj
 
 
@@ -152,7 +167,7 @@ def _save(binding: Binding, data: dict[str, Any], instance: models.Model | None)
 def _writing(binding: Binding) -> Iterator[None]:
     """A write transaction; a constraint the form could not check becomes a 409 reply."""
     try:
-        with transaction.atomic(using=_db(binding)):
+        with transaction.atomic(using=_db()):
             yield
     except IntegrityError as exc:
         # Postgres' own message can quote the whole row, unbound columns included: log it,
@@ -187,10 +202,14 @@ def _save_with_serializer(
             },
         )
     obj: models.Model = serializer.save()
+    if obj._state.db != _db():
+        raise RequestError(
+            500, "The serializer saved to another database than pgbinding's; see the log."
+        )
     if instance is None:
         # Saved inside the action's transaction: refusing here rolls the create back.
         _check_object(binding, "create", obj)
-    obj.refresh_from_db()
+    obj.refresh_from_db(using=_db())
     return obj
 
 
@@ -207,8 +226,7 @@ def update(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:
     _check(binding, "update", pk)
     data = _clean_data(binding, payload.get("data"))
     with _writing(binding):
-        instance = _get(binding, pk)
-        instance = binding.model._default_manager.select_for_update().get(pk=instance.pk)
+        instance = _get(binding, pk, lock=True)
         _check_object(binding, "update", instance)
         obj = _save(binding, data, instance)
     return 200, _row(binding, obj)
@@ -221,7 +239,7 @@ def delete(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:
         instance = _get(binding, pk)
         _check_object(binding, "delete", instance)
         out_pk = binding.serialize_pk(instance)
-        instance.delete()
+        instance.delete(using=_db())
     return 200, {"pk": out_pk}
 
 
@@ -245,13 +263,16 @@ def _ordering(binding: Binding, spec: Any) -> list[str]:
         return ["pk"]
     if isinstance(spec, str):
         spec = [spec]
-    names = {f.name for f in binding.serialized_fields()} | {"pk"}
+    names = {f.name for f in binding.serialized_fields() if filters.filterable(f)} | {"pk"}
     if not isinstance(spec, list) or not all(isinstance(s, str) for s in spec) or len(spec) > 5:
         raise ActionError(400, {"ordering": ["must be a field name or a list of up to 5"]})
-    bad = [s for s in spec if s.lstrip("-") not in names]
+    bad = [s for s in spec if not _ORDERING.match(s) or s.removeprefix("-") not in names]
     if bad:
         raise ActionError(400, {"ordering": [f"cannot order by {', '.join(map(repr, bad))}"]})
     return [*spec, "pk"]
+
+
+_ORDERING = re.compile(r"^-?[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def conditions(binding: Binding, payload: dict[str, Any]) -> list[filters.Condition]:
@@ -266,137 +287,22 @@ def list_(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:
     where = conditions(binding, payload)
     page = _int(payload, "page", 1, 1, 1_000_000)
     size = _int(payload, "page_size", binding.page_size, 1, binding.max_page_size)
-    qs = binding.get_queryset(binding.user).filter(filters.to_q(where))
+    qs = binding.readable_queryset(binding.user).filter(filters.to_q(where))
     qs = qs.order_by(*_ordering(binding, payload.get("ordering")))
     count = qs.count()
     rows = [_row(binding, obj) for obj in qs[(page - 1) * size : page * size]]
     return 200, {"results": rows, "count": count, "page": page, "page_size": size}
 
 
-@dataclass
-class Snapshot:
-    """What a subscription starts from: the rows, and the log ids they already reflect."""
-
-    rows: list[dict[str, Any]]
-    cursor: Cursor
-    replay: list[tuple[int, str, dict[str, Any] | None, dict[str, Any] | None]] = field(
-        default_factory=list
-    )
-    resync: bool = False
-    #: pks of the rows in the subscription's view in this snapshot (after a replay: the rows
-    #: the client holds once it has applied it).
-    members: set[Any] = field(default_factory=set)
-
-
-def _db(binding: Binding) -> str:
+def _db() -> str:
     return str(pgbinding_settings.DATABASE)
 
 
-def _snapshot_cursor(cursor: Any) -> Cursor:
-    """The log ids visible in the current (repeatable-read) snapshot, as a Cursor.
-
-    The listener's saved state says every id up to its position, except its gaps, was
-    committed before it saved, so is visible here; above that, look at the ids themselves.
-    """
-    cursor.execute(
-        "SELECT coalesce(min(position), 0), coalesce(jsonb_agg(pending), '[]')"
-        " FROM pgbinding_listener"
-    )
-    position, pendings = cursor.fetchone()
-    pendings = _json(pendings)
-    gap_ranges = [tuple(g) for pending in pendings for g in pending]
-    cursor.execute(
-        "SELECT id FROM pgbinding_change WHERE id > %s"
-        " OR id IN (SELECT generate_series(lo, hi) FROM unnest(%s::bigint[], %s::bigint[])"
-        " AS g(lo, hi)) ORDER BY id",
-        [position, [g[0] for g in gap_ranges], [g[1] for g in gap_ranges]],
-    )
-    visible = [r[0] for r in cursor.fetchall()]
-    missing = sorted({i for lo, hi in gap_ranges for i in range(lo, hi + 1)} - set(visible))
-    top = max([position, *visible])
-    seen = set(visible)
-    expected = position + 1
-    gaps = [(i, i) for i in missing if i <= position]
-    for i in sorted(i for i in seen if i > position):
-        if i > expected:
-            gaps.append((expected, i - 1))
-        expected = i + 1
-    return Cursor(top, tuple(sorted(_merge(gaps))))
-
-
-def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(hi, out[-1][1]))
-        else:
-            out.append((lo, hi))
-    return out
-
-
-def snapshot(
-    binding: Binding, where: list[filters.Condition], pk: Any, since: Cursor | None
-) -> Snapshot:
-    """Read the subscription's rows (or, resuming, the retained changes after ``since``) and
-    the cursor of the same database snapshot, so live events can skip what it already shows."""
-    db = _db(binding)
-    conn = connections[db]
-    with transaction.atomic(using=db):
-        with conn.cursor() as cursor:
-            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            cursor.execute("SELECT 1")  # take the snapshot now
-            cur_state = _snapshot_cursor(cursor)
-            replay = None
-            if since is not None:
-                floor = min([since.position, *(lo - 1 for lo, _ in since.gaps)])
-                limit = int(pgbinding_settings.MAX_REPLAY)
-                cursor.execute(
-                    "SELECT id, op, old, new FROM pgbinding_change WHERE table_name = %s AND"
-                    " (id > %s OR id IN (SELECT generate_series(lo, hi) FROM"
-                    " unnest(%s::bigint[], %s::bigint[]) AS g(lo, hi))) ORDER BY id LIMIT %s",
-                    [
-                        binding.model._meta.db_table,
-                        since.position,
-                        [g[0] for g in since.gaps],
-                        [g[1] for g in since.gaps],
-                        limit + 1,
-                    ],
-                )
-                entries = cursor.fetchall()
-                pruned = _pruned_past(cursor, floor)
-                if not pruned and len(entries) <= limit:
-                    replay = [(r[0], r[1], _json(r[2]), _json(r[3])) for r in entries]
-            visible = _view(binding, where, pk)
-            rows = [_row(binding, r) for r in visible]
-            members = {row["pk"] for row in rows}
-            if replay is not None:
-                return Snapshot([], cur_state, replay, members=members)
-            return Snapshot(rows, cur_state, resync=since is not None, members=members)
-
-
-def _view(binding: Binding, where: list[filters.Condition], pk: Any) -> list[models.Model]:
-    """The rows a subscription shows: its filter, the user's queryset and object permission."""
-    qs = binding.get_queryset(binding.user).filter(filters.to_q(where))
-    if pk is not None:
-        qs = qs.filter(pk=pk)
-    rows = list(qs.order_by("pk")[: binding.max_subscription_rows + 1])
-    if len(rows) > binding.max_subscription_rows:
-        raise ActionError(
-            400,
-            f"More than {binding.max_subscription_rows} rows match; subscribe with a "
-            "narrower filter.",
-        )
-    return [r for r in rows if binding.has_object_permission(binding.user, "retrieve", r)]
-
-
-def _json(value: Any) -> Any:
-    """Django's cursors hand jsonb back as text; decimals keep every digit."""
-    if isinstance(value, str):
-        return json.loads(value, parse_float=Decimal)
-    return value
-
-
-def _pruned_past(cursor: Any, floor: int) -> bool:
-    cursor.execute("SELECT pruned_through FROM pgbinding_state")
-    row = cursor.fetchone()
-    return bool(row and row[0] > floor)
+#: The actions a client may run here, by name (the consumer adds subscribe/unsubscribe).
+HANDLERS: dict[str, Callable[[Binding, dict[str, Any]], tuple[int, Any]]] = {
+    "create": create,
+    "update": update,
+    "delete": delete,
+    "retrieve": retrieve,
+    "list": list_,
+}

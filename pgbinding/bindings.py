@@ -1,4 +1,4 @@
-"""Bindings: which rows of a model go to which groups, and how they are serialized.
+"""Bindings: which rows of a model go to which groups and users, and how they are serialized.
 
 A binding is declared like a Channels 1.x data binding::
 
@@ -15,52 +15,59 @@ A binding is declared like a Channels 1.x data binding::
             return user.is_staff
 
 Declaring the class registers it. The listener hands it every captured change of its model's
-table; :meth:`Binding.messages_for_change` turns a change into one message per group.
+table; :meth:`Binding.build` turns a change into channel-layer messages: one event per group
+(``group_names``) and one raw change per delivery key of its :mod:`read rule <pgbinding.rules>`
+(for live subscriptions). Every message holds plain values only (str, int, float, bool, None,
+lists and dicts of them), so every channel layer can carry it.
 """
 
 from __future__ import annotations
 
-import datetime
-import decimal
+import copy
+import hashlib
 import re
-import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from django import forms
 from django.apps import apps
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models.fields import Field
 from django.db.models.fields.json import JSONField
-from django.utils.encoding import is_protected_type
 
-from .exceptions import BindingConfigError
+from . import rows
+from .log import Change
 from .permissions import BasePermission
 from .registry import registry
+from .rules import AllRows, Rule
+
+__all__ = ["Binding", "Change", "WebsocketBinding"]
 
 STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.\-]{1,80}$")
 #: The channel-layer message type of outbound events; consumers handle it as ``pgbinding_event``.
 EVENT_TYPE = "pgbinding.event"
+#: The channel-layer message type of raw changes for subscriptions (``pgbinding_change``).
+CHANGE_TYPE = "pgbinding.change"
 
-_encoder = DjangoJSONEncoder()
+Message = tuple[str, dict[str, Any]]
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One entry of the change log: a row change in ``table`` at log position ``id``."""
+def _short_group(name: str) -> str:
+    """Channels' group names must stay under 100 characters."""
+    if len(name) < 100:
+        return name
+    head = name[:70]
+    return f"{head}.{hashlib.sha1(name.encode(), usedforsecurity=False).hexdigest()[:24]}"
 
-    id: int
-    table: str
-    op: str  # "I" insert, "U" update, "D" delete, "T" truncate
-    pk: str | None
-    old: dict[str, Any] | None
-    new: dict[str, Any] | None
-    #: The writing transaction's id (xid8, as text).
-    txid: str = ""
-    #: The resume token of the reader's cursor just after this change (see log.Cursor).
-    position: str = ""
+
+@dataclass(slots=True)
+class Built:
+    """What one change means for one binding: group events, and raw changes for
+    subscriptions (one per delivery key)."""
+
+    events: list[Message] = field(default_factory=list)
+    changes: list[Message] = field(default_factory=list)
 
 
 class Binding:
@@ -68,7 +75,8 @@ class Binding:
 
     model: ClassVar[type[models.Model]]
     stream: ClassVar[str]
-    #: Field names sent to clients (and, inbound, the only ones written); ``["__all__"]`` for all.
+    #: Field names sent to clients (and, inbound, the only ones written); ``["__all__"]`` for all
+    #: (a user model's password is never among them).
     fields: ClassVar[Sequence[str] | None] = None
     #: Field names never sent or written; the rest of the model's concrete fields are.
     exclude: ClassVar[Sequence[str] | None] = None
@@ -78,6 +86,12 @@ class Binding:
     ignore_unknown_fields: ClassVar[bool] = False
     #: DRF-style permission classes; with none, and no own has_permission, nothing is allowed.
     permission_classes: ClassVar[Sequence[type[BasePermission]]] = ()
+    #: Which rows a user may see (:mod:`pgbinding.rules`): judged on the logged row of each
+    #: change for live events and replays, and as SQL for reads and writes.
+    read_rule: ClassVar[Rule] = AllRows()
+    #: Group events of this binding reach every socket in the group, signed in or not, with no
+    #: permission or row check. Off by default: turn it on only for data anyone may read.
+    send_to_everyone: ClassVar[bool] = False
     #: A ModelForm that validates inbound create/update (default: one built from the fields).
     form_class: ClassVar[type[forms.ModelForm[Any]] | None] = None
     #: A Django REST framework serializer class that validates and saves inbound writes instead
@@ -92,11 +106,14 @@ class Binding:
     #: Channels 1.x spelling for routing: ``consumers = {"intval": IntegerValueBinding.consumer}``.
     consumer: ClassVar[type[Binding]]
 
+    _serialized: ClassVar[list[Field[Any, Any]]]
+    _rule: ClassVar[Rule]
+    #: Fields whose exact values travel with each row (filters and the read rule need them).
+    _exact: ClassVar[list[Field[Any, Any]]]
+
     def __init__(self, user: Any = None, scope: dict[str, Any] | None = None) -> None:
         self.user = user
         self.scope = scope or {}
-
-    _serialized: ClassVar[list[Field[Any, Any]]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -111,61 +128,9 @@ class Binding:
     @classmethod
     def check_declaration(cls) -> None:
         """Raise :class:`BindingConfigError` naming this binding if it is declared wrongly."""
-        name = f"{cls.__module__}.{cls.__qualname__}"
-        model = getattr(cls, "model", None)
-        if not (isinstance(model, type) and issubclass(model, models.Model)):
-            raise BindingConfigError(f"{name}.model must be a Django model class, got {model!r}")
-        stream = getattr(cls, "stream", None)
-        if not isinstance(stream, str) or not STREAM_NAME.match(stream):
-            raise BindingConfigError(
-                f"{name}.stream must be 1-80 letters, digits, '-', '_' or '.', got {stream!r}"
-            )
-        for other in registry.all():
-            same = (other.__module__, other.__qualname__) == (cls.__module__, cls.__qualname__)
-            if other.stream == stream and not same:
-                raise BindingConfigError(
-                    f"{name}.stream {stream!r} is already used by "
-                    f"{other.__module__}.{other.__qualname__}; each binding needs its own stream"
-                )
-        if cls.fields is None and cls.exclude is None:
-            raise BindingConfigError(
-                f"{name} must set fields (a whitelist, or ['__all__']) or exclude; "
-                "pgbinding sends and accepts no field that is not named"
-            )
-        if cls.fields is not None and cls.exclude is not None:
-            raise BindingConfigError(f"{name} sets both fields and exclude; set only one")
-        if model._meta.pk is None or len(model._meta.pk_fields) != 1:
-            raise BindingConfigError(
-                f"{name}: {model._meta.label} must have a single-column primary key"
-            )
-        concrete = {f.name: f for f in model._meta.concrete_fields}
-        valid = ", ".join(sorted(concrete))
-        named = list(cls.fields if cls.fields is not None else cls.exclude or [])
-        if isinstance(cls.fields, str) or isinstance(cls.exclude, str):
-            raise BindingConfigError(f"{name}.fields / exclude must be a list of names, not a str")
-        if cls.fields is not None and "__all__" in named:
-            if named != ["__all__"]:
-                raise BindingConfigError(f"{name}.fields: '__all__' must stand alone")
-            selected = list(concrete.values())
-        else:
-            unknown = [f for f in named if f not in concrete]
-            if unknown:
-                raise BindingConfigError(
-                    f"{name} names unknown field(s) {', '.join(map(repr, unknown))} of "
-                    f"{model._meta.label}; concrete fields are: {valid}"
-                )
-            if cls.fields is not None:
-                selected = [concrete[f] for f in named]
-            else:
-                selected = [f for n, f in concrete.items() if n not in set(named)]
-        cls._serialized = selected
-        selected_names = {f.name for f in selected}
-        bad_ro = [f for f in cls.read_only_fields if f not in selected_names]
-        if bad_ro:
-            raise BindingConfigError(
-                f"{name}.read_only_fields names {', '.join(map(repr, bad_ro))}, which are not "
-                f"among the binding's fields ({', '.join(sorted(selected_names))})"
-            )
+        from .declaration import check
+
+        check(cls)
 
     @classmethod
     def label(cls) -> str:
@@ -179,6 +144,11 @@ class Binding:
     def serialized_fields(cls) -> list[Field[Any, Any]]:
         return list(cls._serialized)
 
+    @classmethod
+    def rule(cls) -> Rule:
+        """The binding's read rule, checked against its model."""
+        return cls._rule
+
     # -- what users override -------------------------------------------------------------------
 
     @classmethod
@@ -191,9 +161,11 @@ class Binding:
         return f"pgbinding.{cls.stream}"
 
     @classmethod
-    def change_group(cls) -> str:
-        """The group every raw change of this binding goes to, for live subscriptions."""
-        return f"pgbinding-changes.{cls.stream}"
+    def change_group(cls, key: str | None = None) -> str:
+        """The group raw changes go to for live subscriptions: the stream's base group, or the
+        group of one delivery key of the read rule."""
+        base = f"pgbinding-changes.{cls.stream}"
+        return base if key is None else _short_group(f"{base}.{key}")
 
     @classmethod
     def reload_groups(cls) -> Iterable[str]:
@@ -207,7 +179,8 @@ class Binding:
 
     def has_permission(self, user: Any, action: str, pk: Any) -> bool:
         """May ``user`` run ``action`` (create, update, delete, retrieve, list, subscribe) on
-        row ``pk`` (None for create, list and stream subscriptions)? Default: what every
+        row ``pk`` (None for create, list and stream subscriptions)? ``subscribe`` also decides
+        whether the socket receives the binding's group events. Default: what every
         ``permission_classes`` entry says; with none, no."""
         if not self.permission_classes:
             return False
@@ -215,7 +188,9 @@ class Binding:
 
     def has_object_permission(self, user: Any, action: str, instance: models.Model) -> bool:
         """May ``user`` run ``action`` on this row (asked after ``has_permission``)? For update
-        and delete ``instance`` is the row as stored; for create, the validated new row."""
+        and delete ``instance`` is the row as stored; for create, the validated new row; for
+        live events and replays, the logged row (only the binding's fields and the read rule's
+        are set there)."""
         return all(
             p().has_object_permission(user, action, instance, self) for p in self.permission_classes
         )
@@ -225,7 +200,8 @@ class Binding:
         set server-side fields here (``instance.owner = self.user``)."""
 
     def get_queryset(self, user: Any) -> models.QuerySet[Any]:
-        """The rows ``user`` may see: reads, writes and live events are limited to these."""
+        """The base queryset of reads and writes (``select_related`` and the like). Which rows
+        a user may see is the ``read_rule``'s to say: it is applied on top of this."""
         return self.model._default_manager.all()
 
     @classmethod
@@ -237,38 +213,91 @@ class Binding:
             if f.editable and not f.primary_key and f.name not in read_only
         ]
 
+    # -- reading: who sees what ----------------------------------------------------------------
+
+    def readable_queryset(self, user: Any) -> models.QuerySet[Any]:
+        """The rows ``user`` may read, on pgbinding's database."""
+        from .conf import pgbinding_settings
+
+        qs = self.get_queryset(user).using(pgbinding_settings.DATABASE)
+        return qs.filter(self._rule.q(user))
+
+    @classmethod
+    def checks_rows(cls) -> bool:
+        """Does each socket have to judge each row (a read rule, or an object permission)?"""
+        return not isinstance(cls._rule, AllRows) or cls._checks_objects()
+
+    @classmethod
+    def _checks_objects(cls) -> bool:
+        if type.__getattribute__(cls, "has_object_permission") is not (
+            Binding.has_object_permission
+        ):
+            return True
+        return any(
+            p.has_object_permission is not BasePermission.has_object_permission
+            for p in cls.permission_classes
+        )
+
+    @classmethod
+    def judges_in_thread(cls) -> bool:
+        """Does judging a row run user code that may query the database (an object
+        permission, or a ``Where`` rule's condition)? Then consumers judge in a thread."""
+        return cls._checks_objects() or _has_where(cls._rule)
+
+    def sees(self, row: Mapping[str, Any] | None) -> bool:
+        """May this binding's user see a row, from a row message (:meth:`row_message`)?"""
+        if row is None:
+            return False
+        values = row_python(type(self), row)
+        if not self._rule.allows(self.user, values):
+            return False
+        if type(self)._checks_objects():
+            instance = rows.instance(self.model, values)
+            return bool(self.has_object_permission(self.user, "retrieve", instance))
+        return True
+
     # -- rows in, messages out -----------------------------------------------------------------
 
     @classmethod
-    def instance_from_row(cls, row: dict[str, Any]) -> models.Model:
+    def instance_from_row(cls, row: Mapping[str, Any]) -> models.Model:
         """A model instance rebuilt from a row as the trigger logged it (no query)."""
-        return instance_from_row(cls.model, row)
+        return rows.instance_from_row(cls.model, row)
 
     @classmethod
     def serialize(cls, instance: models.Model) -> dict[str, Any]:
         """The whitelisted fields of ``instance`` as JSON-ready values, as Django serializes."""
-        return {f.name: json_value(f, instance) for f in cls._serialized}
+        return {f.name: rows.json_value(f, f.value_from_object(instance)) for f in cls._serialized}
 
     @classmethod
     def serialize_pk(cls, instance: models.Model) -> Any:
         pk_field = cls.model._meta.pk
         assert pk_field is not None
-        return json_value(pk_field, instance)
+        return rows.json_value(pk_field, pk_field.value_from_object(instance))
+
+    @classmethod
+    def row_message(cls, instance: models.Model) -> dict[str, Any]:
+        """One row as messages carry it: ``pk``, ``data`` (what clients get) and ``exact``
+        (the exact values filters and the read rule judge it by)."""
+        return {
+            "pk": cls.serialize_pk(instance),
+            "data": cls.serialize(instance),
+            "exact": {
+                f.attname: rows.wire_value(f.value_from_object(instance)) for f in cls._exact
+            },
+        }
 
     @classmethod
     def event(
         cls,
         action: str,
-        instance: models.Model | None,
-        data: Any,
+        row: Mapping[str, Any] | None,
         position: str,
         change_id: int | None = None,
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {"action": action, "model": cls.model_label()}
-        if instance is not None:
-            payload["pk"] = cls.serialize_pk(instance)
-        if data is not None:
-            payload["data"] = data
+        if row is not None:
+            payload["pk"] = row["pk"]
+            payload["data"] = row["data"]
         payload["position"] = position
         message: dict[str, Any] = {"type": EVENT_TYPE, "stream": cls.stream, "payload": payload}
         if change_id is not None:
@@ -276,116 +305,183 @@ class Binding:
         return message
 
     @classmethod
-    def messages_for_change(cls, change: Change) -> list[tuple[str, dict[str, Any]]]:
-        """(group, message) pairs for one change, by the group transitions of DESIGN §2.
+    def decode(
+        cls, change: Change
+    ) -> tuple[
+        dict[str, Any] | None, dict[str, Any] | None, models.Model | None, models.Model | None
+    ]:
+        """The old and new row of a change as {attname: value} and as model instances."""
+        table = cls.model._meta.db_table
+        old_values = rows.row_values(cls.model, change.old, table) if change.old else None
+        new_values = rows.row_values(cls.model, change.new, table) if change.new else None
+        old = rows.instance(cls.model, old_values) if old_values is not None else None
+        new = rows.instance(cls.model, new_values) if new_values is not None else None
+        return old_values, new_values, old, new
+
+    @classmethod
+    def change_message(cls, change: Change) -> dict[str, Any] | None:
+        """The raw change message subscriptions judge (None: nothing of it concerns them)."""
+        if change.op == "T":
+            return _change(cls, change, None, None)
+        _, _, old, new = cls.decode(change)
+        old_row = cls.row_message(old) if old is not None else None
+        new_row = cls.row_message(new) if new is not None else None
+        if old_row is not None and old_row == new_row:
+            return None
+        return _change(cls, change, old_row, new_row)
+
+    @classmethod
+    def build(cls, change: Change) -> Built:
+        """Group events (by the group transitions of DESIGN §2) and raw changes for
+        subscriptions, for one change.
 
         ``delete`` goes to groups(old) - groups(new), ``update`` to the intersection and
         ``create`` to groups(new) - groups(old). An update that changes none of this binding's
-        fields sends ``update`` to nobody.
+        fields, nor what its read rule reads, is sent to nobody. Events of a binding whose rows
+        each socket must judge carry both rows (``rows``), so the consumer decides per user.
         """
+        built = Built()
         if change.op == "T":
-            event = cls.event("reload", None, None, change.position, change.id)
+            event = cls.event("reload", None, change.position, change.id)
             event["payload"]["reason"] = "truncate"
-            return [(g, event) for g in dict.fromkeys(cls.reload_groups())]
-        old = cls.instance_from_row(change.old) if change.old is not None else None
-        new = cls.instance_from_row(change.new) if change.new is not None else None
+            built.events = [(g, event) for g in dict.fromkeys(cls.reload_groups())]
+            built.changes = [(cls.change_group(), _change(cls, change, None, None))]
+            return built
+        old_values, new_values, old, new = cls.decode(change)
+        old_row = cls.row_message(old) if old is not None else None
+        new_row = cls.row_message(new) if new is not None else None
+        same = old_row is not None and old_row == new_row
+        if not same:
+            message = _change(cls, change, old_row, new_row)
+            built.changes = [(g, message) for g in cls._change_groups(old_values, new_values)]
+        built.events = cls._group_events(change, old, new, old_row, new_row, same)
+        return built
+
+    @classmethod
+    def _change_groups(
+        cls, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
+    ) -> list[str]:
+        keys: set[str] = set()
+        for values in (old, new):
+            if values is None:
+                continue
+            row_keys = cls._rule.keys(values)
+            if row_keys is None:
+                return [cls.change_group()]
+            keys |= row_keys
+        return [cls.change_group(k) for k in sorted(keys)]
+
+    @classmethod
+    def _group_events(
+        cls,
+        change: Change,
+        old: models.Model | None,
+        new: models.Model | None,
+        old_row: dict[str, Any] | None,
+        new_row: dict[str, Any] | None,
+        same: bool,
+    ) -> list[Message]:
         old_groups = list(dict.fromkeys(cls.group_names(old))) if old is not None else []
         new_groups = list(dict.fromkeys(cls.group_names(new))) if new is not None else []
-        old_data = cls.serialize(old) if old is not None else None
-        new_data = cls.serialize(new) if new is not None else None
-        out: list[tuple[str, dict[str, Any]]] = []
+        both = (
+            {"old": old_row, "new": new_row}
+            if cls.checks_rows() and not cls.send_to_everyone
+            else None
+        )
+        out: list[Message] = []
+
+        def event(action: str, row: dict[str, Any] | None) -> dict[str, Any]:
+            message = cls.event(action, row, change.position, change.id)
+            if both is not None:
+                message["rows"] = both
+            return message
+
         # update first: a socket in several of these groups keeps the first event it gets
         # for a change, and one that saw the row before and after should see an update.
         kept = [g for g in new_groups if g in old_groups]
-        if kept and new is not None and (old_data != new_data or _pk_changed(old, new)):
-            event = cls.event("update", new, new_data, change.position, change.id)
-            out += [(g, event) for g in kept]
+        if kept and new_row is not None and not same:
+            message = event("update", new_row)
+            out += [(g, message) for g in kept]
         gone = [g for g in old_groups if g not in new_groups]
-        if gone and old is not None:
-            event = cls.event("delete", old, old_data, change.position, change.id)
-            out += [(g, event) for g in gone]
+        if gone and old_row is not None:
+            message = event("delete", old_row)
+            out += [(g, message) for g in gone]
         came = [g for g in new_groups if g not in old_groups]
-        if came and new is not None:
-            event = cls.event("create", new, new_data, change.position, change.id)
-            out += [(g, event) for g in came]
+        if came and new_row is not None:
+            message = event("create", new_row)
+            out += [(g, message) for g in came]
         return out
+
+    @classmethod
+    def messages_for_change(cls, change: Change) -> list[Message]:
+        """The group events of one change (see :meth:`build`)."""
+        return cls.build(change).events
 
 
 class WebsocketBinding(Binding):
     """A binding served over WebSocket by pgbinding's demultiplexing consumer."""
 
 
-def _pk_changed(old: models.Model | None, new: models.Model | None) -> bool:
-    return old is not None and new is not None and old.pk != new.pk
+def _change(
+    binding: type[Binding],
+    change: Change,
+    old: dict[str, Any] | None,
+    new: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "type": CHANGE_TYPE,
+        "stream": binding.stream,
+        "id": change.id,
+        "op": change.op,
+        "old": old,
+        "new": new,
+        "position": change.position,
+    }
 
 
-def instance_from_row(model: type[models.Model], row: dict[str, Any]) -> models.Model:
-    """Rebuild a ``model`` instance from a row's ``to_jsonb`` form, as if loaded from the db."""
-    attnames: list[str] = []
-    values: list[Any] = []
-    for field in model._meta.concrete_fields:
-        column = field.column
-        if column not in row:
-            continue
-        attnames.append(field.attname)
-        values.append(python_value(field, row[column]))
-    return model.from_db(None, attnames, values)
+def _has_where(rule: Rule) -> bool:
+    from .rules import AnyOf, Where
+
+    if isinstance(rule, AnyOf):
+        return any(_has_where(r) for r in rule.rules)
+    return isinstance(rule, Where)
 
 
-def _plain_json(value: Any) -> Any:
-    if isinstance(value, decimal.Decimal):
-        return (
-            int(value)
-            if value == value.to_integral_value() and "." not in str(value)
-            else float(value)
-        )
-    if isinstance(value, dict):
-        return {k: _plain_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain_json(v) for v in value]
-    return value
+def row_python(binding: type[Binding], row: Mapping[str, Any]) -> dict[str, Any]:
+    """{attname: value} from a row message: exact values where carried, else the serialized
+    data read back. Fields in neither are absent."""
+    exact = row.get("exact") or {}
+    data = row.get("data") or {}
+    values: dict[str, Any] = {}
+    for f in binding._serialized:
+        if f.attname in exact:
+            values[f.attname] = rows.from_wire(f, exact[f.attname])
+        elif f.name in data:
+            values[f.attname] = rows.from_wire(f, data[f.name])
+    for f in binding._exact:
+        if f.attname not in values and f.attname in exact:
+            values[f.attname] = rows.from_wire(f, exact[f.attname])
+    pk_field = binding.model._meta.pk
+    assert pk_field is not None
+    values.setdefault(pk_field.attname, rows.from_wire(pk_field, row.get("pk")))
+    return values
 
 
-def python_value(field: Field[Any, Any], raw: Any) -> Any:
-    """Turn one ``to_jsonb`` column value into what Django would load from the database."""
-    if raw is None:
-        return None
-    if isinstance(field, JSONField):
-        # The log is read with Decimal numbers (to keep decimal columns exact); inside a JSON
-        # value they are plain JSON numbers, as json.loads would give them.
-        return _plain_json(raw)
-    if isinstance(field, models.BinaryField):
-        text = str(raw)
-        return bytes.fromhex(text[2:]) if text.startswith("\\x") else text.encode()
-    if isinstance(field, models.ForeignKey):
-        target = field.target_field
-        return python_value(target, raw)
-    return field.to_python(raw)
+def exact_fields(binding: type[Binding]) -> list[Field[Any, Any]]:
+    """Fields whose exact values travel with rows: the whitelisted ones whose serialized form
+    is lossy, and the ones the read rule reads."""
+    out: list[Field[Any, Any]] = [f for f in binding._serialized if isinstance(f, rows.LOSSY)]
+    for name in binding._rule.fields:
+        f = binding.model._meta.get_field(name)
+        if f not in out and isinstance(f, Field):
+            out.append(f)
+    return [f for f in out if not isinstance(f, JSONField)]
 
 
-_PLAIN = (str, int, float, bool)
-_ENCODED = (
-    datetime.datetime,
-    datetime.date,
-    datetime.time,
-    datetime.timedelta,
-    decimal.Decimal,
-    uuid.UUID,
-)
-
-
-def json_value(field: Field[Any, Any], instance: models.Model) -> Any:
-    """One field of ``instance`` as a JSON-ready value, the way Django's serializers write it."""
-    value = field.value_from_object(instance)
-    if value is None or isinstance(value, _PLAIN):
-        return value
-    if isinstance(field, JSONField):
-        return value
-    if isinstance(value, _ENCODED):
-        return _encoder.default(value)
-    if is_protected_type(value):
-        return value
-    return field.value_to_string(instance)
+def bind_rule(binding: type[Binding]) -> None:
+    rule = copy.deepcopy(binding.__dict__.get("read_rule", binding.read_rule))
+    binding._rule = rule.bind(binding.model)
+    binding._exact = exact_fields(binding)
 
 
 def check_all() -> None:

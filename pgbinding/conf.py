@@ -28,6 +28,18 @@ DEFAULTS: dict[str, Any] = {
     "RECONNECT_MAX_DELAY": 30.0,
     # How often a standby listener tries to take over, in seconds.
     "STANDBY_RETRY": 1.0,
+    # Seconds a leader's claim on its name lasts without renewal. The leader renews it while it
+    # makes progress; a leader that stalls (stopped, or stuck on a channel layer that does not
+    # answer) loses the lead to a standby within LEASE + STANDBY_RETRY seconds. One whose
+    # Postgres connection drops loses it within STANDBY_RETRY.
+    "LEASE": 5.0,
+    # Seconds a channel-layer send may take before it counts as failed and is retried (the
+    # batch is kept and the position not saved past it). Keep it under LEASE.
+    "SEND_TIMEOUT": 2.0,
+    # A listener name none of whose listeners has led for this many seconds is stale: pruning
+    # stops waiting for it (its position no longer holds the log), a warning says so, and the
+    # status command shows it.
+    "STALE_LISTENER_AFTER": 3600.0,
     # How long an entry stays in the change log after it was written, in seconds; clients can
     # resume from positions still in the log. Pruning only removes delivered entries.
     "RETENTION": 24 * 3600.0,
@@ -61,6 +73,13 @@ DEFAULTS: dict[str, Any] = {
     "MAX_SUBSCRIPTIONS": 50,
     # Most changes a resuming subscription is replayed; more, and it is told to resync.
     "MAX_REPLAY": 10_000,
+    # Seconds a snapshot or replay query may run before Postgres cancels it (the client is
+    # asked to retry, or told to resync).
+    "REPLAY_TIMEOUT": 5.0,
+    # Bytes of outbound frames a socket may have waiting because its client does not read
+    # fast enough; past it the socket is closed with code 4008 and the client resumes with
+    # `since`.
+    "MAX_OUTBOUND_BYTES": 4 * 1024 * 1024,
 }
 
 

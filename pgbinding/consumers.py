@@ -2,9 +2,12 @@
 
 Route it like any Channels consumer (``path("binding/", Demultiplexer.as_asgi())``), behind
 ``AuthMiddlewareStack``. It joins ``connection_groups()`` and forwards their events, runs inbound
-actions on the binding of a frame's stream, and keeps live subscriptions: for each, it reads a
-snapshot, then turns the raw changes of its stream into create/update/delete as rows enter,
-change in and leave the subscription's filter, for rows the user may see.
+actions on the binding of a frame's stream, and keeps live subscriptions.
+
+Outbound is default deny: a socket gets a binding's group events only if the binding's
+``has_permission(user, "subscribe", None)`` says yes (or the binding sets
+``send_to_everyone``), and only the rows its ``read_rule`` (and object permission) lets that
+user see, judged on the logged row of each change.
 """
 
 from __future__ import annotations
@@ -12,21 +15,31 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.utils import await_many_dispatch
 from django.contrib.auth.models import AnonymousUser
-from django.db import models
 
-from . import actions, filters
-from .bindings import EVENT_TYPE, Binding, instance_from_row
+from . import actions, rows, subscriptions
+from .bindings import CHANGE_TYPE, EVENT_TYPE, Binding
 from .conf import pgbinding_settings
-from .dispatch import CHANGE_TYPE, CHANGES_TYPE, EVENTS_TYPE
+from .dispatch import CHANGES_TYPE, EVENTS_TYPE
+from .exceptions import RequestError
 from .log import Cursor
+from .protocol import (
+    WS_1009_MESSAGE_TOO_BIG,
+    WS_1012_SERVICE_RESTART,
+    check_request_id,
+    parse_frame,
+    reply,
+)
 from .registry import registry
+from .subscriptions import Subscription
 
 logger = logging.getLogger("pgbinding.consumers")
 
@@ -41,22 +54,11 @@ _ANY = 16
 #: Channel-layer messages from the listener: handled without Channels' per-message thread trip
 #: to close old database connections (see Demultiplexer.dispatch).
 _LISTENER_TYPES = frozenset({EVENT_TYPE, EVENTS_TYPE, CHANGE_TYPE, CHANGES_TYPE})
-
-#: WebSocket close code for a frame too big to read (RFC 6455).
-WS_1009_MESSAGE_TOO_BIG = 1009
-REQUEST_ID_MAX = 100
-
-
-@dataclass
-class Subscription:
-    id: str
-    stream: str
-    binding: Binding
-    where: list[filters.Condition]
-    pk: Any
-    cursor: Cursor
-    #: pks of the rows the client holds (None after a resume: not known, so judged by filter).
-    members: set[Any] | None = field(default_factory=set)
+_LAYER_LOST = "pgbinding.layer_lost"
+#: Wait after the channel layer failed under a socket before trying it again (seconds).
+LAYER_RETRY = 0.5
+# Kept importable from here for code written against earlier releases.
+__all__ = ["WS_1009_MESSAGE_TOO_BIG", "Demultiplexer", "WebsocketDemultiplexer"]
 
 
 class _Bucket:
@@ -76,20 +78,6 @@ class _Bucket:
         return False
 
 
-class BadFrame(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        stream: Any = None,
-        action: Any = None,
-        request_id: Any = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-        self.stream, self.action, self.request_id = stream, action, request_id
-
-
 class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     """Serves bindings by stream name. Set ``consumers`` to serve some; leave it None for all
     registered bindings. Override ``connection_groups`` for groups every socket joins."""
@@ -98,10 +86,35 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     consumers: ClassVar[dict[str, type[Binding]] | None] = None
 
     def connection_groups(self, **kwargs: Any) -> list[str]:
-        """Groups this socket joins on connect; their events are forwarded as they come."""
+        """Groups this socket joins on connect (``kwargs``: the route's keyword arguments, as
+        in Channels 1.x); their events are forwarded as the socket's user may see them."""
         return []
 
     # -- connection ----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # Channels' AsyncConsumer.__call__, with one change: a channel layer that fails under
+        # this socket (Redis restarted, say) closes it with 1012 so the client reconnects and
+        # resumes, instead of ending the consumer with an unhandled error (1011).
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        if self.channel_layer is not None:
+            self.channel_name = await self.channel_layer.new_channel()
+        self.base_send = send
+        sources = [receive, self._layer_receive] if self.channel_layer is not None else [receive]
+        try:
+            await await_many_dispatch(sources, self.dispatch)
+        except StopConsumer:
+            pass
+
+    async def _layer_receive(self) -> dict[str, Any]:
+        try:
+            message: dict[str, Any] = await self.channel_layer.receive(self.channel_name)
+            return message
+        except Exception as exc:
+            # Keep the loop calm while the socket closes; the error is reported once.
+            await _sleep(LAYER_RETRY)
+            return {"type": _LAYER_LOST, "error": f"{type(exc).__name__}: {exc}"}
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs close_old_connections in a thread before every handler: a thread trip
@@ -132,13 +145,30 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         self.bucket = _Bucket(
             float(pgbinding_settings.RATE_LIMIT), float(pgbinding_settings.RATE_BURST)
         )
-        for group in self.connection_groups():
+        self._closing = False
+        #: Streams whose group events this socket may receive (default deny).
+        self.readable: dict[str, bool] = await database_sync_to_async(self._readable)()
+        kwargs = self.scope.get("url_route", {}).get("kwargs", {})
+        for group in self.connection_groups(**kwargs):
             await self._join(group)
         await self.accept()
 
+    def _readable(self) -> dict[str, bool]:
+        return {
+            stream: bool(
+                type(binding).send_to_everyone
+                or binding.has_permission(self.user, "subscribe", None)
+            )
+            for stream, binding in self.bindings.items()
+        }
+
     async def disconnect(self, code: int) -> None:
         for group in list(getattr(self, "joined", ())):
-            await self.channel_layer.group_discard(group, self.channel_name)
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception as exc:  # the layer may be what failed
+                logger.info("Could not leave group %r on disconnect: %s", group, exc)
+                break
         self.joined = set()
 
     async def _join(self, group: str) -> None:
@@ -146,73 +176,80 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             await self.channel_layer.group_add(group, self.channel_name)
             self.joined.add(group)
 
+    async def pgbinding_layer_lost(self, message: dict[str, Any]) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        logger.warning(
+            "The channel layer failed under a socket (%s); closing it with %d so its client "
+            "reconnects and resumes",
+            message.get("error"),
+            WS_1012_SERVICE_RESTART,
+        )
+        await self.close(code=WS_1012_SERVICE_RESTART)
+
+    async def send_frame(self, frame: dict[str, Any]) -> None:
+        """Send one frame (strict JSON: a value JSON cannot hold is a bug, not a frame)."""
+        await self.send(text_data=json.dumps(frame, allow_nan=False))
+
     # -- inbound -------------------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        size = (
+            len(text_data.encode(errors="replace"))
+            if text_data is not None
+            else len(bytes_data or b"")
+        )
         if size > int(pgbinding_settings.CLOSE_FRAME_BYTES):
             logger.info("Closing a socket that sent a %d-byte frame", size)
             await self.close(code=WS_1009_MESSAGE_TOO_BIG)
             return
         try:
             if text_data is None:
-                raise BadFrame(400, "Binary frames are not supported; send JSON text.")
+                raise RequestError(400, "Binary frames are not supported; send JSON text.")
             if size > int(pgbinding_settings.MAX_FRAME_BYTES):
-                raise BadFrame(
+                raise RequestError(
                     413,
                     f"Frame of {size} bytes is over the limit of "
                     f"{pgbinding_settings.MAX_FRAME_BYTES} bytes.",
                 )
             if not self.bucket.take():
-                raise BadFrame(429, "Too many requests on this socket; slow down.")
-            try:
-                frame = json.loads(text_data)
-            except ValueError as exc:
-                raise BadFrame(400, f"Malformed JSON: {exc}") from None
-            await self.handle_frame(frame)
-        except BadFrame as bad:
-            await self._reply(
-                bad.stream,
-                bad.action,
-                bad.request_id,
-                bad.status,
-                errors={"__all__": [bad.message]},
+                raise RequestError(429, "Too many requests on this socket; slow down.")
+            await self.handle_frame(parse_frame(text_data))
+        except RequestError as bad:
+            await self.send_frame(
+                reply(bad.stream, bad.action, bad.request_id, bad.status, errors=bad.errors)
             )
 
     async def handle_frame(self, frame: Any) -> None:
         if not isinstance(frame, dict):
-            raise BadFrame(400, "A frame must be a JSON object with 'stream' and 'payload'.")
+            raise RequestError(400, "A frame must be a JSON object with 'stream' and 'payload'.")
         stream, payload = frame.get("stream"), frame.get("payload")
         if not isinstance(stream, str):
-            raise BadFrame(400, "Missing or invalid 'stream': expected a string.")
+            raise RequestError(400, "Missing or invalid 'stream': expected a string.")
         if not isinstance(payload, dict):
-            raise BadFrame(400, "Missing or invalid 'payload': expected an object.", stream)
-        action, request_id = payload.get("action"), payload.get("request_id")
-        if request_id is not None and (
-            isinstance(request_id, bool)
-            or not isinstance(request_id, str | int)
-            or len(str(request_id)) > REQUEST_ID_MAX
-        ):
-            raise BadFrame(
-                400,
-                f"'request_id' must be a string or an integer of at most {REQUEST_ID_MAX} "
-                "characters.",
-                stream,
-                action,
+            raise RequestError(
+                400, "Missing or invalid 'payload': expected an object.", stream=stream
             )
+        action, request_id = payload.get("action"), payload.get("request_id")
+        check_request_id(request_id, stream, action)
         binding = self.bindings.get(stream)
         if binding is None:
             known = ", ".join(sorted(self.bindings)) or "none"
-            raise BadFrame(
-                404, f"Unknown stream {stream!r}; streams: {known}.", stream, action, request_id
+            raise RequestError(
+                404,
+                f"Unknown stream {stream!r}; streams: {known}.",
+                stream=stream,
+                action=action,
+                request_id=request_id,
             )
         if action not in actions.ACTIONS:
-            raise BadFrame(
+            raise RequestError(
                 400,
                 f"Unknown action {action!r}; actions: {', '.join(actions.ACTIONS)}.",
-                stream,
-                action if isinstance(action, str) else None,
-                request_id,
+                stream=stream,
+                action=action if isinstance(action, str) else None,
+                request_id=request_id,
             )
         try:
             if action == "subscribe":
@@ -220,40 +257,26 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             elif action == "unsubscribe":
                 status, data = await self.unsubscribe(payload)
             else:
-                run = getattr(actions, "list_" if action == "list" else action)
+                run = actions.HANDLERS[action]
                 status, data = await database_sync_to_async(run)(binding, payload)
-        except actions.ActionError as exc:
-            await self._reply(stream, action, request_id, exc.status, errors=exc.errors)
+        except RequestError as exc:
+            await self.send_frame(reply(stream, action, request_id, exc.status, errors=exc.errors))
             return
         except Exception:
             logger.exception("Action %r on stream %r failed", action, stream)
-            await self._reply(
-                stream,
-                action,
-                request_id,
-                500,
-                errors={"__all__": ["Internal error; the server log has details."]},
+            await self.send_frame(
+                reply(
+                    stream,
+                    action,
+                    request_id,
+                    500,
+                    errors={"__all__": ["Internal error; the server log has details."]},
+                )
             )
             return
         # Channels 1.x frames (no request_id) got no reply on success; keep that.
-        if request_id is not None or action in ("retrieve", "list", "subscribe"):
-            await self._reply(stream, action, request_id, status, data=data)
-
-    async def _reply(
-        self,
-        stream: Any,
-        action: Any,
-        request_id: Any,
-        status: int,
-        data: Any = None,
-        errors: Any = None,
-    ) -> None:
-        payload: dict[str, Any] = {"action": action, "request_id": request_id, "status": status}
-        if errors is not None:
-            payload["errors"] = errors
-        else:
-            payload["data"] = data
-        await self.send_json({"stream": stream, "payload": payload})
+        if request_id is not None or action in actions.READ:
+            await self.send_frame(reply(stream, action, request_id, status, data=data))
 
     # -- subscriptions -------------------------------------------------------------------------
 
@@ -262,58 +285,49 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     ) -> tuple[int, Any]:
         sub_id = payload.get("request_id")
         if sub_id is None:
-            raise actions.ActionError(
+            raise RequestError(
                 400, {"request_id": ["subscribe needs a request_id; it names the subscription."]}
             )
         sub_id = str(sub_id)
         if sub_id in self.subscriptions:
-            raise actions.ActionError(400, {"request_id": [f"subscription {sub_id!r} exists"]})
+            raise RequestError(400, {"request_id": [f"subscription {sub_id!r} exists"]})
         if len(self.subscriptions) >= int(pgbinding_settings.MAX_SUBSCRIPTIONS):
-            raise actions.ActionError(429, "Too many subscriptions on this socket.")
+            raise RequestError(429, "Too many subscriptions on this socket.")
         since = None
         if payload.get("since") is not None:
             try:
                 since = Cursor.decode(payload["since"])
             except ValueError as exc:
-                raise actions.ActionError(400, {"since": [str(exc)]}) from None
+                raise RequestError(400, {"since": [str(exc)]}) from None
         pk = payload.get("pk")
 
-        def prepare() -> tuple[list[filters.Condition], Any]:
+        def prepare() -> Subscription:
             where = actions.conditions(binding, payload)
             clean = actions.clean_pk(binding, pk) if pk is not None else None
             if not binding.has_permission(binding.user, "subscribe", clean):
-                raise actions.ActionError(
-                    403, "You do not have permission to subscribe to this stream."
-                )
-            return where, clean
+                raise RequestError(403, "You do not have permission to subscribe to this stream.")
+            pk_json = None
+            if clean is not None:
+                pk_field = binding.model._meta.pk
+                assert pk_field is not None
+                pk_json = rows.json_value(pk_field, clean)
+            return Subscription(sub_id, stream, binding, where, clean, Cursor(0), pk_json)
 
-        where, clean_pk = await database_sync_to_async(prepare)()
+        sub = await database_sync_to_async(prepare)()
         # Join first: every change committed after the snapshot below reaches us.
-        await self._join(binding.change_group())
-        snap = await database_sync_to_async(actions.snapshot)(binding, where, clean_pk, since)
-        sub = Subscription(sub_id, stream, binding, where, clean_pk, snap.cursor)
+        for group in self._change_groups(binding):
+            await self._join(group)
+        snap = await database_sync_to_async(subscriptions.snapshot)(sub, since)
+        sub.cursor = snap.cursor
         self.subscriptions[sub_id] = sub
-        if since is not None and not snap.resync:
-            # Resuming: the changes missed, then the reply with the new position. While
-            # replaying, which rows the client holds is not known: an old row counts as held if
-            # it matched the filter and the user could see it.
-            sub.members = None
-            sent = 0
-            for change_id, op, old, new in snap.replay:
-                message = {
-                    "id": change_id,
-                    "op": op,
-                    "old": old,
-                    "new": new,
-                    "position": since.encode(),
-                }
-                for out in await database_sync_to_async(_evaluate)(sub, message):
-                    await self.send_json({"stream": stream, "payload": out})
-                    sent += 1
+        if snap.replay is not None:
+            # Resuming: the changes missed, then the reply with the new position.
+            for event in snap.replay:
+                await self.send_frame({"stream": stream, "payload": event})
             sub.members = snap.members
             return 200, {
                 "subscription": sub_id,
-                "replayed": sent,
+                "replayed": len(snap.replay),
                 "position": snap.cursor.encode(),
             }
         sub.members = snap.members
@@ -324,16 +338,28 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             "resync": snap.resync,
         }
 
+    def _change_groups(self, binding: Binding) -> list[str]:
+        """The change groups a subscriber joins: the stream's (truncates, and every change of
+        a binding whose read rule has no delivery keys) and its user's delivery keys."""
+        cls = type(binding)
+        keys = sorted(cls.rule().user_keys(binding.user))
+        return [cls.change_group(), *(cls.change_group(k) for k in keys)]
+
     async def unsubscribe(self, payload: dict[str, Any]) -> tuple[int, Any]:
         sub_id = payload.get("subscription", payload.get("request_id"))
         sub = self.subscriptions.pop(str(sub_id), None) if sub_id is not None else None
         if sub is None:
-            raise actions.ActionError(404, {"subscription": [f"no subscription {sub_id!r}"]})
+            raise RequestError(404, {"subscription": [f"no subscription {sub_id!r}"]})
         if not any(s.stream == sub.stream for s in self.subscriptions.values()):
-            group = sub.binding.change_group()
-            await self.channel_layer.group_discard(group, self.channel_name)
-            self.joined.discard(group)
+            for group in self._change_groups(sub.binding):
+                if group in self.joined and group not in self._connection_groups():
+                    await self.channel_layer.group_discard(group, self.channel_name)
+                    self.joined.discard(group)
         return 200, {"subscription": sub.id}
+
+    def _connection_groups(self) -> set[str]:
+        kwargs = self.scope.get("url_route", {}).get("kwargs", {})
+        return set(self.connection_groups(**kwargs))
 
     # -- outbound ------------------------------------------------------------------------------
 
@@ -362,19 +388,30 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     async def pgbinding_event(self, message: dict[str, Any]) -> None:
         """An event for a group this socket is in (from ``group_names``)."""
-        payload = message["payload"]
-        token = str(payload.get("position"))
-        change_id = message.get("id")
-        if change_id is None:  # from an older listener: the cursor's position will do
-            change_id = Cursor.decode(token).position
-        if not self._first_time(message["stream"], int(change_id), token, payload["action"]):
-            return
-        await self.send_json({"stream": message["stream"], "payload": payload})
+        await self.pgbinding_events({"events": [message]})
 
     async def pgbinding_events(self, message: dict[str, Any]) -> None:
-        """Several events for one group, in order (the listener coalesces a batch's sends)."""
+        """Events for one group, in order (the listener coalesces a batch's sends)."""
+        todo = []
         for event in message["events"]:
-            await self.pgbinding_event(event)
+            binding = self.bindings.get(event["stream"])
+            if binding is not None and self.readable.get(event["stream"]):
+                todo.append((binding, event))
+        if not todo:
+            return
+        if any(type(b).judges_in_thread() for b, e in todo if "rows" in e):
+            judged = await database_sync_to_async(_judge_all)(todo)
+        else:
+            judged = _judge_all(todo)
+        for event, payload in judged:
+            if payload is None:
+                continue
+            change_id = event.get("id")
+            token = str(payload.get("position"))
+            if change_id is None:  # from an older listener: the cursor's position will do
+                change_id = Cursor.decode(token).position
+            if self._first_time(event["stream"], int(change_id), token, payload["action"]):
+                await self.send_frame({"stream": event["stream"], "payload": payload})
 
     async def pgbinding_change(self, message: dict[str, Any]) -> None:
         """A raw change of a stream this socket has subscriptions on."""
@@ -392,78 +429,60 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
                 todo.append((sub, change))
         if not todo:
             return
-        # One trip to a thread for the whole message: evaluation may query (visibility).
-        frames = await database_sync_to_async(_evaluate_all)(todo)
+        if any(type(sub.binding).judges_in_thread() for sub, _ in todo):
+            frames = await database_sync_to_async(_evaluate_all)(todo)
+        else:
+            frames = _evaluate_all(todo)
         for stream, payload in frames:
-            await self.send_json({"stream": stream, "payload": payload})
+            await self.send_frame({"stream": stream, "payload": payload})
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+def _judge_all(
+    todo: list[tuple[Binding, dict[str, Any]]],
+) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    return [(event, judge(binding, event)) for binding, event in todo]
+
+
+def judge(binding: Binding, event: dict[str, Any]) -> dict[str, Any] | None:
+    """The payload this socket's user should get of a group event, or None.
+
+    The listener chose the action by group transition; the user's view of the row before and
+    after the change decides what remains of it: seen before and after, the event as sent;
+    only before, a ``delete``; only after, a ``create``; neither, nothing.
+    """
+    payload: dict[str, Any] = event["payload"]
+    pair = event.get("rows")
+    if pair is None:
+        return payload
+    action = payload["action"]
+    if action == "reload":
+        return payload
+    old_ok = action in ("update", "delete") and binding.sees(pair.get("old"))
+    new_ok = action in ("update", "create") and binding.sees(pair.get("new"))
+    if action == "update":
+        if old_ok and new_ok:
+            return payload
+        if old_ok:
+            old = pair["old"]
+            return {**payload, "action": "delete", "pk": old["pk"], "data": old["data"]}
+        return {**payload, "action": "create"} if new_ok else None
+    if action == "create":
+        return payload if new_ok else None
+    return payload if old_ok else None
 
 
 def _evaluate_all(
     todo: list[tuple[Subscription, dict[str, Any]]],
 ) -> list[tuple[str, dict[str, Any]]]:
-    return [(sub.stream, out) for sub, change in todo for out in _evaluate(sub, change)]
-
-
-def _evaluate(sub: Subscription, message: dict[str, Any]) -> list[dict[str, Any]]:
-    """What subscription ``sub`` should see of one raw change: create when a row enters its
-    view, update while it stays, delete when it leaves."""
-    binding = sub.binding
-    base = {"model": binding.model_label(), "position": message["position"], "subscription": sub.id}
-    if message["op"] == "T":
-        if sub.members is not None:
-            sub.members.clear()
-        return [{"action": "reload", "reason": "truncate", **base}]
-    old = instance_from_row(binding.model, message["old"]) if message["old"] else None
-    new = instance_from_row(binding.model, message["new"]) if message["new"] else None
-    old_pk = binding.serialize_pk(old) if old is not None else None
-    new_pk = binding.serialize_pk(new) if new is not None else None
-    old_in = old is not None and _was_in(sub, old, old_pk)
-    new_in = new is not None and _in_view(sub, new) and _visible(binding, new)
-    out: list[dict[str, Any]] = []
-
-    def event(action: str, pk: Any, data: Any) -> dict[str, Any]:
-        e = {"action": action, "pk": pk, **base}
-        if data is not None:
-            e["data"] = data
-        return e
-
-    if old is not None and old_in and new is not None and new_in:
-        new_data = binding.serialize(new)
-        if old_pk != new_pk:
-            out += [event("delete", old_pk, None), event("create", new_pk, new_data)]
-        elif binding.serialize(old) != new_data:
-            out.append(event("update", new_pk, new_data))
-    elif old is not None and old_in:
-        known = sub.members is not None
-        out.append(event("delete", old_pk, binding.serialize(old) if known else None))
-    elif new is not None and new_in:
-        out.append(event("create", new_pk, binding.serialize(new)))
-    if sub.members is not None:
-        sub.members.discard(old_pk)
-        if new_in:
-            sub.members.add(new_pk)
-    return out
-
-
-def _in_view(sub: Subscription, instance: models.Model) -> bool:
-    return (sub.pk is None or instance.pk == sub.pk) and filters.matches(sub.where, instance)
-
-
-def _was_in(sub: Subscription, old: models.Model, pk: Any) -> bool:
-    """Did the client hold this row before the change? Known exactly from the rows it was
-    sent; after a resume (not known), judged by filter and object permission."""
-    if sub.members is not None:
-        return pk in sub.members
-    binding = sub.binding
-    return _in_view(sub, old) and binding.has_object_permission(binding.user, "retrieve", old)
-
-
-def _visible(binding: Binding, instance: models.Model) -> bool:
-    """May the subscriber see this row (its queryset, and object permission)?"""
-    if type(binding).get_queryset is not Binding.get_queryset:
-        if not binding.get_queryset(binding.user).filter(pk=instance.pk).exists():
-            return False
-    return binding.has_object_permission(binding.user, "retrieve", instance)
+    return [
+        (sub.stream, out) for sub, change in todo for out in subscriptions.evaluate(sub, change)
+    ]
 
 
 #: Channels 1.x name.

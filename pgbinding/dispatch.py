@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import OrderedDict
 from typing import Any
 
 from channels.layers import BaseChannelLayer
 
-from .bindings import Binding, Change
+from . import rows
+from .bindings import CHANGE_TYPE, EVENT_TYPE, Binding, Message
+from .log import Change
 from .registry import Registry, registry
 
 logger = logging.getLogger("pgbinding.dispatch")
 
-Message = tuple[str, dict[str, Any]]
+__all__ = [
+    "CHANGES_TYPE",
+    "CHANGE_TYPE",
+    "EVENTS_TYPE",
+    "EVENT_TYPE",
+    "Dispatcher",
+    "Message",
+    "coalesce",
+    "unpack",
+]
 
-
-#: The channel-layer message type of raw changes for subscriptions (handler ``pgbinding_change``).
-CHANGE_TYPE = "pgbinding.change"
 #: Several events for one group in one message (handler ``pgbinding_events``): ``events`` holds
 #: ``pgbinding.event`` messages in order.
 EVENTS_TYPE = "pgbinding.events"
@@ -25,18 +33,9 @@ EVENTS_TYPE = "pgbinding.events"
 CHANGES_TYPE = "pgbinding.changes"
 #: Most events or changes put in one channel-layer message.
 MAX_PER_MESSAGE = 100
-
-
-def change_message(binding: type[Binding], change: Change) -> dict[str, Any]:
-    return {
-        "type": CHANGE_TYPE,
-        "stream": binding.stream,
-        "id": change.id,
-        "op": change.op,
-        "old": change.old,
-        "new": change.new,
-        "position": change.position,
-    }
+#: Most groups per binding the listener remembers having sent to (TRUNCATE tells them all to
+#: reload); the oldest are forgotten first.
+MAX_SENT_GROUPS = 10_000
 
 
 class Dispatcher:
@@ -45,27 +44,41 @@ class Dispatcher:
     def __init__(self, channel_layer: Any, bindings: Registry = registry) -> None:
         self.channel_layer = channel_layer
         self.bindings = bindings
-        #: Groups each binding has sent to since start; TRUNCATE tells them all to reload.
-        self.sent_groups: dict[type[Binding], set[str]] = defaultdict(set)
+        #: Groups each binding has sent to lately; TRUNCATE tells them all to reload.
+        self.sent_groups: dict[type[Binding], OrderedDict[str, None]] = {}
+        self._tables: dict[str, list[type[Binding]]] = {}
+        self._tables_version = -1
         # Group names are checked in build(), off the event loop. channels_redis's pub/sub layer
         # resolves attributes per running loop (there is none in a thread), so take the check
         # from the layer's class, or Channels' own rule when the class has none.
         own = hasattr(type(channel_layer), "require_valid_group_name")
         self._group_checker: Any = channel_layer if own else BaseChannelLayer()
 
+    def by_table(self) -> dict[str, list[type[Binding]]]:
+        if self._tables_version != self.bindings.version:
+            self._tables = self.bindings.by_table()
+            self._tables_version = self.bindings.version
+        return self._tables
+
+    async def prepare(self, conn: Any, changes: list[Change]) -> None:
+        """Read the column types of the bound tables in ``changes`` (once per table), so
+        :meth:`build` can load logged values as the ORM loads columns."""
+        tables = self.by_table()
+        await rows.load_types(conn, {c.table for c in changes if c.table in tables})
+
     def build(self, changes: list[Change]) -> list[Message]:
         """All (group, message) pairs for ``changes``, in order. Runs binding code: call it from
         a thread (``sync_to_async``), as ``group_names`` may use the ORM."""
-        by_table = self.bindings.by_table()
+        by_table = self.by_table()
         out: list[Message] = []
         for change in changes:
             for binding in by_table.get(change.table, ()):
                 try:
-                    messages = binding.messages_for_change(change)
+                    built = binding.build(change)
                 except Exception:
                     logger.exception(
-                        "Binding %s failed on change #%d (%s on %s, pk %s); skipped it for "
-                        "this binding",
+                        "Binding %s failed on change #%d (%s on %s, pk %s); its group events "
+                        "and subscription changes for it were skipped",
                         binding.label(),
                         change.id,
                         change.op,
@@ -73,18 +86,22 @@ class Dispatcher:
                         change.pk,
                     )
                     continue
-                if change.op == "T" and messages:
-                    known = {g for g, _ in messages}
-                    event = messages[0][1]
-                    extra = sorted(self.sent_groups[binding] - known)
-                    messages += [(g, event) for g in extra]
-                for group, message in messages:
+                events = built.events
+                sent = self.sent_groups.setdefault(binding, OrderedDict())
+                if change.op == "T" and events:
+                    known = {g for g, _ in events}
+                    extra = [g for g in sent if g not in known]
+                    events = events + [(g, events[0][1]) for g in extra]
+                for group, message in events:
                     if not self._valid_group(binding, group):
                         continue
-                    self.sent_groups[binding].add(group)
+                    sent[group] = None
+                    sent.move_to_end(group)
                     out.append((group, message))
+                while len(sent) > MAX_SENT_GROUPS:
+                    sent.popitem(last=False)
                 # Subscribers filter the raw change themselves (per filter, per user).
-                out.append((binding.change_group(), change_message(binding, change)))
+                out += built.changes
         return out
 
     def _valid_group(self, binding: type[Binding], group: Any) -> bool:
@@ -94,11 +111,6 @@ class Dispatcher:
             logger.error("Binding %s returned a bad group name: %s", binding.label(), exc)
             return False
         return True
-
-    async def send(self, messages: list[Message]) -> None:
-        """Send in order; a failure propagates so the batch is retried, not skipped."""
-        for group, message in coalesce(messages):
-            await self.channel_layer.group_send(group, message)
 
 
 def unpack(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -121,10 +133,10 @@ def coalesce(messages: list[Message]) -> list[Message]:
     * events (from ``group_names``) that go to the same group one after another become one
       ``pgbinding.events`` message; a run is never merged across a send to another group, so a
       socket in several groups still receives them in the order they were built;
-    * raw changes for subscriptions (a change group per stream) become one ``pgbinding.changes``
-      message per stream, sent after the events. Subscriptions are per stream and in commit
-      order within it; group events and subscription events are separate sequences to a
-      client.
+    * raw changes for subscriptions (change groups per stream and delivery key) become one
+      ``pgbinding.changes`` message per group, sent after the events. Subscriptions are per
+      stream and in commit order within it; group events and subscription events are separate
+      sequences to a client.
 
     A run of one is sent as it was built (``pgbinding.event`` / ``pgbinding.change``).
     """

@@ -1,25 +1,30 @@
 """The filter language of ``list`` and ``subscribe``: ``{"field__op": value}``.
 
 Operators: ``exact`` (the default), ``in``, ``lt``, ``lte``, ``gt``, ``gte``, ``isnull`` and
-``contains`` (substring, case-sensitive). Only the binding's whitelisted fields can be filtered.
-The same conditions run as SQL (``list``, subscription snapshots) and in Python (live
-subscription events), so a row is in a filtered view by one rule.
+``contains`` (substring, case-sensitive, text fields only). Only the binding's whitelisted
+fields can be filtered. The same conditions run as SQL (``list``, subscription snapshots) and in
+Python (live subscription events), and give the same answer: text is compared by code point on
+both sides (SQL compares it under the "C" collation, whatever the column's collation), and
+``contains`` is refused where SQL and Python would read it differently.
 """
 
 from __future__ import annotations
 
 import datetime
+import decimal
+import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q, lookups
 from django.db.models.fields import Field
 from django.db.models.fields.json import JSONField
+from django.db.models.functions import Collate
 from django.utils import timezone
 
 OPERATORS = ("exact", "in", "lt", "lte", "gt", "gte", "isnull", "contains")
@@ -32,6 +37,44 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "gt": operator.gt,
     "gte": operator.ge,
 }
+_LOOKUPS: dict[str, type[lookups.Lookup[Any]]] = {
+    "lt": lookups.LessThan,
+    "lte": lookups.LessThanOrEqual,
+    "gt": lookups.GreaterThan,
+    "gte": lookups.GreaterThanOrEqual,
+}
+#: Field classes whose values are text on both sides (SQL and Python).
+_TEXT = (models.CharField, models.TextField)
+
+
+def _is_text(field: Field[Any, Any]) -> bool:
+    return isinstance(field, _TEXT)
+
+
+#: Field types a filter may name: scalars that compare the same way in SQL and in Python.
+_FILTERABLE = (
+    models.CharField,
+    models.TextField,
+    models.IntegerField,
+    models.DecimalField,
+    models.FloatField,
+    models.BooleanField,
+    models.DateField,
+    models.TimeField,
+    models.DurationField,
+    models.UUIDField,
+)
+
+
+def filterable(field: Field[Any, Any]) -> bool:
+    target = field.target_field if isinstance(field, models.ForeignKey) else field
+    return isinstance(target, _FILTERABLE) and not isinstance(target, JSONField)
+
+
+def _is_nan(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, decimal.Decimal) and value.is_nan()
 
 
 class FilterError(ValueError):
@@ -49,20 +92,29 @@ class Condition:
     value: Any
 
     def q(self) -> Q:
+        if self.op in _COMPARE and _is_text(self.field):
+            # Code-point order, as Python compares str, whatever the column's collation.
+            lookup = _LOOKUPS[self.op]
+            return Q(lookup(Collate(F(self.field.attname), "C"), self.value))
         return Q(**{f"{self.field.attname}__{self.op}": self.value})
 
-    def matches(self, instance: models.Model) -> bool:
-        actual = getattr(instance, self.field.attname)
+    def matches(self, row: Mapping[str, Any]) -> bool:
+        """Does a row ({attname: value}) satisfy this condition?"""
+        actual = row.get(self.field.attname)
         if self.op == "isnull":
             return (actual is None) is self.value
         if self.op == "exact":
             return bool(actual == self.value)
         if self.op == "in":
-            return actual in self.value
+            # SQL's IN never matches NULL.
+            return actual is not None and actual in self.value
         if actual is None:
             return False
         if self.op == "contains":
             return isinstance(actual, str) and self.value in actual
+        if _is_nan(actual):
+            # Postgres sorts NaN above every number (and Infinity).
+            return self.op in ("gt", "gte")
         try:
             return _COMPARE[self.op](actual, self.value)
         except TypeError:
@@ -86,8 +138,8 @@ def parse(spec: Any, fields: Sequence[Field[Any, Any]]) -> list[Condition]:
         name, _, op = str(key).partition("__")
         op = op or "exact"
         field = by_name.get(name)
-        if field is None or isinstance(field, JSONField):
-            allowed = ", ".join(n for n, f in by_name.items() if not isinstance(f, JSONField))
+        if field is None or not filterable(field):
+            allowed = ", ".join(n for n, f in by_name.items() if filterable(f))
             errors[key] = [f"{name!r} is not a filterable field; filterable: {allowed}"]
             continue
         if op not in OPERATORS:
@@ -112,6 +164,8 @@ def _value(field: Field[Any, Any], op: str, raw: Any) -> Any:
             raise TypeError(f"in takes a list of at most {MAX_IN_VALUES} values, got {raw!r}")
         return [_scalar(field, v) for v in raw]
     if op == "contains":
+        if not _is_text(field):
+            raise TypeError(f"contains works on text fields only; {field.name!r} is not one")
         if not isinstance(raw, str):
             raise TypeError(f"contains takes a string, got {raw!r}")
         return raw
@@ -121,8 +175,12 @@ def _value(field: Field[Any, Any], op: str, raw: Any) -> Any:
 def _scalar(field: Field[Any, Any], raw: Any) -> Any:
     if isinstance(raw, dict | list):
         raise TypeError(f"expected a single value, got {raw!r}")
+    if isinstance(raw, float) and not math.isfinite(raw):
+        raise TypeError(f"expected a finite number, got {raw!r}")
     target = field.target_field if isinstance(field, models.ForeignKey) else field
     value = target.to_python(raw)
+    if _is_nan(value) or (isinstance(value, float) and not math.isfinite(value)):
+        raise TypeError(f"expected a finite number, got {raw!r}")
     if isinstance(value, datetime.datetime) and settings.USE_TZ and timezone.is_naive(value):
         # As the ORM would read it: in the current time zone. Then SQL and the live check
         # compare the same aware value.
@@ -136,8 +194,9 @@ def _message(exc: Exception) -> str:
     return str(exc)
 
 
-def matches(conditions: Sequence[Condition], instance: models.Model) -> bool:
-    return all(c.matches(instance) for c in conditions)
+def matches(conditions: Sequence[Condition], row: Mapping[str, Any]) -> bool:
+    """Does a row ({attname: value}) satisfy every condition?"""
+    return all(c.matches(row) for c in conditions)
 
 
 def to_q(conditions: Sequence[Condition]) -> Q:

@@ -1,10 +1,20 @@
 """The listener: a reconnecting loop that reads the change log and hands changes on.
 
-One listener per name is active at a time (a Postgres advisory lock); others stand by and take
-over within ``STANDBY_RETRY`` seconds of the active one's connection dropping. While there is
-work it reads batch after batch without being told; when it runs dry it marks itself asleep in
-``pgbinding_state`` and waits for the NOTIFY that the capture trigger sends only then. This
-keeps NOTIFY, whose commit lock serializes writers, off the hot path under load.
+One listener per name leads at a time; the others stand by. Leadership is a lease in
+``pgbinding_listener``: the leader renews it while it makes progress, and a standby takes over
+when the lease runs out (a leader that is stopped, or stuck on a channel layer that does not
+answer, loses the lead within ``LEASE + STANDBY_RETRY`` seconds) or as soon as the leader's
+Postgres backend is gone (a crash: within ``STANDBY_RETRY``). Position saves are fenced on the
+leader's id, and a leader checks its lease before it sends, so one that wakes up after losing
+the lead notices before it sends again.
+
+While there is work the leader reads batch after batch without being told; when it runs dry it
+marks itself asleep in ``pgbinding_state`` and waits for the NOTIFY that the capture trigger
+sends only then. This keeps NOTIFY, whose commit lock serializes writers, off the hot path under
+load.
+
+A channel-layer failure never ends the listener: the batch in hand is kept, sending is retried
+with backoff, the position is never saved past what was sent, and the log says so in words.
 
 No ORM here: the loop talks to Postgres with psycopg 3 (async) and hands batches to
 :class:`~pgbinding.dispatch.Dispatcher`, which runs binding code in a thread.
@@ -16,7 +26,7 @@ import asyncio
 import logging
 import random
 import time
-import zlib
+import uuid
 from typing import Any
 
 import psycopg
@@ -24,19 +34,37 @@ from asgiref.sync import sync_to_async
 from psycopg import sql as psql
 
 from . import log as changelog
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, Message, coalesce
+from .log import LostLead
 from .sql import NOTIFY_CHANNEL
 
 logger = logging.getLogger("pgbinding.listener")
 
-#: First half of the advisory-lock key: "pgbi".
-LOCK_CLASS = 0x70676269
 _DISCONNECTS = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
+#: Renew the lease when this share of it has gone by since the last renewal.
+RENEW_AFTER = 0.3
+#: First and longest wait between attempts to send to a failing channel layer (seconds).
+SEND_RETRY_FIRST = 0.2
+SEND_RETRY_MAX = 5.0
+#: How often a listener that cannot send says so again (seconds).
+SEND_FAILURE_LOG_INTERVAL = 10.0
+#: How often the pruner repeats its warning about one stale listener name (seconds).
+STALE_LOG_INTERVAL = 3600.0
 
-
-def lock_key(name: str) -> tuple[int, int]:
-    """The (int4, int4) advisory-lock key that makes listeners of one name take turns."""
-    return LOCK_CLASS, zlib.crc32(name.encode()) - 2**31
+_CLAIM = """
+UPDATE pgbinding_listener AS l
+   SET leader = %(me)s, leader_pid = pg_backend_pid(), updated_at = now(),
+       lease_until = now() + make_interval(secs => %(lease)s)
+ WHERE name = %(name)s
+   AND (leader IS NULL OR leader = %(me)s OR lease_until IS NULL OR lease_until < now()
+        OR NOT EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = l.leader_pid))
+RETURNING position, pending
+"""
+_RENEW = """
+UPDATE pgbinding_listener
+   SET lease_until = now() + make_interval(secs => %(lease)s), leader_pid = pg_backend_pid()
+ WHERE name = %(name)s AND leader = %(me)s
+"""
 
 
 def conninfo_from_django(alias: str = "default") -> str:
@@ -50,11 +78,16 @@ def conninfo_from_django(alias: str = "default") -> str:
     return psycopg.conninfo.make_conninfo("", **clean)
 
 
+class _Stopping(Exception):
+    """Stop was asked for while a batch could not be sent: leave without saving past it."""
+
+
 class Listener:
     """Reads captured changes and delivers them through a :class:`Dispatcher`.
 
     ``run()`` returns after ``stop()``; a change being delivered when ``stop()`` is called is
-    finished and its position saved first.
+    finished and its position saved first (unless the channel layer is failing: then the
+    position stays before it, and the next leader sends it).
     """
 
     def __init__(
@@ -74,6 +107,9 @@ class Listener:
         read_pause: float = 0.002,
         idle_linger: float = 0.005,
         save_interval: float = 0.25,
+        lease: float = 5.0,
+        send_timeout: float = 2.0,
+        stale_listener_after: float = 3600.0,
     ) -> None:
         self.conninfo = conninfo
         self.dispatcher = dispatcher
@@ -89,17 +125,28 @@ class Listener:
         self.read_pause = read_pause
         self.idle_linger = idle_linger
         self.save_interval = save_interval
+        self.lease = lease
+        self.send_timeout = send_timeout
+        self.stale_listener_after = stale_listener_after
+        #: This listener's id as a leader (stored in pgbinding_listener.leader).
+        self.id = f"{name}:{uuid.uuid4().hex[:12]}"
+        self.log.leader = self.id
         self._stop = asyncio.Event()
-        #: Set once this listener holds the lock and has loaded its position.
+        #: Set while this listener leads and has loaded its position.
         self.active = asyncio.Event()
         #: Set whenever the listener has read everything committed so far and is waiting.
         self.idle = asyncio.Event()
         self.delivered = 0
+        self.send_failures = 0
+        self.takeovers = 0
         #: Log position up to which changes have been sent and the position saved.
         self.saved_position = 0
+        self._delivered = changelog.Cursor(0)
+        self._saved_cursor: changelog.Cursor | None = None
+        self._renewed_at = 0.0
         self._sleeping = False
         self._guard: changelog.Watch | None = None
-        self._saved_cursor = changelog.Cursor(0)
+        self._led = False
 
     @classmethod
     def from_settings(cls, channel_layer: Any = None, **overrides: Any) -> Listener:
@@ -129,6 +176,9 @@ class Listener:
             "read_pause": s.READ_PAUSE,
             "idle_linger": s.IDLE_LINGER,
             "save_interval": s.SAVE_INTERVAL,
+            "lease": s.LEASE,
+            "send_timeout": s.SEND_TIMEOUT,
+            "stale_listener_after": s.STALE_LISTENER_AFTER,
         }
         options.update(overrides)
         return cls(conninfo_from_django(s.DATABASE), Dispatcher(layer), **options)
@@ -148,7 +198,9 @@ class Listener:
         while not self.stopping:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.conninfo, autocommit=True
+                    self.conninfo,
+                    autocommit=True,
+                    application_name=f"pgbinding listener {self.name}"[:63],
                 ) as conn:
                     changelog.configure_connection(conn)
                     info = conn.info
@@ -160,9 +212,7 @@ class Listener:
                         self.name,
                     )
                     delay = 0.5
-                    if not await self._lead(conn):
-                        break
-                    await self._serve(conn)
+                    await self._lead_and_serve(conn)
             except _DISCONNECTS as exc:
                 self.active.clear()
                 self.idle.clear()
@@ -177,24 +227,55 @@ class Listener:
                 await self._sleep(wait)
                 delay = min(delay * 2, self.reconnect_max_delay)
         self.active.clear()
-        logger.info("Listener %r stopped at position %d", self.name, self.log.position)
+        if self._led:
+            logger.info("Listener %r stopped at position %d", self.name, self.saved_position)
+        else:
+            logger.info("Listener %r stopped (it was standing by)", self.name)
+
+    async def _lead_and_serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        while not self.stopping:
+            if not await self._lead(conn):
+                return
+            try:
+                await self._serve(conn)
+                return
+            except LostLead:
+                self.active.clear()
+                self.idle.clear()
+                logger.warning(
+                    "Listener %r lost the lead: another listener took over while this one "
+                    "made no progress for %.1f s (more than LEASE = %.1f s); standing by",
+                    self.name,
+                    time.monotonic() - self._renewed_at,
+                    self.lease,
+                )
 
     async def _lead(self, conn: psycopg.AsyncConnection[Any]) -> bool:
-        """Take the advisory lock, standing by while another listener holds it."""
-        key = lock_key(self.name)
+        """Claim the lead of this listener's name, standing by while another one holds it."""
+        await conn.execute(
+            "INSERT INTO pgbinding_listener (name) VALUES (%s) ON CONFLICT (name) DO NOTHING",
+            [self.name],
+        )
         said = False
         while not self.stopping:
-            cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key)
+            started = time.monotonic()
+            cur = await conn.execute(
+                _CLAIM, {"me": self.id, "name": self.name, "lease": self.lease}
+            )
             row = await cur.fetchone()
-            if row and row[0]:
+            if row is not None:
+                self._renewed_at = started
+                self.log.restore(row[0], row[1])
                 if said:
+                    self.takeovers += 1
                     logger.info("Listener %r took over as the active listener", self.name)
+                self._led = True
                 return True
             if not said:
                 cur = await conn.execute(
-                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
-                    " AND objid = %s AND granted",
-                    [key[0] & 0xFFFFFFFF, key[1] & 0xFFFFFFFF],
+                    "SELECT leader_pid, extract(epoch FROM lease_until - now())::float8"
+                    " FROM pgbinding_listener WHERE name = %s",
+                    [self.name],
                 )
                 holder = await cur.fetchone()
                 logger.info(
@@ -206,6 +287,26 @@ class Listener:
             await self._sleep(self.standby_retry)
         return False
 
+    async def _renew(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        started = time.monotonic()
+        cur = await conn.execute(_RENEW, {"me": self.id, "name": self.name, "lease": self.lease})
+        if cur.rowcount == 0:
+            raise LostLead(self.name)
+        self._renewed_at = started
+
+    async def _keep_lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Renew the lease if it is getting old; raises :class:`LostLead` if it is gone."""
+        if time.monotonic() - self._renewed_at >= self.lease * RENEW_AFTER:
+            await self._renew(conn)
+
+    async def _release(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Give up the lead (a clean stop), so a standby takes over at once."""
+        await conn.execute(
+            "UPDATE pgbinding_listener SET leader = NULL, lease_until = NULL"
+            " WHERE name = %s AND leader = %s",
+            [self.name, self.id],
+        )
+
     # -- the inner loop: read, deliver, save, sleep --------------------------------------------
 
     async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
@@ -214,8 +315,8 @@ class Listener:
         # flush: a position lost in a server crash only means changes are sent again, which
         # consumers drop by position. Writers' commits are not affected.
         await conn.execute("SET synchronous_commit = off")
-        await self.log.load(conn)
-        self._saved_cursor = self.log.cursor()
+        self._delivered = self._saved_cursor = self.log.cursor()
+        self.saved_position = self.log.position
         behind, age = await self.log.behind(conn)
         logger.info(
             "Listener %r resuming at position %d; %d change(s) to catch up on%s",
@@ -228,102 +329,172 @@ class Listener:
         self.active.set()
         pruner = asyncio.create_task(self._prune_loop()) if self.prune_interval > 0 else None
         try:
-            await self._loop(conn)
+            try:
+                await self._loop(conn)
+            except _Stopping:
+                pass
             await self._save(conn)
             # Clean stop: nobody is left to wake, so writers need not NOTIFY.
             await self._set_sleeping(conn, False)
+            await self._release(conn)
         finally:
             if pruner is not None:
                 pruner.cancel()
 
     async def _loop(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        caught_up = False
-        batch_count = 0
-        last_lag_log = last_save = time.monotonic()
-        gap_wait = self.gap_poll_interval
-        dry_since: float | None = None
+        self._caught_up = False
+        self._count = 0
+        self._last_lag_log = self._last_save = self._last_gap_check = time.monotonic()
+        self._gap_wait = self.gap_poll_interval
+        self._dry_since: float | None = None
         while not self.stopping:
             changes = await self.log.read(conn)
+            now = time.monotonic()
+            if self.log.gaps and now - self._last_gap_check >= self.gap_poll_interval:
+                await self.log.check_gaps(conn)
+                self._last_gap_check = now
             if changes:
-                dry_since = None
-                self.idle.clear()
-                messages = await sync_to_async(self.dispatcher.build, thread_sensitive=False)(
-                    changes
-                )
-                await self.dispatcher.send(messages)
-                if self._sleeping:
-                    # After sending, not before: the round trip is not on the way to the
-                    # clients, and writers NOTIFYing a little longer is harmless.
-                    await self._set_sleeping(conn, False)
-                self.delivered += len(changes)
-                batch_count += len(changes)
-                caught_up, gap_wait = False, self.gap_poll_interval
+                await self._deliver(conn, changes)
+                await self._after_delivery(conn, len(changes))
+            else:
+                await self._when_dry(conn)
+
+    async def _deliver(self, conn: psycopg.AsyncConnection[Any], changes: list[Any]) -> None:
+        self._dry_since = None
+        self.idle.clear()
+        await self.dispatcher.prepare(conn, changes)
+        messages = await sync_to_async(self.dispatcher.build, thread_sensitive=False)(changes)
+        await self._send(conn, coalesce(messages))
+        self._delivered = self.log.cursor()
+        if self._sleeping:
+            # After sending, not before: the round trip is not on the way to the clients, and
+            # writers NOTIFYing a little longer is harmless.
+            await self._set_sleeping(conn, False)
+        self.delivered += len(changes)
+
+    async def _send(self, conn: psycopg.AsyncConnection[Any], messages: list[Message]) -> None:
+        """Send in order, retrying a failing channel layer without end (while this listener
+        leads). A message whose send timed out may have arrived: it is sent again, and
+        consumers drop the repeat."""
+        layer = self.dispatcher.channel_layer
+        delay = SEND_RETRY_FIRST
+        failing_since: float | None = None
+        last_said = 0.0
+        index = 0
+        while index < len(messages):
+            await self._keep_lead(conn)
+            group, message = messages[index]
+            try:
+                await asyncio.wait_for(layer.group_send(group, message), self.send_timeout)
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:
+                self.send_failures += 1
                 now = time.monotonic()
-                if now - last_save >= self.save_interval:
-                    # Not after every batch: under a steady trickle each batch holds one or
-                    # two changes, and a save per batch was most of the listener's cost.
-                    await self._save(conn)
-                    last_save = now
-                if now - last_lag_log >= self.lag_log_interval:
-                    behind, age = await self.log.behind(conn)
-                    logger.info(
-                        "Delivered %d change(s) in the last %.0f s; %d behind (oldest %.1f s)",
-                        batch_count,
-                        now - last_lag_log,
-                        behind,
-                        age,
+                reason = str(exc).strip() or type(exc).__name__
+                if isinstance(exc, TimeoutError):
+                    reason = f"no answer within SEND_TIMEOUT = {self.send_timeout:.1f} s"
+                if failing_since is None or now - last_said >= SEND_FAILURE_LOG_INTERVAL:
+                    logger.warning(
+                        "Could not send to the channel layer (%s: %s); keeping %d message(s) "
+                        "of this batch unsent and the position at %d; retrying in %.1f s%s",
+                        type(exc).__name__,
+                        reason,
+                        len(messages) - index,
+                        self._delivered.position,
+                        delay,
+                        f" (failing for {now - failing_since:.0f} s)" if failing_since else "",
                     )
-                    batch_count, last_lag_log = 0, now
-                if len(changes) < self.log.batch_size and self.read_pause > 0:
-                    # A short batch: the log is nearly drained. Let a few more commits land
-                    # so the next round trip carries several changes, not one.
-                    await asyncio.sleep(self.read_pause)
+                    last_said = now
+                failing_since = failing_since or now
+                await self._sleep(delay)
+                delay = min(delay * 2, SEND_RETRY_MAX)
+                if self.stopping:
+                    raise _Stopping from None
                 continue
-            if not self._sleeping:
-                # Dry while awake: poll a little longer before marking ourselves asleep, or a
-                # steady trickle of writes would flip the flag (and make writers NOTIFY) for
-                # every change.
-                now = time.monotonic()
-                dry_since = dry_since or now
-                if now - dry_since < self.idle_linger:
-                    await asyncio.sleep(max(self.read_pause, 0.001))
-                    continue
+            index += 1
+        if failing_since is not None:
+            logger.info(
+                "Sending to the channel layer works again, after %.1f s",
+                time.monotonic() - failing_since,
+            )
+
+    async def _after_delivery(self, conn: psycopg.AsyncConnection[Any], count: int) -> None:
+        self._count += count
+        self._caught_up, self._gap_wait = False, self.gap_poll_interval
+        now = time.monotonic()
+        if now - self._last_save >= self.save_interval:
+            # Not after every batch: under a steady trickle each batch holds one or two
+            # changes, and a save per batch was most of the listener's cost.
             await self._save(conn)
-            last_save = time.monotonic()
-            if not self._sleeping:
-                await self._set_sleeping(conn, True)
-                # A writer that read "awake" before we flipped the flag will not NOTIFY; wait
-                # for every transaction running now to end, then read once more.
-                self._guard = await changelog.watch_running(conn)
-                continue
-            if self._guard is not None and self._guard.finished(await changelog.running(conn)):
-                self._guard = None
-                continue
-            if self._guard is not None or self.log.gaps:
-                # Transactions still running may commit changes we will not be told about
-                # (guard), or hold ids below our position (gaps): look again now and then,
-                # backing off up to half a second (a long transaction may be unrelated).
-                await self._wait_notify(conn, gap_wait)
-                gap_wait = min(gap_wait * 2, 0.5)
-                continue
-            gap_wait = self.gap_poll_interval
-            if not caught_up:
-                logger.info(
-                    "Caught up at position %d (%d delivered since start); waiting for changes",
-                    self.log.position,
-                    self.delivered,
-                )
-                caught_up, batch_count, last_lag_log = True, 0, time.monotonic()
-            self.idle.set()
-            await self._wait_notify(conn, self.keepalive)
+            self._last_save = now
+        if now - self._last_lag_log >= self.lag_log_interval:
+            behind, age = await self.log.behind(conn)
+            logger.info(
+                "Delivered %d change(s) in the last %.0f s; %d behind (oldest %.1f s)",
+                self._count,
+                now - self._last_lag_log,
+                behind,
+                age,
+            )
+            self._count, self._last_lag_log = 0, now
+        if count < self.log.batch_size and self.read_pause > 0:
+            # A short batch: the log is nearly drained. Let a few more commits land so the
+            # next round trip carries several changes, not one.
+            await asyncio.sleep(self.read_pause)
+
+    async def _when_dry(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Nothing new to read: linger, then sleep until a writer's NOTIFY (after making sure
+        no writer that saw us awake is still running)."""
+        if not self._sleeping:
+            # Dry while awake: poll a little longer before marking ourselves asleep, or a
+            # steady trickle of writes would flip the flag (and make writers NOTIFY) for every
+            # change.
+            now = time.monotonic()
+            self._dry_since = self._dry_since or now
+            if now - self._dry_since < self.idle_linger:
+                await asyncio.sleep(max(self.read_pause, 0.001))
+                return
+        await self._save(conn)
+        self._last_save = time.monotonic()
+        if not self._sleeping:
+            await self._set_sleeping(conn, True)
+            # A writer that read "awake" before we flipped the flag will not NOTIFY; it holds
+            # the log's lock until it ends, so wait for every writer of this moment, then read
+            # once more.
+            self._guard = await changelog.watch_writers(conn)
+            return
+        if self._guard is not None and self._guard.finished(await changelog.writers(conn)):
+            self._guard = None
+            return
+        if self._guard is not None or self.log.gaps:
+            # Writers still running may commit changes we will not be told about (guard), or
+            # hold ids below our position (gaps): look again now and then, backing off up to
+            # half a second.
+            await self._wait_notify(conn, self._gap_wait)
+            self._gap_wait = min(self._gap_wait * 2, 0.5)
+            return
+        self._gap_wait = self.gap_poll_interval
+        if not self._caught_up:
+            logger.info(
+                "Caught up at position %d (%d delivered since start); waiting for changes",
+                self.log.position,
+                self.delivered,
+            )
+            self._caught_up, self._count, self._last_lag_log = True, 0, time.monotonic()
+        self.idle.set()
+        await self._wait_notify(conn, self.keepalive)
 
     async def _save(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Save the position (and open gaps) if they moved since the last save."""
-        cursor = self.log.cursor()
+        """Save the delivered position (and its open gaps) if it moved since the last save;
+        the save renews the lease too."""
+        cursor = self._delivered
         if cursor != self._saved_cursor:
-            await self.log.save(conn)
+            started = time.monotonic()
+            await self.log.save(conn, cursor, self.lease)
+            self._renewed_at = started
             self._saved_cursor = cursor
-        self.saved_position = self.log.position
+        self.saved_position = cursor.position
 
     async def _set_sleeping(self, conn: psycopg.AsyncConnection[Any], sleeping: bool) -> None:
         await conn.execute("UPDATE pgbinding_state SET sleeping = %s", [sleeping])
@@ -332,9 +503,11 @@ class Listener:
             self._guard = None
 
     async def _wait_notify(self, conn: psycopg.AsyncConnection[Any], seconds: float) -> None:
-        """Wait up to ``seconds`` for a wake-up, in short slices so ``stop()`` is prompt."""
+        """Wait up to ``seconds`` for a wake-up, in short slices so ``stop()`` is prompt and the
+        lease is renewed while idle."""
         deadline = time.monotonic() + seconds
         while not self.stopping:
+            await self._keep_lead(conn)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -348,13 +521,34 @@ class Listener:
             pass
 
     async def _prune_loop(self) -> None:
+        warned: dict[str, float] = {}
         while True:
             await asyncio.sleep(self.prune_interval)
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.conninfo, autocommit=True
+                    self.conninfo,
+                    autocommit=True,
+                    application_name=f"pgbinding pruner {self.name}"[:63],
                 ) as conn:
-                    removed = await changelog.prune(conn, self.retention)
+                    for name, position, age in await changelog.stale_listeners(
+                        conn, self.stale_listener_after
+                    ):
+                        if time.monotonic() - warned.get(name, -STALE_LOG_INTERVAL) < (
+                            STALE_LOG_INTERVAL
+                        ):
+                            continue
+                        warned[name] = time.monotonic()
+                        logger.warning(
+                            "Listener name %r has not run for %.0f s (stale after "
+                            "STALE_LISTENER_AFTER = %.0f s): pruning no longer waits for its "
+                            "position %d. Remove its row from pgbinding_listener if it is gone "
+                            "for good.",
+                            name,
+                            age,
+                            self.stale_listener_after,
+                            position,
+                        )
+                    removed = await changelog.prune(conn, self.retention, self.stale_listener_after)
                 if removed:
                     logger.info(
                         "Pruned %d change(s) older than %.0f s from the log",

@@ -3,18 +3,26 @@
 Log ids come from a sequence, so they are taken before commit: a reader can see id 11 while id
 10's transaction is still running, and advancing past 10 would lose it. The reader therefore
 tracks *gaps*: ranges of ids below its position that it has not seen. A gap is re-read until it
-fills, or until every transaction that was in progress when the gap was noticed has finished
-and one more read has not found it (the writer rolled back, or the sequence skipped). Gaps do
-not hold back later changes: a transaction that is still running cannot have touched a row that
-a later, committed transaction changed (it would still hold that row's lock), so per-row order
-is commit order either way.
+fills, or until every transaction that could hold one of its ids has ended and one more read has
+not found it (the writer rolled back, or the sequence skipped).
 
-The position and the open gaps are saved in ``pgbinding_listener`` after each delivered batch,
-so a restarted listener resumes where the last one stopped.
+Which transactions could hold a gap's ids? Only those writing to ``pgbinding_change``: an
+INSERT takes a ``RowExclusiveLock`` on the table before it draws an id and keeps it until the
+transaction ends. So a gap waits for the lock holders of the moment it was noticed (a
+:class:`Watch`), and a long transaction that never wrote to a bound table (a report, a session
+idle in transaction) holds nothing back. Gaps do not hold back later changes either: a
+transaction that is still running cannot have touched a row that a later, committed transaction
+changed (it would still hold that row's lock), so per-row order is commit order either way.
+
+The position and the open gaps are saved in ``pgbinding_listener`` (at most every
+``SAVE_INTERVAL`` while changes flow, and whenever the listener goes idle or stops), so a
+restarted listener resumes where the last one stopped. Saves are fenced on the leader's id: a
+listener that lost the lead cannot overwrite its successor's position.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -23,20 +31,50 @@ from typing import Any
 import psycopg
 from psycopg.types.json import set_json_loads
 
-from .bindings import Change
+#: Most gap ranges a position token carries. A token is at most ``MAX_TOKEN_CHARS`` long
+#: whatever the workload: with more open gaps, the nearest ones are merged (the token then
+#: claims fewer ids than the reader has seen, so a resume from it may replay a change twice;
+#: it never skips one).
+MAX_POSITION_GAPS = 16
+#: Longest position token the server emits or accepts.
+MAX_TOKEN_CHARS = 1024
+_MAX_ID = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the change log: a row change in ``table`` at log position ``id``."""
+
+    id: int
+    table: str
+    op: str  # "I" insert, "U" update, "D" delete, "T" truncate
+    pk: str | None
+    old: dict[str, Any] | None
+    new: dict[str, Any] | None
+    #: The resume token of the reader's cursor just after this change (see :class:`Cursor`).
+    position: str = ""
+
 
 _READ = """
-SELECT id, table_name, op, pk, old, new, txid::text FROM pgbinding_change
+SELECT id, table_name, op, pk, old, new FROM pgbinding_change
 WHERE id > %(position)s ORDER BY id LIMIT %(limit)s
 """
 _READ_WITH_GAPS = """
-(SELECT c.id, c.table_name, c.op, c.pk, c.old, c.new, c.txid::text
+(SELECT c.id, c.table_name, c.op, c.pk, c.old, c.new
    FROM unnest(%(los)s::bigint[], %(his)s::bigint[]) AS g(lo, hi)
    JOIN pgbinding_change c ON c.id BETWEEN g.lo AND g.hi)
 UNION ALL
-(SELECT id, table_name, op, pk, old, new, txid::text FROM pgbinding_change
+(SELECT id, table_name, op, pk, old, new FROM pgbinding_change
   WHERE id > %(position)s ORDER BY id LIMIT %(limit)s)
 ORDER BY id
+"""
+#: The transactions that may still add rows to the change log: every holder of the lock an
+#: INSERT takes (pg_locks also lists fast-path locks and prepared transactions).
+_WRITERS = """
+SELECT virtualtransaction FROM pg_locks
+WHERE locktype = 'relation' AND relation = 'pgbinding_change'::regclass
+  AND mode = 'RowExclusiveLock' AND granted
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 
 
@@ -45,59 +83,38 @@ ORDER BY id
 _DECODER = json.JSONDecoder(parse_float=Decimal)
 
 
-def _loads(data: str | bytes) -> Any:
+def loads(data: str | bytes) -> Any:
+    """Parse logged JSON keeping every digit of decimal numbers (as :class:`Decimal`)."""
     # Like json.loads, which reads bytes as UTF-8 (what Postgres sends jsonb as, to psycopg).
     return _DECODER.decode(data.decode() if isinstance(data, bytes) else data)
 
 
 def configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     """Load jsonb numbers as Decimal so decimal columns keep every digit."""
-    set_json_loads(_loads, conn)
+    set_json_loads(loads, conn)
 
 
 @dataclass(frozen=True, slots=True)
 class Watch:
-    """The transactions that were running at some moment, so we can tell when all have ended.
+    """The transactions that were writing to the change log at some moment (their virtual
+    transaction ids, from ``pg_locks``), so we can tell when all of them have ended."""
 
-    A snapshot's xip list only names running transactions below its xmax (the latest completed
-    xid + 1); a writer newer than every completed transaction is running but not listed. So a
-    watch also records a barrier: an xid taken just after the snapshot. Every transaction that
-    was running at that moment is in ``xids`` or has an xid in ``[lo, hi)``.
-    """
+    holders: frozenset[str]
 
-    xids: frozenset[int]
-    lo: int
-    hi: int
-
-    def finished(self, running: frozenset[int]) -> bool:
-        """Have all watched transactions ended, given the xids ``running`` now?"""
-        return not any(x in self.xids or self.lo <= x < self.hi for x in running)
+    def finished(self, writing_now: frozenset[str]) -> bool:
+        """Have all watched transactions ended, given the ones ``writing_now``?"""
+        return self.holders.isdisjoint(writing_now)
 
 
-def _parse_snapshot(text: str) -> tuple[int, int, frozenset[int]]:
-    xmin, xmax, xip = str(text).split(":")
-    return int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x)
+async def writers(conn: psycopg.AsyncConnection[Any]) -> frozenset[str]:
+    """The transactions writing to the change log now (see :class:`Watch`)."""
+    cur = await conn.execute(_WRITERS)
+    return frozenset(str(row[0]) for row in await cur.fetchall())
 
 
-async def running(conn: psycopg.AsyncConnection[Any]) -> frozenset[int]:
-    """Xids of the transactions in progress now that a :class:`Watch` could be waiting on.
-
-    Only the xip list is needed: a watch's barrier xid has completed by the time this runs,
-    so this snapshot's xmax is above every xid a watch covers.
-    """
-    cur = await conn.execute("SELECT pg_current_snapshot()::text")
-    row = await cur.fetchone()
-    assert row is not None
-    return _parse_snapshot(row[0])[2]
-
-
-async def watch_running(conn: psycopg.AsyncConnection[Any]) -> Watch:
-    """A :class:`Watch` on every transaction running now. Uses up one xid (the barrier)."""
-    cur = await conn.execute("SELECT pg_current_snapshot()::text, pg_current_xact_id()::text")
-    row = await cur.fetchone()
-    assert row is not None
-    _, xmax, xip = _parse_snapshot(row[0])
-    return Watch(xip, xmax, int(row[1]))
+async def watch_writers(conn: psycopg.AsyncConnection[Any]) -> Watch:
+    """A :class:`Watch` on every transaction writing to the change log now."""
+    return Watch(await writers(conn))
 
 
 @dataclass(slots=True)
@@ -106,11 +123,27 @@ class Gap:
 
     lo: int
     hi: int
-    #: The transactions running when the gap was noticed (None: not looked yet); any of them
-    #: may hold an id of the gap.
+    #: The log's writers when the gap was noticed (None: not looked yet); any of them may hold
+    #: an id of the gap.
     watch: Watch | None = None
     #: Every watched transaction had ended at the last check: drop the gap after the next read.
     settled: bool = False
+
+
+def merge_ranges(ranges: list[tuple[int, int]], most: int) -> list[tuple[int, int]]:
+    """``ranges`` (sorted, disjoint) as at most ``most`` ranges covering all of them: the ranges
+    closest to each other are joined first."""
+    if len(ranges) <= most:
+        return list(ranges)
+    # Keep the (most - 1) widest separations as boundaries; join across the others.
+    seps = sorted(range(1, len(ranges)), key=lambda i: ranges[i][0] - ranges[i - 1][1])
+    cuts = sorted(seps[len(seps) - (most - 1) :]) if most > 1 else []
+    out: list[tuple[int, int]] = []
+    start = 0
+    for cut in [*cuts, len(ranges)]:
+        out.append((ranges[start][0], ranges[cut - 1][1]))
+        start = cut
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +152,8 @@ class Cursor:
 
     Every outbound event carries the listener's cursor just after that change, encoded as
     ``"123"`` or ``"123:118-119,121-121"``; a client that reconnects hands back the last one it
-    received, and is replayed exactly the ids the cursor does not cover.
+    received, and is replayed exactly the ids the cursor does not cover. Encoded tokens carry at
+    most :data:`MAX_POSITION_GAPS` ranges (see :meth:`bounded`).
     """
 
     position: int
@@ -130,39 +164,77 @@ class Cursor:
             return False
         return not any(lo <= change_id <= hi for lo, hi in self.gaps)
 
+    def bounded(self) -> Cursor:
+        """This cursor with at most :data:`MAX_POSITION_GAPS` gap ranges (merging the closest
+        ones: the result covers a subset of what this one covers)."""
+        if len(self.gaps) <= MAX_POSITION_GAPS:
+            return self
+        return Cursor(self.position, tuple(merge_ranges(list(self.gaps), MAX_POSITION_GAPS)))
+
     def encode(self) -> str:
-        if not self.gaps:
-            return str(self.position)
-        return f"{self.position}:" + ",".join(f"{lo}-{hi}" for lo, hi in self.gaps)
+        """The token, at most :data:`MAX_TOKEN_CHARS` long."""
+        cursor = self.bounded()
+        if not cursor.gaps:
+            return str(cursor.position)
+        return f"{cursor.position}:" + ",".join(f"{lo}-{hi}" for lo, hi in cursor.gaps)
+
+    @property
+    def floor(self) -> int:
+        """The highest id below which this cursor covers every id."""
+        return min([self.position, *(lo - 1 for lo, _ in self.gaps)])
 
     @classmethod
     def decode(cls, token: object) -> Cursor:
-        """Parse a token; raises ValueError (with the token quoted) if it is not one."""
+        """Parse a token; raises ValueError (with the token quoted) if it is not one this server
+        could have sent."""
         # Consumers decode every event's token, so: the common form (no gaps) first, and the
         # error built only when it is raised.
-        if type(token) is str and len(token) <= 4096 and token.isascii() and token.isdigit():
+        if type(token) is str and 0 < len(token) <= 19 and token.isascii() and token.isdigit():
             return cls(int(token))
-        if isinstance(token, bool) or not isinstance(token, int | str) or len(str(token)) > 4096:
+        if (
+            isinstance(token, bool)
+            or not isinstance(token, int | str)
+            or len(str(token)) > MAX_TOKEN_CHARS
+        ):
             raise _not_a_position(token)
         head, _, rest = str(token).partition(":")
         try:
-            position = int(head)
+            position = _id(head)
             gaps = tuple(
-                (int(lo), int(hi))
+                (_id(lo), _id(hi))
                 for lo, _, hi in (part.partition("-") for part in rest.split(",") if part)
             )
         except ValueError:
             raise _not_a_position(token) from None
-        if position < 0 or not all(0 < lo <= hi for lo, hi in gaps):
+        ordered = all(a[1] < b[0] for a, b in itertools.pairwise(gaps))
+        if (
+            len(gaps) > MAX_POSITION_GAPS
+            or not ordered
+            or not all(0 < lo <= hi < position for lo, hi in gaps)
+        ):
             raise _not_a_position(token)
         return cls(position, gaps)
 
 
+def _id(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+        raise ValueError(text)
+    value = int(text)
+    if value > _MAX_ID:
+        raise ValueError(text)
+    return value
+
+
 def _not_a_position(token: object) -> ValueError:
+    shown = repr(token) if len(repr(token)) <= 80 else repr(token)[:77] + "..."
     return ValueError(
-        f"{token!r} is not a position: expected a value received in an event's "
+        f"{shown} is not a position: expected a value received in an event's "
         '\'position\', like "123" or "123:118-119"'
     )
+
+
+class LostLead(Exception):
+    """This listener is no longer the leader of its name: another one took over."""
 
 
 class ChangeLog:
@@ -175,6 +247,13 @@ class ChangeLog:
         self.gaps: list[Gap] = []
         #: How many gaps this reader has seen open (for logs, tests and benchmarks).
         self.gaps_opened = 0
+        #: The leader id position saves are fenced on (None: unfenced, for tools and tests).
+        self.leader: str | None = None
+
+    def restore(self, position: int, pending: list[list[int]]) -> None:
+        """Start from a saved position and its open gaps."""
+        self.position = int(position)
+        self.gaps = [Gap(int(lo), int(hi)) for lo, hi in pending]
 
     async def load(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Read the saved position (creating the row for a new listener name)."""
@@ -187,16 +266,32 @@ class ChangeLog:
         )
         row = await cur.fetchone()
         assert row is not None
-        self.position = int(row[0])
-        self.gaps = [Gap(int(lo), int(hi)) for lo, hi in row[1]]
+        self.restore(row[0], row[1])
 
-    async def save(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        pending = json.dumps([[g.lo, g.hi] for g in self.gaps])
-        await conn.execute(
-            "UPDATE pgbinding_listener SET position = %s, pending = %s::jsonb, updated_at = now()"
-            " WHERE name = %s",
-            [self.position, pending, self.name],
+    async def save(
+        self, conn: psycopg.AsyncConnection[Any], cursor: Cursor | None = None, lease: float = 0
+    ) -> None:
+        """Store ``cursor`` (default: this reader's) as the position and its open gaps, and
+        renew the lead for ``lease`` seconds; raises :class:`LostLead` if another listener
+        leads this name now."""
+        cursor = cursor if cursor is not None else self.cursor()
+        pending = json.dumps([[lo, hi] for lo, hi in cursor.gaps])
+        cur = await conn.execute(
+            "UPDATE pgbinding_listener SET position = %(position)s, pending = %(pending)s::jsonb,"
+            " updated_at = now(),"
+            " lease_until = CASE WHEN %(lease)s::float8 > 0"
+            "   THEN now() + make_interval(secs => %(lease)s::float8) ELSE lease_until END"
+            " WHERE name = %(name)s AND leader IS NOT DISTINCT FROM coalesce(%(me)s, leader)",
+            {
+                "position": cursor.position,
+                "pending": pending,
+                "lease": lease,
+                "name": self.name,
+                "me": self.leader,
+            },
         )
+        if cur.rowcount == 0:
+            raise LostLead(self.name)
 
     async def read(self, conn: psycopg.AsyncConnection[Any]) -> list[Change]:
         """The next changes in order: gap fills first (they have lower ids), then new ones."""
@@ -208,12 +303,7 @@ class ChangeLog:
         else:
             cur = await conn.execute(_READ, params)
         rows = await cur.fetchall()
-        changes = self._advance(
-            [Change(int(r[0]), r[1], str(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
-        )
-        if self.gaps:
-            await self._check_gaps(conn)
-        return changes
+        return self._advance([Change(int(r[0]), r[1], str(r[2]), r[3], r[4], r[5]) for r in rows])
 
     def _advance(self, changes: list[Change]) -> list[Change]:
         """Move the position past ``changes`` (in id order); return them, each carrying the
@@ -255,18 +345,23 @@ class ChangeLog:
                 self.gaps[i : i + 1] = parts
                 return
 
-    async def _check_gaps(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        if any(g.watch is None for g in self.gaps):
-            # New gaps: their ids may be held by any transaction running now.
-            watch = await watch_running(conn)
-            for gap in self.gaps:
-                if gap.watch is None:
-                    gap.watch = watch
+    async def check_gaps(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Settle the gaps whose writers have all ended, and watch the new ones.
+
+        Every gap is looked at, old and new alike: a burst of new gaps during a catch-up must
+        not keep old ones from settling.
+        """
+        if not self.gaps:
             return
-        now = await running(conn)
+        now = await writers(conn)
+        watch = Watch(now)
         for gap in self.gaps:
-            assert gap.watch is not None
-            if gap.watch.finished(now):
+            if gap.watch is None:
+                # Taken after the read that revealed the gap: a writer that held one of its
+                # ids and has ended since either committed (the next read finds the id) or
+                # rolled back (the id never comes).
+                gap.watch = watch
+            elif gap.watch.finished(now):
                 gap.settled = True
 
     async def behind(self, conn: psycopg.AsyncConnection[Any]) -> tuple[int, float]:
@@ -282,32 +377,59 @@ class ChangeLog:
         return max(0, int(row[0]) - self.position), float(row[1])
 
 
-async def prune(conn: psycopg.AsyncConnection[Any], retention: float, batch: int = 5000) -> int:
+async def prune(
+    conn: psycopg.AsyncConnection[Any],
+    retention: float,
+    stale_after: float = float("inf"),
+    batch: int = 5000,
+) -> int:
     """Delete log entries older than ``retention`` seconds that every listener has passed.
 
-    Deletes in small batches (each its own statement in autocommit) so writers, which only
-    insert, are never blocked and no long transaction holds back vacuum.
+    A listener name whose last leader was last seen more than ``stale_after`` seconds ago is
+    stale: pruning no longer waits for it (see :func:`stale_listeners`). Deletes in small
+    batches (each its own statement in autocommit) so writers, which only insert, are never
+    blocked and no long transaction holds back vacuum.
     """
     total = 0
+    stale = None if stale_after == float("inf") else stale_after
     while True:
         cur = await conn.execute(
             """
             WITH gone AS (
                 DELETE FROM pgbinding_change WHERE id IN (
                     SELECT id FROM pgbinding_change
-                    WHERE id <= (SELECT coalesce(min(position), 0) FROM pgbinding_listener)
-                      AND created_at < now() - make_interval(secs => %s)
-                    ORDER BY id LIMIT %s)
+                    WHERE id <= (SELECT coalesce(min(position), 0) FROM pgbinding_listener
+                                  WHERE %(stale)s::float8 IS NULL
+                                     OR coalesce(lease_until, updated_at)
+                                        >= now() - make_interval(secs => %(stale)s::float8))
+                      AND created_at < now() - make_interval(secs => %(retention)s)
+                    ORDER BY id LIMIT %(batch)s)
                 RETURNING id)
             UPDATE pgbinding_state
                SET pruned_through = greatest(pruned_through, (SELECT max(id) FROM gone))
              WHERE EXISTS (SELECT FROM gone)
             RETURNING (SELECT count(*) FROM gone)
             """,
-            [retention, batch],
+            {"stale": stale, "retention": retention, "batch": batch},
         )
         row = await cur.fetchone()
         removed = int(row[0]) if row else 0
         total += removed
         if removed < batch:
             return total
+
+
+async def stale_listeners(
+    conn: psycopg.AsyncConnection[Any], stale_after: float
+) -> list[tuple[str, int, float]]:
+    """(name, position, seconds since its last leader was seen) of every stale listener name:
+    none of its listeners has held the lead for more than ``stale_after`` seconds."""
+    cur = await conn.execute(
+        "SELECT name, position,"
+        " extract(epoch FROM now() - coalesce(lease_until, updated_at))::float8"
+        " FROM pgbinding_listener"
+        " WHERE coalesce(lease_until, updated_at) < now() - make_interval(secs => %s)"
+        " ORDER BY name",
+        [stale_after],
+    )
+    return [(str(r[0]), int(r[1]), float(r[2])) for r in await cur.fetchall()]

@@ -36,6 +36,11 @@ class ListenerState(models.Model):
     position = models.BigIntegerField()
     pending = models.JSONField()
     updated_at = models.DateTimeField()
+    #: The listener instance that leads under this name, its Postgres backend, and until when
+    #: its claim holds unless renewed (schema v2).
+    leader = models.TextField(null=True)
+    leader_pid = models.IntegerField(null=True)
+    lease_until = models.DateTimeField(null=True)
 
     class Meta:
         managed = False

@@ -16,6 +16,8 @@ class Registry:
 
     def __init__(self) -> None:
         self._bindings: list[type[Binding]] = []
+        #: Bumped on every change, so callers can cache what they derive from the registry.
+        self.version = 0
 
     def register(self, binding: type[Binding]) -> None:
         # A module imported twice (or a class re-declared in a test) replaces the old one.
@@ -23,9 +25,11 @@ class Registry:
         self._bindings = [b for b in self._bindings if (b.__module__, b.__qualname__) != key] + [
             binding
         ]
+        self.version += 1
 
     def unregister(self, binding: type[Binding]) -> None:
         self._bindings = [b for b in self._bindings if b is not binding]
+        self.version += 1
 
     def all(self) -> list[type[Binding]]:
         return list(self._bindings)

@@ -17,10 +17,13 @@ from .exceptions import InvalidIdentifier
 
 TEMPLATES = Path(__file__).parent / "migrations_templates"
 
-#: The schema version installed by pgbinding's own migrations.
-SCHEMA_VERSION = "v1"
-#: The per-table trigger version new migrations install.
-TRIGGER_VERSION = "v1"
+#: The schema version installed by pgbinding's own migrations (each version's file applies on
+#: top of the one before: 0001 installs v1, 0002 adds v2).
+SCHEMA_VERSION = "v2"
+#: The per-table trigger version new migrations install. A database with older triggers is
+#: moved forward by the migration ``makemigrations`` writes (remove old, install new, in one
+#: transaction).
+TRIGGER_VERSION = "v2"
 
 #: The NOTIFY channel the capture triggers wake the listener on.
 NOTIFY_CHANNEL = "pgbinding"
@@ -32,6 +35,12 @@ TRIGGER_NAMES = {
         "pgbinding_update_v1",
         "pgbinding_delete_v1",
         "pgbinding_truncate_v1",
+    ),
+    "v2": (
+        "pgbinding_insert_v2",
+        "pgbinding_update_v2",
+        "pgbinding_delete_v2",
+        "pgbinding_truncate_v2",
     ),
 }
 
@@ -64,8 +73,17 @@ def template(name: str) -> str:
 
 
 def schema_sql(version: str = SCHEMA_VERSION) -> tuple[str, str]:
-    """(forward, reverse) SQL of pgbinding's shared schema: log, listener state, function."""
+    """(forward, reverse) SQL of one schema version, as its migration runs it (each version
+    applies on top of the one before)."""
     return template(f"schema_{version}"), template(f"schema_{version}.reverse")
+
+
+def full_schema_sql(version: str = SCHEMA_VERSION) -> tuple[str, str]:
+    """(forward, reverse) SQL of the whole schema up to ``version``: what pgbinding's migrations
+    install one after the other, as one script (benchmarks and tools that skip migrations)."""
+    last = int(version.lstrip("v"))
+    parts = [schema_sql(f"v{n}") for n in range(1, last + 1)]
+    return "\n".join(f for f, _ in parts), "\n".join(r for _, r in reversed(parts))
 
 
 def trigger_sql(

@@ -35,10 +35,11 @@ def update_items(pks, **values) -> int:
 
 async def test_one_clients_update_reaches_the_other(live):
     staff = await make_user("staff", staff=True)
+    other = await make_user("other-staff", staff=True)
     item = await make_item(name="a", value=1)
     await live.settle()
     writer = await live.connect(user=staff)
-    reader = await live.connect()
+    reader = await live.connect(user=other)
     reply = await writer.request("items", "update", pk=item.pk, data={"value": 5})
     assert reply["status"] == 200 and reply["data"]["data"]["value"] == 5
     frames = await reader.events()
@@ -341,14 +342,13 @@ async def test_object_permission_is_checked_on_the_stored_row(live):
     what update and delete are checked against."""
     from pgbinding import actions
     from pgbinding.registry import registry
+    from pgbinding.rules import AllRows
     from tests.testapp.bindings import OwnedItemBinding
 
     class SeesAll(OwnedItemBinding):
         stream = "seesall"
         read_only_fields = []
-
-        def get_queryset(self, user):
-            return Item.objects.all()
+        read_rule = AllRows()
 
     try:
         alice = await make_user("alice")

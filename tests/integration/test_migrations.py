@@ -62,7 +62,7 @@ def test_new_binding_writes_an_install_operation(restore_registry):
         fields = ["text"]
 
     out = dry_run()
-    assert "Install pgbinding capture trigger (v1) on testapp.note" in out
+    assert f"Install pgbinding capture trigger ({sql.TRIGGER_VERSION}) on testapp.note" in out
     assert "pgbinding.operations.InstallBindingTrigger(" in out
     assert 'ON "testapp_note"' in out
     registry.unregister(NoteBinding)
@@ -78,7 +78,7 @@ def test_removing_the_last_binding_writes_a_remove_operation(restore_registry):
     for binding in item_bindings[1:]:
         registry.unregister(binding)
     out = dry_run()
-    assert "Remove pgbinding capture trigger (v1) from testapp.item" in out
+    assert f"Remove pgbinding capture trigger ({sql.TRIGGER_VERSION}) from testapp.item" in out
     assert "pgbinding.operations.RemoveBindingTrigger(" in out
 
 
@@ -86,7 +86,7 @@ def test_removing_the_last_binding_writes_a_remove_operation(restore_registry):
 def test_migrate_installs_triggers_on_every_bound_table():
     found = installed_triggers()
     for table in BOUND_TABLES:
-        assert found.get(table) == sorted(sql.TRIGGER_NAMES["v1"]), table
+        assert found.get(table) == sorted(sql.TRIGGER_NAMES[sql.TRIGGER_VERSION]), table
     assert "testapp_note" not in found
 
 
@@ -98,16 +98,18 @@ def test_migrate_backwards_removes_what_forwards_installed():
         call_command("migrate", "pgbinding", "zero", verbosity=0)
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT to_regclass('pgbinding_change'), to_regproc('pgbinding_capture_v1')"
+                "SELECT to_regclass('pgbinding_change'), to_regproc('pgbinding_capture_v1'),"
+                " to_regproc('pgbinding_capture_v2')"
             )
-            assert cursor.fetchone() == (None, None)
+            assert cursor.fetchone() == (None, None, None)
     finally:
         call_command("migrate", verbosity=0)
     assert sorted(installed_triggers()) == BOUND_TABLES
 
 
 def test_pinned_sql_matches_the_versioned_template():
-    """The SQL in the migration file is what the v1 template renders (two install paths agree)."""
+    """The SQL in the migration files is what the versioned templates render (two install paths
+    agree), for every version ever installed."""
     loader = MigrationLoader(None, ignore_no_migrations=True)
     ops = [
         op
@@ -117,6 +119,7 @@ def test_pinned_sql_matches_the_versioned_template():
         if isinstance(op, InstallBindingTrigger)
     ]
     assert {op.model for op in ops} == {"auth.user", "testapp.counter", "testapp.item"}
+    assert {op.version for op in ops} == {"v1", "v2"}
     for op in ops:
         table = {"auth.user": "auth_user"}.get(op.model, op.model.replace(".", "_"))
         assert (op.sql, op.reverse_sql) == sql.trigger_sql(table, "id", op.version)
@@ -131,7 +134,8 @@ def test_installed_triggers_call_the_capture_function():
         )
         defs = [r[0] for r in cursor.fetchall()]
     assert len(defs) == 4
-    assert all("FOR EACH STATEMENT EXECUTE FUNCTION pgbinding_capture_v1('id')" in d for d in defs)
+    call = f"FOR EACH STATEMENT EXECUTE FUNCTION pgbinding_capture_{sql.TRIGGER_VERSION}('id')"
+    assert all(call in d for d in defs)
 
 
 @pytest.mark.parametrize(

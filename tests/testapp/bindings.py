@@ -25,6 +25,9 @@ class ItemValueBinding(WebsocketBinding):
     model = Item
     stream = "itemvalues"
     fields = ["value"]
+    # Its group events reach every socket in the group, signed in or not (no inbound action is
+    # allowed: no permissions).
+    send_to_everyone = True
 
     @classmethod
     def group_names(cls, instance):
@@ -60,15 +63,14 @@ class OwnedItemBinding(WebsocketBinding):
     """Each user sees and edits only the items they own."""
 
     from pgbinding.permissions import IsAuthenticated
+    from pgbinding.rules import Owner
 
     model = Item
     stream = "myitems"
     fields = ["name", "value", "status", "owner"]
     read_only_fields = ["owner"]
     permission_classes = [IsAuthenticated]
-
-    def get_queryset(self, user):
-        return Item.objects.filter(owner_id=getattr(user, "pk", None))
+    read_rule = Owner("owner")
 
     def has_object_permission(self, user, action, instance):
         return instance.owner_id == user.pk

@@ -26,13 +26,20 @@ def test_invalid_identifiers_are_refused_with_the_name_quoted(name, message):
     assert "table name" in str(info.value)
 
 
-def test_trigger_sql_quotes_the_table_and_passes_the_pk_as_a_literal():
-    forward, reverse = sql.trigger_sql("MyTable", "id")
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_trigger_sql_quotes_the_table_and_passes_the_pk_as_a_literal(version):
+    forward, reverse = sql.trigger_sql("MyTable", "id", version)
     assert len(forward) == 4 and len(reverse) == 4
     assert all('ON "MyTable"' in s for s in forward + reverse)
-    assert "pgbinding_capture_v1('id')" in forward[0]
-    assert forward[1].startswith("CREATE TRIGGER pgbinding_update_v1 AFTER UPDATE")
+    assert f"pgbinding_capture_{version}('id')" in forward[0]
+    assert forward[1].startswith(f"CREATE TRIGGER pgbinding_update_{version} AFTER UPDATE")
     assert "REFERENCING OLD TABLE AS pgbinding_old NEW TABLE AS pgbinding_new" in forward[1]
+
+
+def test_new_migrations_install_the_current_version():
+    assert sql.TRIGGER_VERSION == "v2" and sql.SCHEMA_VERSION == "v2"
+    forward, _ = sql.trigger_sql("t", "id")
+    assert "pgbinding_capture_v2('id')" in forward[0]
 
 
 def test_trigger_sql_refuses_bad_names():
@@ -46,5 +53,13 @@ def test_templates_are_versioned_files():
     forward, reverse = sql.schema_sql("v1")
     assert "CREATE FUNCTION pgbinding_capture_v1()" in forward
     assert "DROP FUNCTION IF EXISTS pgbinding_capture_v1()" in reverse
+    forward, reverse = sql.schema_sql("v2")
+    # v2 pins what to_jsonb's output depends on, and where the function finds its tables.
+    for setting in ("TimeZone = 'UTC'", "IntervalStyle = 'postgres'", "bytea_output = 'hex'"):
+        assert f"SET {setting}" in forward
+    assert "SET search_path = pg_catalog, %I, pg_temp" in forward
+    assert "DROP FUNCTION IF EXISTS pgbinding_capture_v2()" in reverse
+    whole, _ = sql.full_schema_sql("v2")
+    assert whole.index("pgbinding_capture_v1") < whole.index("pgbinding_capture_v2")
     with pytest.raises(FileNotFoundError, match="no SQL template 'schema_v9'"):
         sql.schema_sql("v9")

@@ -1,0 +1,396 @@
+"""Logged rows to model values to JSON values: the one place where a row changes form.
+
+The capture trigger logs each row as ``to_jsonb(row)``. An event must carry exactly what the
+ORM's serialization of that row gives, whatever the writing session's settings and the column's
+type. So a logged value is read back the way the ORM reads a column:
+
+1. Postgres renders most types in ``to_jsonb`` with their text output (the v2 capture function
+   pins TimeZone, DateStyle, IntervalStyle, bytea_output and extra_float_digits, so that text
+   never depends on the writer); timestamps as ISO 8601, numbers as JSON numbers, arrays as
+   JSON arrays. Each value is turned back into that text and loaded with **psycopg's own
+   loader for the column's actual type** (read from the catalog), configured as Django
+   configures it (:func:`django.db.backends.postgresql.psycopg_any.get_adapters_template`).
+2. Then the field's database converters run (``from_db_value``), as for any ORM query.
+3. :func:`json_value` writes each field as Django's serializers do.
+
+Where Django cannot represent a value (``infinity`` and year-10000 timestamps, BC dates,
+intervals beyond ``timedelta``), the change is still delivered: the field carries a documented
+fallback (the text Postgres logged, e.g. ``"infinity"``) and a warning is logged once per
+column. Non-finite floats serialize as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``
+(JSON has no such numbers). Logged rows are never completed from the database: a field whose
+column is not in the logged row (added after the change was logged) gets its default.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import logging
+import math
+import uuid
+import zoneinfo
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.db.models.fields import Field
+from django.db.models.fields.json import JSONField
+from django.utils.encoding import is_protected_type
+
+logger = logging.getLogger("pgbinding.rows")
+
+_encoder = DjangoJSONEncoder()
+
+#: Reads the column types of one table; ``%s`` is the table's name (quoted by quote_ident).
+#: Domains are read as their base type, arrays with their (base) element type.
+TYPES_SQL = """
+SELECT a.attname::text, bt.oid::int, bt.typname::text, bt.typcategory::text,
+       coalesce(eb.oid, 0)::int, coalesce(eb.typname, '')::text
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+LEFT JOIN pg_type e ON e.oid = bt.typelem AND bt.typcategory = 'A'
+LEFT JOIN pg_type eb ON eb.oid = CASE WHEN e.typtype = 'd' THEN e.typbasetype ELSE e.oid END
+WHERE a.attrelid = to_regclass(quote_ident(%s)) AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnType:
+    """A column's Postgres type (domains resolved to their base type)."""
+
+    oid: int
+    name: str
+    category: str  # pg_type.typcategory: "A" array, "D" date/time, "N" numeric, ...
+    element: ColumnType | None = None
+
+
+#: Column types per table name; filled by :func:`remember_types` from the catalog.
+_types: dict[str, dict[str, ColumnType]] = {}
+
+
+def remember_types(table: str, rows: Iterable[tuple[Any, ...]]) -> dict[str, ColumnType]:
+    """Store the result of :data:`TYPES_SQL` for ``table`` and return it."""
+    columns = {}
+    for name, oid, typname, category, elem_oid, elem_name in rows:
+        element = ColumnType(int(elem_oid), str(elem_name), "") if elem_oid else None
+        columns[str(name)] = ColumnType(int(oid), str(typname), str(category), element)
+    _types[table] = columns
+    return columns
+
+
+def known_types(table: str) -> dict[str, ColumnType] | None:
+    return _types.get(table)
+
+
+def forget_types(table: str | None = None) -> None:
+    """Drop cached column types (all of them, or one table's), e.g. after a migration."""
+    if table is None:
+        _types.clear()
+    else:
+        _types.pop(table, None)
+
+
+def load_types_sync(cursor: Any, tables: Iterable[str]) -> None:
+    """Fill the type cache for ``tables`` with a DB-API cursor (Django's, or psycopg's)."""
+    for table in tables:
+        if table not in _types:
+            cursor.execute(TYPES_SQL, [table])
+            remember_types(table, cursor.fetchall())
+
+
+async def load_types(conn: Any, tables: Iterable[str]) -> None:
+    """Fill the type cache for ``tables`` with a psycopg ``AsyncConnection``."""
+    for table in tables:
+        if table not in _types:
+            cur = await conn.execute(TYPES_SQL, [table])
+            remember_types(table, await cur.fetchall())
+
+
+# -- loading one logged value --------------------------------------------------------------------
+
+
+class _Loaders:
+    """psycopg loaders configured as Django configures its connections."""
+
+    def __init__(self) -> None:
+        from psycopg.adapt import Transformer
+
+        try:
+            from django.db.backends.postgresql.psycopg_any import get_adapters_template
+
+            context: Any = get_adapters_template(settings.USE_TZ, datetime.UTC)
+        except ImportError:  # pragma: no cover - Django without psycopg 3 support
+            import psycopg
+
+            context = psycopg.adapters
+        self._tx = Transformer(context)
+        self._cache: dict[int, Any] = {}
+
+    def load(self, oid: int, text: str) -> Any:
+        loader = self._cache.get(oid)
+        if loader is None:
+            from psycopg.pq import Format
+
+            loader = self._cache[oid] = self._tx.get_loader(oid, Format.TEXT)
+        return loader.load(text.encode())
+
+
+_loaders: _Loaders | None = None
+
+
+def _loader() -> _Loaders:
+    global _loaders
+    if _loaders is None:
+        _loaders = _Loaders()
+    return _loaders
+
+
+TIMESTAMPTZ = 1184
+
+
+class Unrepresentable(Exception):
+    """A logged value Django cannot load; carries the fallback to send instead."""
+
+    def __init__(self, fallback: Any, reason: str) -> None:
+        super().__init__(reason)
+        self.fallback = fallback
+
+
+def plain_json(value: Any) -> Any:
+    """A value parsed with Decimal numbers, as ``json.loads`` would have given it (floats)."""
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: plain_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_json(v) for v in value]
+    return value
+
+
+def _text(raw: Any) -> str | None:
+    if isinstance(raw, bool):
+        return "t" if raw else "f"
+    if isinstance(raw, int | decimal.Decimal):
+        return str(raw)
+    if isinstance(raw, str):
+        return raw
+    return None
+
+
+def _db_timezone_name() -> str:
+    from django.db import connections
+
+    from .conf import pgbinding_settings
+
+    return str(connections[pgbinding_settings.DATABASE].timezone_name)
+
+
+def _load_scalar(ctype: ColumnType, raw: Any) -> Any:
+    if ctype.name in ("json", "jsonb"):
+        # Django loads jsonb as text and parses it in JSONField.from_db_value.
+        return json.dumps(plain_json(raw)) if ctype.name == "jsonb" else plain_json(raw)
+    if ctype.name == "hstore" and isinstance(raw, dict):
+        return raw
+    text = _text(raw)
+    if text is None:  # a composite, or something else Postgres rendered as JSON structure
+        raise Unrepresentable(plain_json(raw), f"{ctype.name} rendered as {type(raw).__name__}")
+    try:
+        value = _loader().load(ctype.oid, text)
+    except Exception as exc:
+        raise Unrepresentable(text, f"{exc}") from None
+    if ctype.oid == TIMESTAMPTZ and isinstance(value, datetime.datetime):
+        # As the ORM reads it: in the connection's time zone (aware with USE_TZ, else naive).
+        local = value.astimezone(zoneinfo.ZoneInfo(_db_timezone_name()))
+        return local if settings.USE_TZ else local.replace(tzinfo=None)
+    return value
+
+
+def load_value(ctype: ColumnType, raw: Any) -> Any:
+    """One logged (``to_jsonb``) value as psycopg would load the column's text output."""
+    if raw is None:
+        return None
+    if ctype.category == "A" and ctype.element is not None and isinstance(raw, list):
+        return [load_value(ctype.element, v) for v in raw]
+    return _load_scalar(ctype, raw)
+
+
+# -- rows to model values ------------------------------------------------------------------------
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(table: str, column: str, raw: Any, reason: str) -> None:
+    if (table, column) in _warned:
+        return
+    _warned.add((table, column))
+    logger.warning(
+        "Column %s.%s holds a value Django cannot load (%r: %s); events carry the text "
+        "Postgres logged instead (warned once per column)",
+        table,
+        column,
+        raw,
+        reason,
+    )
+
+
+def field_value(field: Field[Any, Any], ctype: ColumnType | None, raw: Any, table: str) -> Any:
+    """What the ORM would give for ``field`` from one logged value."""
+    from django.db import connections
+
+    from .conf import pgbinding_settings
+
+    if raw is None:
+        return None
+    if ctype is None:
+        # Not a column of the table now (dropped or renamed since): best effort.
+        return _fallback_python(field, raw)
+    try:
+        value = load_value(ctype, raw)
+    except Unrepresentable as exc:
+        _warn_once(table, str(field.column), raw, str(exc))
+        return exc.fallback
+    connection = connections[pgbinding_settings.DATABASE]
+    expression = field.get_col(table)
+    try:
+        for converter in field.get_db_converters(connection):
+            value = converter(value, expression, connection)
+    except Exception as exc:
+        _warn_once(table, str(field.column), raw, str(exc))
+        return plain_json(raw)
+    return value
+
+
+def _fallback_python(field: Field[Any, Any], raw: Any) -> Any:
+    """A logged value without the column's type (unit tests; a column gone since)."""
+    if isinstance(field, JSONField):
+        return plain_json(raw)
+    try:
+        value = field.to_python(plain_json(raw))
+    except Exception:
+        return plain_json(raw)
+    if isinstance(value, datetime.datetime) and value.tzinfo is not None:
+        local = value.astimezone(zoneinfo.ZoneInfo(_db_timezone_name()))
+        return local if settings.USE_TZ else local.replace(tzinfo=None)
+    return value
+
+
+def row_values(model: type[models.Model], row: Mapping[str, Any], table: str) -> dict[str, Any]:
+    """{attname: value} for every concrete field of ``model``, read from one logged row.
+
+    A column missing from the row (added after the change was logged) gets the field's default;
+    nothing is ever read from the table itself.
+    """
+    types = _types.get(table) or {}
+    values: dict[str, Any] = {}
+    for field in model._meta.concrete_fields:
+        column = str(field.column)
+        if column in row:
+            values[field.attname] = field_value(field, types.get(column), row[column], table)
+        else:
+            values[field.attname] = field.get_default()
+    return values
+
+
+def instance(model: type[models.Model], values: Mapping[str, Any]) -> models.Model:
+    """A model instance holding ``values`` (every concrete field set: none is deferred, so
+    reading a field never queries the database)."""
+    attnames = [f.attname for f in model._meta.concrete_fields]
+    return model.from_db(None, attnames, [values.get(a) for a in attnames])
+
+
+def instance_from_row(model: type[models.Model], row: Mapping[str, Any]) -> models.Model:
+    """A model instance rebuilt from a logged row (no query)."""
+    return instance(model, row_values(model, row, model._meta.db_table))
+
+
+# -- model values to JSON -------------------------------------------------------------------------
+
+#: Django's serializers keep these as they are (``is_protected_type``); the JSON encoder then
+#: writes the ones below as strings.
+_ENCODED = (datetime.datetime, datetime.date, datetime.time, decimal.Decimal)
+
+
+def _float(value: float) -> float | str:
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def json_value(field: Field[Any, Any], value: Any) -> Any:
+    """One field's value as a JSON-ready value, the way Django's serializers write it
+    (``serializers.serialize("json", ...)``): protected types kept and encoded by
+    ``DjangoJSONEncoder`` (datetimes to the millisecond, UTC as ``Z``; decimals as strings),
+    everything else through ``field.value_to_string``. Non-finite floats, which JSON cannot
+    hold, become the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``."""
+    if value is None or type(value) is str or type(value) is bool or type(value) is int:
+        return value
+    if isinstance(value, float):
+        return _float(value)
+    if is_protected_type(value):
+        return _encoder.default(value) if isinstance(value, _ENCODED) else value
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    try:
+        return field.value_to_string(_Holder(field, value))  # type: ignore[arg-type]
+    except Exception:  # a fallback value the field cannot format
+        return value if isinstance(value, str) else wire_value(value)
+
+
+class _Holder:
+    """Just enough of a model instance for ``Field.value_to_string``."""
+
+    def __init__(self, field: Field[Any, Any], value: Any) -> None:
+        setattr(self, field.attname, value)
+
+
+# -- exact values for filters and rules --------------------------------------------------------
+
+#: Types whose serialized form loses precision (Django writes datetimes and times to the
+#: millisecond): filters and rules need the exact value, so messages carry it as well.
+LOSSY = (models.DateTimeField, models.TimeField)
+
+
+def wire_value(value: Any) -> Any:
+    """A value as a plain (msgpack- and JSON-safe) value that :func:`from_wire` reads back
+    exactly."""
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime.timedelta):
+        return [value.days, value.seconds, value.microseconds]
+    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+def from_wire(field: Field[Any, Any], value: Any) -> Any:
+    """The Python value of ``field`` from :func:`wire_value` or from serialized data."""
+    if value is None:
+        return None
+    target = field.target_field if isinstance(field, models.ForeignKey) else field
+    if isinstance(target, models.DecimalField) and isinstance(value, str):
+        try:
+            return decimal.Decimal(value)
+        except decimal.InvalidOperation:
+            return value
+    if isinstance(target, models.FloatField) and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(target, models.DurationField) and isinstance(value, list):
+        return datetime.timedelta(*value)
+    if isinstance(target, JSONField):
+        return value
+    try:
+        return target.to_python(value)
+    except Exception:
+        return value
