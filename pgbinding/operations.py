@@ -171,6 +171,70 @@ class RemoveBindingTrigger(_TriggerOperation):
         return f"remove_pgbinding_{self.model.replace('.', '_')}"
 
 
+class RewriteCapturedChanges(Operation):
+    """Rewrite changes already in the log after a schema change of a bound table, so they are
+    delivered in terms of the new schema (the SQL is pinned in the migration file)."""
+
+    reduces_to_sql = True
+    reversible = True
+    category = OperationCategory.SQL
+    elidable = False
+
+    def __init__(self, what: str, sql: list[str], reverse_sql: list[str]) -> None:
+        self.what = what
+        self.sql = list(sql)
+        self.reverse_sql = list(reverse_sql)
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        kwargs = {"what": self.what, "sql": self.sql, "reverse_sql": self.reverse_sql}
+        return (type(self).__name__, [], kwargs)
+
+    def state_forwards(self, app_label: str, state: ProjectState) -> None:
+        pass
+
+    def database_forwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
+        if _has_log(schema_editor):
+            _execute(schema_editor, self.sql)
+
+    def database_backwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
+        if _has_log(schema_editor):
+            _execute(schema_editor, self.reverse_sql)
+
+    def describe(self) -> str:
+        return f"Rewrite logged pgbinding changes: {self.what}"
+
+    @property
+    def migration_name_fragment(self) -> str:
+        return "pgbinding_rewrite_log"
+
+
+def _has_log(schema_editor: BaseDatabaseSchemaEditor) -> bool:
+    if schema_editor.connection.vendor != "postgresql":
+        return False
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('pgbinding_change') IS NOT NULL")
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def _column(state_field: Any, name: str) -> str:
+    field = state_field.clone()
+    field.set_attributes_from_name(name)
+    return str(field.get_attname_column()[1])
+
+
 def desired_triggers() -> dict[tuple[str, str], dict[str, str]]:
     """For every bound model: the trigger spec the current bindings want, and the app whose
     migrations should hold it."""
@@ -191,7 +255,44 @@ def desired_triggers() -> dict[tuple[str, str], dict[str, str]]:
 
 
 class MigrationAutodetector(DjangoAutodetector):
-    """Django's autodetector, plus pgbinding's trigger operations for bound models."""
+    """Django's autodetector, plus pgbinding's operations for bound models: the capture
+    triggers, and rewrites of logged changes when a bound model or field is renamed."""
+
+    def generate_renamed_models(self) -> None:
+        super().generate_renamed_models()
+        for (app_label, model_name), old_name in sorted(self.renamed_models.items()):
+            old_state = self.from_state.models[app_label, old_name]
+            if STATE_KEY not in old_state.options:
+                continue
+            new_state = self.to_state.models[app_label, model_name]
+            old_table = old_state.options.get("db_table") or f"{app_label}_{old_name}"
+            new_table = new_state.options.get("db_table") or f"{app_label}_{model_name}"
+            if old_table != new_table:
+                forward, reverse = sql.rename_table_sql(old_table, new_table)
+                what = f"table {old_table} renamed to {new_table}"
+                self.add_operation(app_label, RewriteCapturedChanges(what, forward, reverse))
+
+    def generate_renamed_fields(self) -> None:
+        renames = []
+        # Django's own list of the renames it found (create_renamed_fields, Django >= 5.1).
+        for op in getattr(self, "renamed_operations", []):
+            rem_app, rem_model, _, rem_field, app_label, model_name, field, field_name = op
+            old_state = self.from_state.models[rem_app, rem_model]
+            if STATE_KEY not in old_state.options:
+                continue
+            old_column = _column(old_state.get_field(rem_field), rem_field)
+            new_column = _column(field, field_name)
+            if old_column != new_column:
+                table = (
+                    self.to_state.models[app_label, model_name].options.get("db_table")
+                    or f"{app_label}_{model_name}"
+                )
+                renames.append((app_label, table, old_column, new_column))
+        super().generate_renamed_fields()
+        for app_label, table, old_column, new_column in renames:
+            forward, reverse = sql.rename_column_sql(table, old_column, new_column)
+            what = f"column {table}.{old_column} renamed to {new_column}"
+            self.add_operation(app_label, RewriteCapturedChanges(what, forward, reverse))
 
     def generate_altered_db_table(self) -> None:
         super().generate_altered_db_table()
@@ -199,8 +300,12 @@ class MigrationAutodetector(DjangoAutodetector):
 
     def generate_pgbinding_triggers(self) -> None:
         wanted = desired_triggers()
+        renamed_from = {(app, old): (app, new) for (app, new), old in self.renamed_models.items()}
         for key in sorted(set(self.from_state.models) | set(wanted)):
-            old_state = self.from_state.models.get(key)
+            if key in renamed_from:
+                continue  # its triggers followed the table; judged under the new name
+            old_key = (key[0], self.renamed_models.get(key, key[1]))
+            old_state = self.from_state.models.get(old_key)
             installed = old_state.options.get(STATE_KEY) if old_state is not None else None
             want = wanted.get(key) if key in self.to_state.models else None
             if want is not None and installed is not None:

@@ -102,3 +102,43 @@ def _statements(text: str) -> list[str]:
     """Split a template into statements, one line each (comments dropped, spaces folded)."""
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
     return [" ".join(s.split()) + ";" for s in " ".join(lines).split(";") if s.strip()]
+
+
+def rename_column_sql(table: str, old: str, new: str) -> tuple[list[str], list[str]]:
+    """(forward, reverse) statements that rename a column in the logged rows of ``table``, so
+    changes logged before a ``RenameField`` are delivered under the field's new column."""
+    validate_identifier(table, "table name")
+    validate_identifier(old, "column name")
+    validate_identifier(new, "column name")
+    return [_rename_column(table, old, new)], [_rename_column(table, new, old)]
+
+
+def _rename_column(table: str, old: str, new: str) -> str:
+    return (
+        sql.SQL(
+            "UPDATE pgbinding_change SET"
+            " old = CASE WHEN old ? {old}"
+            " THEN (old - {old}) || jsonb_build_object({new}, old -> {old}) ELSE old END,"
+            " new = CASE WHEN new ? {old}"
+            " THEN (new - {old}) || jsonb_build_object({new}, new -> {old}) ELSE new END"
+            " WHERE table_name = {table} AND (old ? {old} OR new ? {old});"
+        )
+        .format(old=sql.Literal(old), new=sql.Literal(new), table=sql.Literal(table))
+        .as_string(None)
+    )
+
+
+def rename_table_sql(old: str, new: str) -> tuple[list[str], list[str]]:
+    """(forward, reverse) statements that move the logged changes of a renamed table to its new
+    name (the triggers themselves follow the table)."""
+    validate_identifier(old, "table name")
+    validate_identifier(new, "table name")
+
+    def render(a: str, b: str) -> str:
+        return (
+            sql.SQL("UPDATE pgbinding_change SET table_name = {b} WHERE table_name = {a};")
+            .format(a=sql.Literal(a), b=sql.Literal(b))
+            .as_string(None)
+        )
+
+    return [render(old, new)], [render(new, old)]

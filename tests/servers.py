@@ -37,9 +37,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.configured:
         from tests.settings import database_from_url
 
-        settings.DATABASES["default"].update(
-            {k: v for k, v in database_from_url(url).items() if k != "TEST"}
-        )
+        for alias in settings.DATABASES:
+            settings.DATABASES[alias].update(
+                {k: v for k, v in database_from_url(url).items() if k != "TEST"}
+            )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -39,12 +39,19 @@ DATABASES = {
         os.environ.get("PGBINDING_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/pgbinding")
     )
 }
+# A second database on the same server, for the tests where a router sends reads elsewhere
+# (tests/integration/test_two_databases.py); created only for tests that ask for it.
+DATABASES["replica"] = {
+    **DATABASES["default"],
+    "TEST": {"NAME": DATABASES["default"]["TEST"]["NAME"] + "_replica"},
+}
 
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
+    "django.contrib.postgres",
     "channels",
     "pgbinding",
     "tests.testapp",
