@@ -1,0 +1,1 @@
+"""Helpers shared by test suites that drive real processes (see ``processes``)."""
