@@ -12,6 +12,7 @@ user see, judged on the logged row of each change.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -31,9 +32,11 @@ from .conf import pgbinding_settings
 from .dispatch import CHANGES_TYPE, EVENTS_TYPE
 from .exceptions import RequestError
 from .log import Cursor
+from .outbound import OutboundQueue
 from .protocol import (
     WS_1009_MESSAGE_TOO_BIG,
     WS_1012_SERVICE_RESTART,
+    WS_4008_TOO_SLOW,
     check_request_id,
     parse_frame,
     reply,
@@ -101,6 +104,7 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         if self.channel_layer is not None:
             self.channel_name = await self.channel_layer.new_channel()
         self.base_send = send
+        self.outbound: OutboundQueue | None = None
         sources = [receive, self._layer_receive] if self.channel_layer is not None else [receive]
         try:
             await await_many_dispatch(sources, self.dispatch)
@@ -162,7 +166,54 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             for stream, binding in self.bindings.items()
         }
 
+    async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        await super().accept(subprotocol, headers)
+        # Every frame from here on goes through a bounded queue: a client too slow to read is
+        # closed with 4008 (and resumes with since) instead of growing the server.
+        self.outbound = OutboundQueue(
+            self.base_send,
+            int(pgbinding_settings.MAX_OUTBOUND_BYTES),
+            close_code=WS_4008_TOO_SLOW,
+            on_overflow=self._too_slow,
+        )
+        self.outbound.start()
+
+    def _too_slow(self) -> None:
+        logger.info(
+            "Closing a socket whose client reads too slowly (over MAX_OUTBOUND_BYTES = %d "
+            "bytes waiting) with %d; it can resume with since",
+            pgbinding_settings.MAX_OUTBOUND_BYTES,
+            WS_4008_TOO_SLOW,
+        )
+        # Stop receiving events for it at once: some servers keep a dead socket's consumer
+        # alive until its buffer drains.
+        self.subscriptions = {}
+        self.readable = {}
+        asyncio.get_running_loop().create_task(self._leave_groups())
+
+    async def _leave_groups(self) -> None:
+        for group in list(self.joined):
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception as exc:
+                logger.info("Could not leave group %r: %s", group, exc)
+                return
+            self.joined.discard(group)
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        if self.outbound is None:  # not accepted yet: a rejection
+            await super().close(code, reason)
+        else:  # after the frames already queued
+            self.outbound.put_close(int(code) if code else 1000, reason)
+
+    async def send_json(self, content: Any, close: bool = False) -> None:
+        await self.send_frame(content)
+        if close:
+            await self.close()
+
     async def disconnect(self, code: int) -> None:
+        if self.outbound is not None:
+            await self.outbound.close()
         for group in list(getattr(self, "joined", ())):
             try:
                 await self.channel_layer.group_discard(group, self.channel_name)
@@ -189,8 +240,13 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         await self.close(code=WS_1012_SERVICE_RESTART)
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
-        """Send one frame (strict JSON: a value JSON cannot hold is a bug, not a frame)."""
-        await self.send(text_data=json.dumps(frame, allow_nan=False))
+        """Send one frame (strict JSON: a value JSON cannot hold is a bug, not a frame). Never
+        waits for the client: frames queue, bounded (see :mod:`pgbinding.outbound`)."""
+        text = json.dumps(frame, allow_nan=False)
+        if self.outbound is None:
+            await self.send(text_data=text)
+        else:
+            await self.outbound.send(text)
 
     # -- inbound -------------------------------------------------------------------------------
 
@@ -438,8 +494,6 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
 
 async def _sleep(seconds: float) -> None:
-    import asyncio
-
     await asyncio.sleep(seconds)
 
 

@@ -6,7 +6,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter
 from django.urls import path
 
 from pgbinding.consumers import Demultiplexer
-from tests.testapp.bindings import CounterBinding, ItemBinding, ItemValueBinding
+from tests.testapp.bindings import (
+    CounterBinding,
+    ItemBinding,
+    ItemValueBinding,
+    OwnedItemBinding,
+)
 
 
 class ItemsDemultiplexer(Demultiplexer):
@@ -36,11 +41,31 @@ class CountersDemultiplexer(Demultiplexer):
         return ["counters"]
 
 
+class MineDemultiplexer(Demultiplexer):
+    """Every socket joins the stream group of "myitems"; each user must see only their rows."""
+
+    consumers = {"myitems": OwnedItemBinding.consumer}
+
+    def connection_groups(self, **kwargs):
+        return [OwnedItemBinding.stream_group()]
+
+
+class RoomDemultiplexer(Demultiplexer):
+    """Channels 1.x style: the group comes from the route (``connection_groups(**kwargs)``)."""
+
+    consumers = {"items": ItemBinding.consumer}
+
+    def connection_groups(self, **kwargs):
+        return [f"items-status-{kwargs['status']}"]
+
+
 websocket_urls = [
     path("binding/", ItemsDemultiplexer.as_asgi()),
     path("all/", Demultiplexer.as_asgi()),
     path("values/", ValuesDemultiplexer.as_asgi()),
     path("counters/", CountersDemultiplexer.as_asgi()),
+    path("mine/", MineDemultiplexer.as_asgi()),
+    path("status/<str:status>/", RoomDemultiplexer.as_asgi()),
 ]
 
 application = ProtocolTypeRouter({"websocket": AuthMiddlewareStack(URLRouter(websocket_urls))})

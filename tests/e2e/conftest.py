@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,9 +19,33 @@ from tests.routing import URLRouter, websocket_urls
 
 
 class Live:
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Listener, task: asyncio.Task[None], layer: Any) -> None:
         self.listener = listener
+        self.task = task
+        self.layer = layer
         self.sockets: list[WebsocketCommunicator] = []
+
+    async def start_listener(self) -> None:
+        self.listener = Listener.from_settings(channel_layer=self.layer)
+        self.task = asyncio.create_task(self.listener.run())
+        while not self.listener.idle.is_set():
+            assert not self.task.done(), self.task.exception()
+            await asyncio.sleep(0.01)
+
+    async def stop_listener(self) -> None:
+        self.listener.stop()
+        await self.task
+
+    @contextlib.asynccontextmanager
+    async def listener_down(self) -> AsyncIterator[None]:
+        """Changes made inside are delivered only after it: the listener reads them as one
+        backlog, as after an outage."""
+        await self.settle()
+        await self.stop_listener()
+        try:
+            yield
+        finally:
+            await self.start_listener()
 
     async def settle(self, within: float = 20) -> None:
         """Wait until everything committed so far has been sent to the channel layer."""
@@ -86,7 +111,7 @@ async def live(transactional_db: None) -> AsyncIterator[Live]:
     await layer.flush()
     listener = Listener.from_settings(channel_layer=layer)
     task = asyncio.create_task(listener.run())
-    state = Live(listener)
+    state = Live(listener, task, layer)
     while not listener.idle.is_set():
         assert not task.done(), task.exception()
         await asyncio.sleep(0.01)
@@ -95,6 +120,6 @@ async def live(transactional_db: None) -> AsyncIterator[Live]:
     finally:
         for socket in state.sockets:
             await socket.disconnect()
-        listener.stop()
-        await task
+        state.listener.stop()
+        await state.task
         await layer.flush()
