@@ -31,7 +31,8 @@ def test_postgres_immediate_restart(make_stack):
     keys = counter_keys(16)
     group, subscriber = stack.counters(keys)
     stack.supervise()
-    writers = stack.write(keys, synchronous_commit=True)
+    # Four busy writers: a restart is likely to catch a COMMIT in flight (outcome unknown).
+    writers = stack.write(keys, threads=4, pause=0, synchronous_commit=True)
     time.sleep(3)
     started = time.monotonic()
     try:

@@ -251,8 +251,9 @@ class RedisServer:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = 15) -> RedisServer:
-        """Start on ``self.port`` and wait until it answers PING (retrying while the port is
-        still held by a server that is going away)."""
+        """Start on ``self.port`` and wait until it answers PING, retrying while the port is
+        still held by a server that is going away (on the very first start, a port someone took
+        since it was picked is swapped for another: no client knows it yet)."""
         if self.running:
             return self
         deadline = time.monotonic() + timeout
@@ -295,6 +296,9 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait()
             if "Address already in use" in text and time.monotonic() < deadline:
+                if self.starts == 0:
+                    self.port = free_port()  # taken since we picked it; nobody knows it yet
+                    self.log = self.log_dir / f"redis-{self.port}.log"
                 time.sleep(0.1)
                 continue
             raise AssertionError(f"redis-server did not start on port {self.port}:\n{text}")
