@@ -64,8 +64,9 @@ DEFAULTS: dict[str, Any] = {
     "SAVE_INTERVAL": 0.25,
     # Inbound frames larger than this get an error reply (413); the socket stays open.
     "MAX_FRAME_BYTES": 64 * 1024,
-    # Frames larger than this close the socket with code 1009 (message too big).
-    "CLOSE_FRAME_BYTES": 1024 * 1024,
+    # Frames larger than this close the socket with code 4009 (message too big; the
+    # application range of RFC 1009, which servers do not let applications send).
+    "CLOSE_FRAME_BYTES": 512 * 1024,
     # Per-socket request rate limit: RATE_LIMIT a second on average, bursts of RATE_BURST.
     "RATE_LIMIT": 50.0,
     "RATE_BURST": 100.0,

@@ -26,7 +26,7 @@ from channels.layers import get_channel_layer
 from channels.utils import await_many_dispatch
 from django.contrib.auth.models import AnonymousUser
 
-from . import actions, rows, subscriptions
+from . import actions, layerwatch, rows, subscriptions
 from .bindings import CHANGE_TYPE, EVENT_TYPE, Binding
 from .conf import pgbinding_settings
 from .dispatch import CHANGES_TYPE, EVENTS_TYPE
@@ -34,9 +34,9 @@ from .exceptions import RequestError
 from .log import Cursor
 from .outbound import OutboundQueue
 from .protocol import (
-    WS_1009_MESSAGE_TOO_BIG,
-    WS_1012_SERVICE_RESTART,
     WS_4008_TOO_SLOW,
+    WS_4009_MESSAGE_TOO_BIG,
+    WS_4012_SERVICE_RESTART,
     check_request_id,
     parse_frame,
     reply,
@@ -61,7 +61,15 @@ _LAYER_LOST = "pgbinding.layer_lost"
 #: Wait after the channel layer failed under a socket before trying it again (seconds).
 LAYER_RETRY = 0.5
 # Kept importable from here for code written against earlier releases.
-__all__ = ["WS_1009_MESSAGE_TOO_BIG", "Demultiplexer", "WebsocketDemultiplexer"]
+__all__ = ["Demultiplexer", "WebsocketDemultiplexer"]
+
+
+class _LayerUnavailable(RequestError):
+    """The channel layer failed while the socket joined a group: 503, then close 4012."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(503, "The channel layer is unavailable; reconnect and subscribe again.")
+        self.reason = reason
 
 
 class _Bucket:
@@ -97,7 +105,7 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # Channels' AsyncConsumer.__call__, with one change: a channel layer that fails under
-        # this socket (Redis restarted, say) closes it with 1012 so the client reconnects and
+        # this socket (Redis restarted, say) closes it with 4012 so the client reconnects and
         # resumes, instead of ending the consumer with an unhandled error (1011).
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
@@ -156,6 +164,7 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         for group in self.connection_groups(**kwargs):
             await self._join(group)
         await self.accept()
+        layerwatch.watch(self, self.channel_layer)
 
     def _readable(self) -> dict[str, bool]:
         return {
@@ -212,6 +221,7 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             await self.close()
 
     async def disconnect(self, code: int) -> None:
+        layerwatch.unwatch(self)
         if self.outbound is not None:
             await self.outbound.close()
         for group in list(getattr(self, "joined", ())):
@@ -231,13 +241,14 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         if self._closing:
             return
         self._closing = True
-        logger.warning(
-            "The channel layer failed under a socket (%s); closing it with %d so its client "
-            "reconnects and resumes",
-            message.get("error"),
-            WS_1012_SERVICE_RESTART,
-        )
-        await self.close(code=WS_1012_SERVICE_RESTART)
+        if not message.get("quiet"):
+            logger.warning(
+                "The channel layer failed under a socket (%s); closing it with %d so its "
+                "client reconnects and resumes",
+                message.get("error"),
+                WS_4012_SERVICE_RESTART,
+            )
+        await self.close(code=WS_4012_SERVICE_RESTART)
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
         """Send one frame (strict JSON: a value JSON cannot hold is a bug, not a frame). Never
@@ -258,7 +269,7 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         )
         if size > int(pgbinding_settings.CLOSE_FRAME_BYTES):
             logger.info("Closing a socket that sent a %d-byte frame", size)
-            await self.close(code=WS_1009_MESSAGE_TOO_BIG)
+            await self.close(code=WS_4009_MESSAGE_TOO_BIG)
             return
         try:
             if text_data is None:
@@ -317,6 +328,9 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
                 status, data = await database_sync_to_async(run)(binding, payload)
         except RequestError as exc:
             await self.send_frame(reply(stream, action, request_id, exc.status, errors=exc.errors))
+            if isinstance(exc, _LayerUnavailable):
+                # The client reconnects (with backoff) and subscribes again once it works.
+                await self.pgbinding_layer_lost({"error": exc.reason})
             return
         except Exception:
             logger.exception("Action %r on stream %r failed", action, stream)
@@ -371,8 +385,11 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
         sub = await database_sync_to_async(prepare)()
         # Join first: every change committed after the snapshot below reaches us.
-        for group in self._change_groups(binding):
-            await self._join(group)
+        try:
+            for group in self._change_groups(binding):
+                await self._join(group)
+        except Exception as exc:
+            raise _LayerUnavailable(f"{type(exc).__name__}: {exc}") from None
         snap = await database_sync_to_async(subscriptions.snapshot)(sub, since)
         sub.cursor = snap.cursor
         self.subscriptions[sub_id] = sub

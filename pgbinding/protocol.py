@@ -14,11 +14,12 @@ from typing import Any
 
 from .exceptions import RequestError
 
-#: WebSocket close codes pgbinding uses.
-WS_1009_MESSAGE_TOO_BIG = 1009  # RFC 6455: a frame over CLOSE_FRAME_BYTES
-WS_1011_INTERNAL_ERROR = 1011
-WS_1012_SERVICE_RESTART = 1012  # the channel layer failed under this socket: reconnect, resume
+#: WebSocket close codes pgbinding uses. Applications may only send 1000 and 3000-4999 (autobahn,
+#: under daphne, refuses anything else: the close would never leave), so the codes mirror the
+#: RFC 6455 ones they mean in the 4000 range.
 WS_4008_TOO_SLOW = 4008  # the client reads too slowly: MAX_OUTBOUND_BYTES passed; resume
+WS_4009_MESSAGE_TOO_BIG = 4009  # a frame over CLOSE_FRAME_BYTES (as 1009)
+WS_4012_SERVICE_RESTART = 4012  # the channel layer lost messages for this socket: resume (as 1012)
 
 #: Deepest nesting of arrays and objects accepted in a frame.
 MAX_DEPTH = 32

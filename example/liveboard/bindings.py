@@ -1,7 +1,7 @@
 """The one binding of the example: every item, live, on the stream "items".
 
-Anyone may read (subscribe, list, retrieve); signed-in users may write, but only their own
-items (staff: any item).
+Anyone may read (subscribe, list, retrieve): the board is public. Signed-in users may write,
+but only their own items (staff: any item), and nobody sets an item's owner but the server.
 """
 
 from pgbinding import WebsocketBinding
@@ -14,6 +14,9 @@ class ItemBinding(WebsocketBinding):
     model = Item
     stream = "items"
     fields = ["name", "value", "owner", "status"]
+    # The owner is sent to clients but never written by them: pre_save sets it on create,
+    # and an update that names it is refused (400), so nobody gives an item away or takes one.
+    read_only_fields = ["owner"]
     # Reads for everyone, writes for signed-in users ...
     permission_classes = [IsAuthenticatedOrReadOnly]
 

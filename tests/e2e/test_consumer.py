@@ -295,7 +295,7 @@ async def test_bad_requests_leave_the_database_unchanged(live, action, payload, 
     assert (await socket.request("items", "list"))["status"] == 200
 
 
-async def test_oversized_frames_get_413_or_close_1009(live, settings):
+async def test_oversized_frames_get_413_or_close_4009(live, settings):
     settings.PGBINDING = {**settings.PGBINDING, "MAX_FRAME_BYTES": 1000, "CLOSE_FRAME_BYTES": 5000}
     staff = await make_user("staff", staff=True)
     socket = await live.connect(user=staff)
@@ -305,7 +305,7 @@ async def test_oversized_frames_get_413_or_close_1009(live, settings):
     assert (await socket.request("items", "list"))["status"] == 200
     await socket.c.send_to(text_data="x" * 6000)
     closed = await socket.c.receive_output(timeout=5)
-    assert closed == {"type": "websocket.close", "code": 1009}
+    assert closed == {"type": "websocket.close", "code": 4009}
 
 
 async def test_a_flood_of_requests_is_rate_limited(live, settings):

@@ -137,6 +137,13 @@ def test_demo_serves_live_updates_and_stops_cleanly(tmp_path: Path) -> None:
                 me = rows["Water the plants"]["data"]["owner"]
                 reply = request(editor, "update", "u3", pk=theirs, data={"owner": me})
                 assert reply["status"] == 403, reply
+                # Nor give your own item to someone else: the owner is the server's to set.
+                other = rows["Paint the fence"]["data"]["owner"]
+                reply = request(editor, "update", "u4", pk=mine, data={"owner": other})
+                assert reply["status"] == 400, reply
+                assert reply["errors"] == {"owner": ["This field is read-only."]}
+                reply = request(editor, "create", "c1", data={"name": "given", "owner": other})
+                assert reply["status"] == 400, reply
             [event] = events(watcher, 1)
             assert (event["action"], event["pk"], event["data"]["value"]) == ("update", mine, 100)
 

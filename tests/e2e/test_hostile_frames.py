@@ -41,7 +41,11 @@ HOSTILE = [
     ),
     (frame("items", action="subscribe", since="10:1-99999999999999999999"), 400, "since"),
     (frame("items", action="subscribe", since="9" * 30), 400, "since"),
-    ('{"stream": "items", "payload": {"action": "list", "request_id": "\\ud800"}}', 400, "surrogate"),
+    (
+        '{"stream": "items", "payload": {"action": "list", "request_id": "\\ud800"}}',
+        400,
+        "surrogate",
+    ),
     (frame("items", action="list", filter={"name": "\udfff"}), 400, "surrogate"),
     (frame("items", action="list", filter={"owner__contains": "1"}), 400, "text fields only"),
     (frame("items", action="list", ordering="--value"), 400, "ordering"),
@@ -96,8 +100,9 @@ scalars = st.one_of(
 )
 values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 filters_ = st.dictionaries(
@@ -146,7 +151,8 @@ def protected_rows(alice: User) -> list[tuple[Any, ...]]:
     return [
         *others.values_list("pk", "name", "value", "status", "owner", "price", "secret"),
         *mine.values_list("pk", "owner", "price", "secret", "extra"),
-    ] + [User.objects.count()]
+        User.objects.count(),
+    ]
 
 
 @settings(
@@ -181,9 +187,11 @@ def test_fuzzed_frames_never_500_never_leak_never_write_what_was_refused(world, 
         payload = reply["payload"]
         assert payload.get("status", 200) < 500, (batch, reply)
         assert "Traceback" not in json.dumps(reply)
-        for row in payload.get("data", {}).get("results", []) if isinstance(
-            payload.get("data"), dict
-        ) else []:
+        for row in (
+            payload.get("data", {}).get("results", [])
+            if isinstance(payload.get("data"), dict)
+            else []
+        ):
             # Nobody but alice's own rows on myitems; anonymous gets no rows at all.
             assert who == "alice" and reply["stream"] == "myitems", reply
             assert row["data"]["owner"] == alice.pk
