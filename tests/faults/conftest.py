@@ -53,7 +53,7 @@ ROLLBACK_DELTA = 1_000_000
 #: A group socket must receive a commit made while it was connected unless it was closed within
 #: this many seconds after the commit (the event may still have been on its way).
 GRACE = 2.0
-#: The bound the fault tests hold every position to (docs/protocol.md says 4096 today).
+#: The bound every position must keep (docs/protocol.md, "position: the resume token").
 POSITION_BOUND = 1024
 
 UPDATE = "UPDATE testapp_counter SET n = n + %s WHERE key = %s RETURNING n"
@@ -408,7 +408,11 @@ class Received:
     events: int
     #: Events left out: from a replay cut off before its subscribe reply.
     discarded: int
+    #: Problems seen besides the events (judged as problems by ``judge``).
     notes: list[str]
+    #: Subscribes the server refused (a problem only when the socket then stayed open, which
+    #: ``notes`` says).
+    refused: list[str]
 
 
 def received(
@@ -424,9 +428,19 @@ def received(
     notes: list[str] = []
     events = discarded = 0
     answered = {c.index for c in conns if c.subscribed is not None}
+    refused: list[str] = []
     for c in conns:
         if c.reply is not None and c.reply.get("status") != 200:
-            notes.append(f"subscribe on connection {c.index} refused: {str(c.reply)[:300]}")
+            text = f"connection {c.index}: {c.reply.get('status')} {c.reply.get('errors')}"
+            refused.append(text[:200])
+            if c.closed is None or c.closed_by_test:
+                # Like pgbinding's JS client, a refused subscribe is final on that socket; only
+                # the server closing it makes the client reconnect and subscribe again.
+                notes.append(
+                    "left without a live subscription: the subscribe on connection "
+                    f"{c.index} was refused and the server kept the socket open: "
+                    f"{str(c.reply)[:300]}"
+                )
         elif c.reply is not None and (c.reply.get("data") or {}).get("resync"):
             if c.since is not None:
                 notes.append(f"resume on connection {c.index} answered resync: true")
@@ -448,7 +462,7 @@ def received(
             continue
         events += 1
         per_key.setdefault(key_of(payload), []).append((n_of(payload), frame.t, frame.conn))
-    return Received(client.name, per_key, events, discarded, notes)
+    return Received(client.name, per_key, events, discarded, notes, refused)
 
 
 def delivered_at(clients: list[WsClient], key: Any, n: Any) -> float | None:
@@ -468,6 +482,8 @@ def judge(
     (the subscriber). Otherwise only commits inside ``windows`` (connected periods, judged
     with GRACE) are required (the group socket)."""
     lost: dict[Any, list[int]] = {}
+    #: For lost commits inside a closed window: how long before the close they were committed.
+    before_close: list[float] = []
     twice: dict[Any, list[int]] = {}
     disorder: dict[Any, list[tuple[int, int]]] = {}
     phantom: dict[Any, list[Any]] = {}
@@ -489,6 +505,13 @@ def judge(
         missing = sorted(required - set(ns))
         if missing:
             lost[key] = missing
+            for c in commits:
+                if c.n in missing:
+                    before_close += [
+                        end - c.t
+                        for start, end in windows or []
+                        if end is not None and start <= c.t <= end
+                    ]
         dup = sorted(n for n, k in Tally(ns).items() if k > 1)
         if dup:
             twice[key] = dup
@@ -502,9 +525,15 @@ def judge(
     if lost:
         count = sum(len(v) for v in lost.values())
         detail = "; ".join(f"{k}: n={ranges(v)}" for k, v in list(lost.items())[:6])
+        when = ""
+        if before_close:
+            when = (
+                f" (of them, {len(before_close)} committed {min(before_close):.1f}-"
+                f"{max(before_close):.1f} s before the server closed the socket)"
+            )
         problems.append(
             f"{got.name}: LOST {count} of {required_total} required committed changes "
-            f"({len(lost)} rows): {detail}"
+            f"({len(lost)} rows): {detail}{when}"
         )
     if twice:
         count = sum(len(v) for v in twice.values())
@@ -523,6 +552,23 @@ def judge(
         )
     problems += [f"{got.name}: {note}" for note in got.notes[:10]]
     return problems
+
+
+def missed_near_close(
+    got: Received, committed: dict[Any, list[Commit]], windows: list[tuple[float, float | None]]
+) -> list[float]:
+    """For changes a socket never got that were committed within GRACE before the server closed
+    it (so not required): how long before the close each was committed."""
+    out = []
+    for key, commits in committed.items():
+        ns = {n for n, _, _ in got.per_key.get(key, [])}
+        for c in commits:
+            if c.n in ns:
+                continue
+            for start, end in windows:
+                if end is not None and start <= c.t <= end and c.t > end - GRACE:
+                    out.append(end - c.t)
+    return out
 
 
 def windows_of(client: WsClient) -> list[tuple[float, float | None]]:
@@ -674,9 +720,18 @@ def judge_counters(
         f"{[u for w in writers for u in w.uncertain]}"
     )
     for got, client in ((sub, subscriber), (grp, group)):
+        shown = closes(client)
         report.figure(
             f"{client.name}: {got.events} events, {got.discarded} discarded (cut-off replay), "
-            f"{len(client.connections)} connection(s), server closes {closes(client)}"
+            f"{len(client.connections)} connection(s), {len(shown)} closed by the server "
+            f"(codes {dict(Tally(c[1] for c in shown))}), {len(got.refused)} subscribe(s) "
+            f"refused{': ' + got.refused[0] if got.refused else ''}"
+        )
+    near = missed_near_close(grp, committed, windows_of(group))
+    if near:
+        report.figure(
+            f"group: {len(near)} change(s) committed {min(near):.2f}-{max(near):.2f} s before a "
+            f"server close never arrived (within GRACE {GRACE} s, so not required)"
         )
     longest = max((len(p) for c in (group, subscriber) for p in positions(c)), default=0)
     report.figure(f"longest position {longest} chars")

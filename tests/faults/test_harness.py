@@ -83,3 +83,22 @@ def test_a_replay_cut_off_before_its_reply_is_not_counted():
 def test_ranges():
     assert ranges([7, 1, 2, 3, 9, 10]) == "1-3,7,9-10"
     assert ranges(list(range(0, 40, 2)), most=2) == "0,2,... (18 more runs)"
+
+
+def test_a_refused_subscribe_counts_only_if_the_socket_is_left_open():
+    committed = {"k00": commits("k00", [1])}
+    refusal = {
+        "stream": "counters",
+        "payload": {"request_id": "s1", "status": 503, "errors": {"__all__": ["later"]}},
+    }
+    retried = [Connection(0, 0.0, closed=1.0, code=4012), Connection(1, 2.0, subscribed=2.1)]
+    retried[0].reply = refusal["payload"]
+    frames = [(0.5, 0, refusal), (12.0, 1, event(1, subscription="s1"))]
+    got = received(client(frames, retried, subscribe="counters"))
+    assert judge(got, committed, exact=True) == [] and len(got.refused) == 1
+
+    stuck = [Connection(0, 0.0)]
+    stuck[0].reply = refusal["payload"]
+    got = received(client([(0.5, 0, refusal)], stuck, subscribe="counters"))
+    problems = "\n".join(judge(got, committed, exact=True))
+    assert "left without a live subscription" in problems and "LOST 1 of 1" in problems
