@@ -28,6 +28,7 @@ import decimal
 import json
 import logging
 import math
+import re
 import uuid
 import zoneinfo
 from collections.abc import Iterable, Mapping
@@ -53,7 +54,9 @@ SELECT a.attname::text, bt.oid::int, bt.typname::text, bt.typcategory::text,
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
-LEFT JOIN pg_type e ON e.oid = bt.typelem AND bt.typcategory = 'A'
+LEFT JOIN pg_range r ON r.rngtypid = bt.oid
+LEFT JOIN pg_type e ON e.oid = CASE WHEN bt.typcategory = 'A' THEN bt.typelem
+                                    ELSE r.rngsubtype END
 LEFT JOIN pg_type eb ON eb.oid = CASE WHEN e.typtype = 'd' THEN e.typbasetype ELSE e.oid END
 WHERE a.attrelid = to_regclass(quote_ident(%s)) AND a.attnum > 0 AND NOT a.attisdropped
 """
@@ -65,7 +68,8 @@ class ColumnType:
 
     oid: int
     name: str
-    category: str  # pg_type.typcategory: "A" array, "D" date/time, "N" numeric, ...
+    category: str  # pg_type.typcategory: "A" array, "R" range, "D" date/time, "N" numeric...
+    #: The element type of an array, the subtype of a range.
     element: ColumnType | None = None
 
 
@@ -151,6 +155,9 @@ def _loader() -> _Loaders:
 
 
 TIMESTAMPTZ = 1184
+INTERVAL = 1186
+#: Range text output: bounds, then lower and upper (possibly quoted, possibly empty).
+_RANGE = re.compile(r'^([\[(])("(?:[^"\\]|\\.)*"|[^,]*),("(?:[^"\\]|\\.)*"|[^,]*)([\])])$')
 
 
 class Unrepresentable(Exception):
@@ -199,10 +206,15 @@ def _load_scalar(ctype: ColumnType, raw: Any) -> Any:
     text = _text(raw)
     if text is None:  # a composite, or something else Postgres rendered as JSON structure
         raise Unrepresentable(plain_json(raw), f"{ctype.name} rendered as {type(raw).__name__}")
+    if ctype.oid == INTERVAL and text.lstrip("-") == "infinity":
+        # psycopg would read an infinite interval as timedelta(0).
+        raise Unrepresentable(text, "an infinite interval")
     try:
         value = _loader().load(ctype.oid, text)
     except Exception as exc:
-        raise Unrepresentable(text, f"{exc}") from None
+        if ctype.category == "R" and ctype.element is not None:
+            return _load_range(ctype, text)
+        raise Unrepresentable(_fallback_text(ctype, text), f"{exc}") from None
     if ctype.oid == TIMESTAMPTZ and isinstance(value, datetime.datetime):
         # As the ORM reads it: in the connection's time zone (aware with USE_TZ, else naive).
         local = value.astimezone(zoneinfo.ZoneInfo(_db_timezone_name()))
@@ -210,12 +222,55 @@ def _load_scalar(ctype: ColumnType, raw: Any) -> Any:
     return value
 
 
-def load_value(ctype: ColumnType, raw: Any) -> Any:
-    """One logged (``to_jsonb``) value as psycopg would load the column's text output."""
+def _fallback_text(ctype: ColumnType, text: str) -> str:
+    """The text Postgres logged, with UTC written as Django writes it ("Z")."""
+    if ctype.oid == TIMESTAMPTZ:
+        return re.sub(r"\+00:00( BC)?$", r"Z\1", text)
+    return text
+
+
+def _load_range(ctype: ColumnType, text: str) -> Any:
+    """A range psycopg cannot load (a bound Python cannot hold, like ``infinity``): each bound
+    loaded alone, the unloadable one kept as its text."""
+    from psycopg.types.range import Range
+
+    match = _RANGE.match(text)
+    if match is None or ctype.element is None:
+        raise Unrepresentable(text, f"{ctype.name} {text!r}")
+    left, lower, upper, right = match.groups()
+
+    def bound(part: str) -> Any:
+        if part == "":
+            return None
+        if part.startswith('"'):
+            part = re.sub(r"\\(.)", r"\1", part[1:-1])
+        assert ctype.element is not None
+        try:
+            return _load_scalar(ctype.element, part)
+        except Unrepresentable as exc:
+            return exc.fallback
+
+    return Range(bound(lower), bound(upper), left + right)
+
+
+def load_value(ctype: ColumnType, raw: Any, problems: list[str] | None = None) -> Any:
+    """One logged (``to_jsonb``) value as psycopg would load the column's text output. An array
+    element Python cannot hold is kept as its text (and said in ``problems``)."""
     if raw is None:
         return None
     if ctype.category == "A" and ctype.element is not None and isinstance(raw, list):
-        return [load_value(ctype.element, v) for v in raw]
+        out = []
+        for item in raw:
+            if isinstance(item, list):  # another dimension
+                out.append(load_value(ctype, item, problems))
+                continue
+            try:
+                out.append(load_value(ctype.element, item, problems))
+            except Unrepresentable as exc:
+                if problems is not None:
+                    problems.append(str(exc))
+                out.append(exc.fallback)
+        return out
     return _load_scalar(ctype, raw)
 
 
@@ -249,11 +304,14 @@ def field_value(field: Field[Any, Any], ctype: ColumnType | None, raw: Any, tabl
     if ctype is None:
         # Not a column of the table now (dropped or renamed since): best effort.
         return _fallback_python(field, raw)
+    problems: list[str] = []
     try:
-        value = load_value(ctype, raw)
+        value = load_value(ctype, raw, problems)
     except Unrepresentable as exc:
         _warn_once(table, str(field.column), raw, str(exc))
         return exc.fallback
+    if problems:
+        _warn_once(table, str(field.column), raw, problems[0])
     connection = connections[pgbinding_settings.DATABASE]
     expression = field.get_col(table)
     try:
@@ -327,6 +385,8 @@ def json_value(field: Field[Any, Any], value: Any) -> Any:
     ``DjangoJSONEncoder`` (datetimes to the millisecond, UTC as ``Z``; decimals as strings),
     everything else through ``field.value_to_string``. Non-finite floats, which JSON cannot
     hold, become the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``."""
+    if isinstance(field, JSONField):
+        return _carriable(value)
     if value is None or type(value) is str or type(value) is bool or type(value) is int:
         return value
     if isinstance(value, float):
@@ -337,7 +397,52 @@ def json_value(field: Field[Any, Any], value: Any) -> Any:
         return str(value)
     try:
         return field.value_to_string(_Holder(field, value))  # type: ignore[arg-type]
-    except Exception:  # a fallback value the field cannot format
+    except Exception:  # a fallback value (or element, or bound) the field cannot format
+        return _to_string(field, value)
+
+
+#: The integers every channel layer carries (msgpack: 64 bits).
+_INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _carriable(value: Any) -> Any:
+    """A JSON field's value with integers beyond 64 bits as floats (only jsonb can hold them;
+    msgpack, which channels-redis uses, cannot carry them; JavaScript reads both alike)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if _INT_RANGE[0] <= value <= _INT_RANGE[1] else float(value)
+    if isinstance(value, dict):
+        return {k: _carriable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_carriable(v) for v in value]
+    return value
+
+
+def _to_string(field: Field[Any, Any], value: Any) -> Any:
+    """``value_to_string`` as Django writes arrays and ranges, with any element or bound the
+    base field cannot format written as it is (the text Postgres logged)."""
+    kind = field.get_internal_type()
+    base = getattr(field, "base_field", None)
+    if kind == "ArrayField" and base is not None and isinstance(value, list):
+        return json.dumps([None if v is None else _element(base, v) for v in value])
+    if kind.endswith("RangeField") and base is not None and hasattr(value, "lower"):
+        if getattr(value, "isempty", False):
+            return json.dumps({"empty": True})
+        result: dict[str, Any] = {"bounds": value._bounds}
+        for end in ("lower", "upper"):
+            bound = getattr(value, end)
+            result[end] = None if bound is None else _element(base, bound)
+        return json.dumps(result)
+    return value if isinstance(value, str) else wire_value(value)
+
+
+def _element(base: Field[Any, Any], value: Any) -> Any:
+    if base.get_internal_type() == "ArrayField" and isinstance(value, list):
+        return _to_string(base, value)
+    if isinstance(value, str) and not isinstance(base, models.CharField | models.TextField):
+        return value  # a fallback: the text Postgres logged
+    try:
+        return base.value_to_string(_Holder(base, value))  # type: ignore[arg-type]
+    except Exception:
         return value if isinstance(value, str) else wire_value(value)
 
 

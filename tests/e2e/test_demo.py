@@ -133,10 +133,11 @@ def test_demo_serves_live_updates_and_stops_cleanly(tmp_path: Path) -> None:
                 theirs = rows["Paint the fence"]["pk"]
                 reply = request(editor, "update", "u2", pk=theirs, data={"value": 100})
                 assert reply["status"] == 403, reply
-                # Nor can you make it yours.
+                # Nor can you make it yours (the owner is read-only: refused before anything
+                # else is looked at).
                 me = rows["Water the plants"]["data"]["owner"]
                 reply = request(editor, "update", "u3", pk=theirs, data={"owner": me})
-                assert reply["status"] == 403, reply
+                assert reply["status"] == 400, reply
                 # Nor give your own item to someone else: the owner is the server's to set.
                 other = rows["Paint the fence"]["data"]["owner"]
                 reply = request(editor, "update", "u4", pk=mine, data={"owner": other})

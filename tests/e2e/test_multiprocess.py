@@ -59,11 +59,15 @@ def test_listener_and_two_asgi_servers_through_redis(redis_url, tmp_path):
             wait_for(lambda port=port: port_open(port), f"daphne on port {port}", timeout=30)
         wait_for(lambda: "Caught up" in listener_log.read_text(), "pglisten to catch up")
 
-        clients = [connect(f"ws://127.0.0.1:{port}/binding/", open_timeout=10) for port in ports]
+        # Signed-out sockets in the group of a binding that sends to everyone (itemvalues; the
+        # staff-only items stream sends them nothing, tests/e2e/test_authorization.py).
+        clients = [connect(f"ws://127.0.0.1:{port}/values/", open_timeout=10) for port in ports]
         # A request and its reply (403 for anonymous): the socket is up, the group joined.
         for ws in clients:
             ws.send(
-                json.dumps({"stream": "items", "payload": {"action": "list", "request_id": "l"}})
+                json.dumps(
+                    {"stream": "itemvalues", "payload": {"action": "list", "request_id": "l"}}
+                )
             )
             assert json.loads(ws.recv(timeout=10))["payload"]["request_id"] == "l"
 
@@ -73,8 +77,8 @@ def test_listener_and_two_asgi_servers_through_redis(redis_url, tmp_path):
         for ws in clients:
             frames = [json.loads(ws.recv(timeout=15)) for _ in range(2)]
             assert [(f["stream"], f["payload"]["action"], f["payload"]["pk"]) for f in frames] == [
-                ("items", "create", item.pk),
-                ("items", "update", item.pk),
+                ("itemvalues", "create", item.pk),
+                ("itemvalues", "update", item.pk),
             ]
             assert frames[1]["payload"]["data"]["value"] == 2
         elapsed = time.monotonic() - started

@@ -9,6 +9,7 @@ settings; ``Arrays``, ``Ranges`` and ``Documents`` are containers of those.
 
 import datetime
 import decimal
+from typing import Any
 
 from django.contrib.postgres.fields import (
     ArrayField,
@@ -25,14 +26,14 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce, Now
 
 
-class CaseInsensitiveTextField(models.TextField):
+class CaseInsensitiveTextField(models.TextField):  # type: ignore[type-arg]
     """``citext`` (the extension), what ``CICharField`` gave before Django 5.1.
 
     The recommended replacement, a nondeterministic ICU collation, needs a server built with
     ICU; the embedded Postgres is not ("ICU is not supported in this build").
     """
 
-    def db_type(self, connection):
+    def db_type(self, connection: Any) -> str:
         return "citext"
 
 

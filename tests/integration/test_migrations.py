@@ -94,7 +94,9 @@ def test_migrate_installs_triggers_on_every_bound_table():
 def test_migrate_backwards_removes_what_forwards_installed():
     try:
         call_command("migrate", "testapp", "zero", verbosity=0)
-        assert installed_triggers() == {}, "auth_user's trigger lives in testapp's migration"
+        left = {t: n for t, n in installed_triggers().items() if t in BOUND_TABLES}
+        assert left == {}, "auth_user's trigger lives in testapp's migration"
+        call_command("migrate", "fidelity", "zero", verbosity=0)
         call_command("migrate", "pgbinding", "zero", verbosity=0)
         with connection.cursor() as cursor:
             cursor.execute(
@@ -104,7 +106,9 @@ def test_migrate_backwards_removes_what_forwards_installed():
             assert cursor.fetchone() == (None, None, None)
     finally:
         call_command("migrate", verbosity=0)
-    assert sorted(installed_triggers()) == BOUND_TABLES
+    assert [t for t in sorted(installed_triggers()) if not t.startswith("fidelity_")] == (
+        BOUND_TABLES
+    )
 
 
 def test_pinned_sql_matches_the_versioned_template():
