@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import psycopg.sql
 
-from pgbinding.sql import full_schema_sql, trigger_sql
+from pgbinding.capture.sql import full_schema_sql, trigger_sql
 
 DBNAME = "pgbinding_bench"
 
@@ -65,7 +65,7 @@ def server(dsn: str | None, keep: bool = False) -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    from pgbinding.embedded import EmbeddedPostgres
+    from devservers import EmbeddedPostgres
 
     settings = dict(SERVER_SETTINGS)
     if os.environ.get("BENCH_PG_DEBUG"):  # keep the data directory, log connections and DDL
@@ -153,7 +153,7 @@ def machine_report(conn: psycopg.Connection[Any]) -> list[str]:
 
 def pgbench_path() -> Path:
     try:
-        from pgbinding.embedded import postgres_bin_dir
+        from devservers import postgres_bin_dir
 
         path = postgres_bin_dir() / "pgbench"
     except ImportError:

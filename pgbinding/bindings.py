@@ -23,32 +23,24 @@ lists and dicts of them), so every channel layer can carry it.
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from django import forms
 from django.apps import apps
 from django.db import models
 from django.db.models.fields import Field
-from django.db.models.fields.json import JSONField
 
 from . import rows
-from .log import Change
+from .declaration import check
+from .delivery.changelog import Change
 from .permissions import BasePermission
 from .registry import registry
 from .rules import AllRows, Rule
+from .serialize import from_wire, json_value, wire_value
 
 __all__ = ["Binding", "Change", "WebsocketBinding"]
-
-STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.\-]{1,80}$")
-#: The channel-layer message type of outbound events; consumers handle it as ``pgbinding_event``.
-EVENT_TYPE = "pgbinding.event"
-#: The channel-layer message type of raw changes for subscriptions (``pgbinding_change``).
-CHANGE_TYPE = "pgbinding.change"
 
 Message = tuple[str, dict[str, Any]]
 
@@ -59,15 +51,6 @@ def _short_group(name: str) -> str:
         return name
     head = name[:70]
     return f"{head}.{hashlib.sha1(name.encode(), usedforsecurity=False).hexdigest()[:24]}"
-
-
-@dataclass(slots=True)
-class Built:
-    """What one change means for one binding: group events, and raw changes for
-    subscriptions (one per delivery key)."""
-
-    events: list[Message] = field(default_factory=list)
-    changes: list[Message] = field(default_factory=list)
 
 
 class Binding:
@@ -128,9 +111,7 @@ class Binding:
     @classmethod
     def check_declaration(cls) -> None:
         """Raise :class:`BindingConfigError` naming this binding if it is declared wrongly."""
-        from .declaration import check
-
-        check(cls)
+        check(cls, Binding)
 
     @classmethod
     def label(cls) -> str:
@@ -266,13 +247,13 @@ class Binding:
     @classmethod
     def serialize(cls, instance: models.Model) -> dict[str, Any]:
         """The whitelisted fields of ``instance`` as JSON-ready values, as Django serializes."""
-        return {f.name: rows.json_value(f, f.value_from_object(instance)) for f in cls._serialized}
+        return {f.name: json_value(f, f.value_from_object(instance)) for f in cls._serialized}
 
     @classmethod
     def serialize_pk(cls, instance: models.Model) -> Any:
         pk_field = cls.model._meta.pk
         assert pk_field is not None
-        return rows.json_value(pk_field, pk_field.value_from_object(instance))
+        return json_value(pk_field, pk_field.value_from_object(instance))
 
     @classmethod
     def row_message(cls, instance: models.Model) -> dict[str, Any]:
@@ -281,162 +262,12 @@ class Binding:
         return {
             "pk": cls.serialize_pk(instance),
             "data": cls.serialize(instance),
-            "exact": {
-                f.attname: rows.wire_value(f.value_from_object(instance)) for f in cls._exact
-            },
+            "exact": {f.attname: wire_value(f.value_from_object(instance)) for f in cls._exact},
         }
-
-    @classmethod
-    def event(
-        cls,
-        action: str,
-        row: Mapping[str, Any] | None,
-        position: str,
-        change_id: int | None = None,
-    ) -> dict[str, Any]:
-        payload: dict[str, Any] = {"action": action, "model": cls.model_label()}
-        if row is not None:
-            payload["pk"] = row["pk"]
-            payload["data"] = row["data"]
-        payload["position"] = position
-        message: dict[str, Any] = {"type": EVENT_TYPE, "stream": cls.stream, "payload": payload}
-        if change_id is not None:
-            message["id"] = change_id  # the log id, for consumers dropping repeats
-        return message
-
-    @classmethod
-    def decode(
-        cls, change: Change
-    ) -> tuple[
-        dict[str, Any] | None, dict[str, Any] | None, models.Model | None, models.Model | None
-    ]:
-        """The old and new row of a change as {attname: value} and as model instances."""
-        table = cls.model._meta.db_table
-        old_values = rows.row_values(cls.model, change.old, table) if change.old else None
-        new_values = rows.row_values(cls.model, change.new, table) if change.new else None
-        old = rows.instance(cls.model, old_values) if old_values is not None else None
-        new = rows.instance(cls.model, new_values) if new_values is not None else None
-        return old_values, new_values, old, new
-
-    @classmethod
-    def change_message(cls, change: Change) -> dict[str, Any] | None:
-        """The raw change message subscriptions judge (None: nothing of it concerns them)."""
-        if change.op == "T":
-            return _change(cls, change, None, None)
-        _, _, old, new = cls.decode(change)
-        old_row = cls.row_message(old) if old is not None else None
-        new_row = cls.row_message(new) if new is not None else None
-        if old_row is not None and old_row == new_row:
-            return None
-        return _change(cls, change, old_row, new_row)
-
-    @classmethod
-    def build(cls, change: Change) -> Built:
-        """Group events (by the group transitions of DESIGN §2) and raw changes for
-        subscriptions, for one change.
-
-        ``delete`` goes to groups(old) - groups(new), ``update`` to the intersection and
-        ``create`` to groups(new) - groups(old). An update that changes none of this binding's
-        fields, nor what its read rule reads, is sent to nobody. Events of a binding whose rows
-        each socket must judge carry both rows (``rows``), so the consumer decides per user.
-        """
-        built = Built()
-        if change.op == "T":
-            event = cls.event("reload", None, change.position, change.id)
-            event["payload"]["reason"] = "truncate"
-            built.events = [(g, event) for g in dict.fromkeys(cls.reload_groups())]
-            built.changes = [(cls.change_group(), _change(cls, change, None, None))]
-            return built
-        old_values, new_values, old, new = cls.decode(change)
-        old_row = cls.row_message(old) if old is not None else None
-        new_row = cls.row_message(new) if new is not None else None
-        same = old_row is not None and old_row == new_row
-        if not same:
-            message = _change(cls, change, old_row, new_row)
-            built.changes = [(g, message) for g in cls._change_groups(old_values, new_values)]
-        built.events = cls._group_events(change, old, new, old_row, new_row, same)
-        return built
-
-    @classmethod
-    def _change_groups(
-        cls, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
-    ) -> list[str]:
-        keys: set[str] = set()
-        for values in (old, new):
-            if values is None:
-                continue
-            row_keys = cls._rule.keys(values)
-            if row_keys is None:
-                return [cls.change_group()]
-            keys |= row_keys
-        return [cls.change_group(k) for k in sorted(keys)]
-
-    @classmethod
-    def _group_events(
-        cls,
-        change: Change,
-        old: models.Model | None,
-        new: models.Model | None,
-        old_row: dict[str, Any] | None,
-        new_row: dict[str, Any] | None,
-        same: bool,
-    ) -> list[Message]:
-        old_groups = list(dict.fromkeys(cls.group_names(old))) if old is not None else []
-        new_groups = list(dict.fromkeys(cls.group_names(new))) if new is not None else []
-        both = (
-            {"old": old_row, "new": new_row}
-            if cls.checks_rows() and not cls.send_to_everyone
-            else None
-        )
-        out: list[Message] = []
-
-        def event(action: str, row: dict[str, Any] | None) -> dict[str, Any]:
-            message = cls.event(action, row, change.position, change.id)
-            if both is not None:
-                message["rows"] = both
-            return message
-
-        # update first: a socket in several of these groups keeps the first event it gets
-        # for a change, and one that saw the row before and after should see an update.
-        kept = [g for g in new_groups if g in old_groups]
-        if kept and new_row is not None and not same:
-            message = event("update", new_row)
-            out += [(g, message) for g in kept]
-        gone = [g for g in old_groups if g not in new_groups]
-        if gone and old_row is not None:
-            message = event("delete", old_row)
-            out += [(g, message) for g in gone]
-        came = [g for g in new_groups if g not in old_groups]
-        if came and new_row is not None:
-            message = event("create", new_row)
-            out += [(g, message) for g in came]
-        return out
-
-    @classmethod
-    def messages_for_change(cls, change: Change) -> list[Message]:
-        """The group events of one change (see :meth:`build`)."""
-        return cls.build(change).events
 
 
 class WebsocketBinding(Binding):
     """A binding served over WebSocket by pgbinding's demultiplexing consumer."""
-
-
-def _change(
-    binding: type[Binding],
-    change: Change,
-    old: dict[str, Any] | None,
-    new: dict[str, Any] | None,
-) -> dict[str, Any]:
-    return {
-        "type": CHANGE_TYPE,
-        "stream": binding.stream,
-        "id": change.id,
-        "op": change.op,
-        "old": old,
-        "new": new,
-        "position": change.position,
-    }
 
 
 def _has_where(rule: Rule) -> bool:
@@ -455,33 +286,16 @@ def row_python(binding: type[Binding], row: Mapping[str, Any]) -> dict[str, Any]
     values: dict[str, Any] = {}
     for f in binding._serialized:
         if f.attname in exact:
-            values[f.attname] = rows.from_wire(f, exact[f.attname])
+            values[f.attname] = from_wire(f, exact[f.attname])
         elif f.name in data:
-            values[f.attname] = rows.from_wire(f, data[f.name])
+            values[f.attname] = from_wire(f, data[f.name])
     for f in binding._exact:
         if f.attname not in values and f.attname in exact:
-            values[f.attname] = rows.from_wire(f, exact[f.attname])
+            values[f.attname] = from_wire(f, exact[f.attname])
     pk_field = binding.model._meta.pk
     assert pk_field is not None
-    values.setdefault(pk_field.attname, rows.from_wire(pk_field, row.get("pk")))
+    values.setdefault(pk_field.attname, from_wire(pk_field, row.get("pk")))
     return values
-
-
-def exact_fields(binding: type[Binding]) -> list[Field[Any, Any]]:
-    """Fields whose exact values travel with rows: the whitelisted ones whose serialized form
-    is lossy, and the ones the read rule reads."""
-    out: list[Field[Any, Any]] = [f for f in binding._serialized if isinstance(f, rows.LOSSY)]
-    for name in binding._rule.fields:
-        f = binding.model._meta.get_field(name)
-        if f not in out and isinstance(f, Field):
-            out.append(f)
-    return [f for f in out if not isinstance(f, JSONField)]
-
-
-def bind_rule(binding: type[Binding]) -> None:
-    rule = copy.deepcopy(binding.__dict__.get("read_rule", binding.read_rule))
-    binding._rule = rule.bind(binding.model)
-    binding._exact = exact_fields(binding)
 
 
 def check_all() -> None:

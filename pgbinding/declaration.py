@@ -3,13 +3,18 @@ binding and says what to write instead."""
 
 from __future__ import annotations
 
+import copy
+import re
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import models
+from django.db.models.fields import Field
+from django.db.models.fields.json import JSONField
 
 from .exceptions import BindingConfigError
 from .registry import registry
+from .serialize import LOSSY
 
 if TYPE_CHECKING:
     from .bindings import Binding
@@ -29,10 +34,13 @@ CHANNELS_1X_HOOKS = {
 SECRET_FIELDS = ("password",)
 
 
-def check(cls: type[Binding]) -> None:
+STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.\-]{1,80}$")
+
+
+def check(cls: type[Binding], base: type[Binding]) -> None:
     """Raise :class:`BindingConfigError` naming ``cls`` if it is declared wrongly; else fill
-    in what the declaration implies (the serialized fields, the bound read rule)."""
-    from .bindings import STREAM_NAME, Binding, bind_rule
+    in what the declaration implies (the serialized fields, the bound read rule). ``base`` is
+    pgbinding's own Binding, whose hooks are not Channels 1.x overrides."""
 
     name = cls.label()
     model = getattr(cls, "model", None)
@@ -50,7 +58,7 @@ def check(cls: type[Binding]) -> None:
                 f"{name}.stream {stream!r} is already used by "
                 f"{other.__module__}.{other.__qualname__}; each binding needs its own stream"
             )
-    _check_hooks(cls, name, Binding)
+    _check_hooks(cls, name, base)
     cls._serialized = _selected_fields(cls, name, model)
     selected_names = {f.name for f in cls._serialized}
     bad_ro = [f for f in cls.read_only_fields if f not in selected_names]
@@ -127,3 +135,20 @@ def _selected_fields(cls: type[Binding], name: str, model: type[models.Model]) -
 
 def _is_user_model(model: type[models.Model]) -> bool:
     return issubclass(model, AbstractBaseUser)
+
+
+def exact_fields(binding: type[Binding]) -> list[Field[Any, Any]]:
+    """Fields whose exact values travel with rows: the whitelisted ones whose serialized form
+    is lossy, and the ones the read rule reads."""
+    out: list[Field[Any, Any]] = [f for f in binding._serialized if isinstance(f, LOSSY)]
+    for name in binding._rule.fields:
+        f = binding.model._meta.get_field(name)
+        if f not in out and isinstance(f, Field):
+            out.append(f)
+    return [f for f in out if not isinstance(f, JSONField)]
+
+
+def bind_rule(binding: type[Binding]) -> None:
+    rule = copy.deepcopy(binding.__dict__.get("read_rule", binding.read_rule))
+    binding._rule = rule.bind(binding.model)
+    binding._exact = exact_fields(binding)

@@ -27,6 +27,8 @@ from django.db.models.fields.json import JSONField
 from django.db.models.functions import Collate
 from django.utils import timezone
 
+from .exceptions import RequestError
+
 OPERATORS = ("exact", "in", "lt", "lte", "gt", "gte", "isnull", "contains")
 MAX_CONDITIONS = 20
 MAX_IN_VALUES = 1000
@@ -77,12 +79,11 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, decimal.Decimal) and value.is_nan()
 
 
-class FilterError(ValueError):
-    """A filter the client sent is not valid; ``errors`` maps each key to its problem."""
+class FilterError(RequestError):
+    """A filter the client sent is not valid (400); ``errors`` maps each key to its problem."""
 
     def __init__(self, errors: dict[str, list[str]]) -> None:
-        super().__init__(errors)
-        self.errors = errors
+        super().__init__(400, errors)
 
 
 @dataclass(frozen=True, slots=True)

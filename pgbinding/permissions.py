@@ -10,12 +10,18 @@ nothing (default deny).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from django.db import models
 
-    from .bindings import Binding
+
+class Binding(Protocol):
+    """What permission classes read of the binding asking (a ``pgbinding.Binding``)."""
+
+    @property
+    def model(self) -> type[models.Model]: ...
+
 
 READ_ACTIONS = frozenset({"retrieve", "list", "subscribe"})
 WRITE_ACTIONS = frozenset({"create", "update", "delete"})

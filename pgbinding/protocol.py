@@ -1,18 +1,31 @@
-"""The wire: reading client frames safely, and the shapes of replies and close codes.
+"""The wire between pgbinding's parts: channel-layer message types, the event a client gets,
+replies, and WebSocket close codes.
 
-Every inbound frame is checked before anything acts on it: size, strict JSON (no ``NaN`` or
-``Infinity``, no number JSON cannot hold), nesting depth, and strings that are valid Unicode
-(a lone surrogate cannot be stored or echoed). A frame that fails gets a 4xx reply; the socket
-stays open and nothing is written.
+Channel-layer messages (listener -> consumers) hold only plain values (str, int, float, bool,
+None, and lists and dicts of them), so every channel layer can carry them:
+
+* ``pgbinding.event`` (handler ``pgbinding_event``): one event for a group, ``payload`` as the
+  client gets it, ``id`` the change's log id, and, when each socket must judge the row for its
+  user, ``rows`` (the old and new row, see :func:`row_message`);
+* ``pgbinding.events``: several events for one group, in order (``events``);
+* ``pgbinding.change`` / ``pgbinding.changes``: raw changes of one stream for subscriptions
+  (``id``, ``op``, ``old``, ``new``, ``position``).
 """
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
-from .exceptions import RequestError
+#: One event for a group (``pgbinding_event``).
+EVENT_TYPE = "pgbinding.event"
+#: Several events for one group, in order (``pgbinding_events``).
+EVENTS_TYPE = "pgbinding.events"
+#: A raw change of a stream, for subscriptions (``pgbinding_change``).
+CHANGE_TYPE = "pgbinding.change"
+#: Several raw changes of one stream, in commit order (``pgbinding_changes``).
+CHANGES_TYPE = "pgbinding.changes"
+#: Every message type the listener sends.
+LISTENER_TYPES = frozenset({EVENT_TYPE, EVENTS_TYPE, CHANGE_TYPE, CHANGES_TYPE})
 
 #: WebSocket close codes pgbinding uses. Applications may only send 1000 and 3000-4999 (autobahn,
 #: under daphne, refuses anything else: the close would never leave), so the codes mirror the
@@ -21,62 +34,55 @@ WS_4008_TOO_SLOW = 4008  # the client reads too slowly: MAX_OUTBOUND_BYTES passe
 WS_4009_MESSAGE_TOO_BIG = 4009  # a frame over CLOSE_FRAME_BYTES (as 1009)
 WS_4012_SERVICE_RESTART = 4012  # the channel layer lost messages for this socket: resume (as 1012)
 
-#: Deepest nesting of arrays and objects accepted in a frame.
-MAX_DEPTH = 32
-REQUEST_ID_MAX = 100
+
+def event(
+    stream: str,
+    model: str,
+    action: str,
+    row: dict[str, Any] | None,
+    position: str,
+    change_id: int | None = None,
+) -> dict[str, Any]:
+    """A ``pgbinding.event`` message: ``row`` is a row message (``pk``, ``data``)."""
+    payload: dict[str, Any] = {"action": action, "model": model}
+    if row is not None:
+        payload["pk"] = row["pk"]
+        payload["data"] = row["data"]
+    payload["position"] = position
+    message: dict[str, Any] = {"type": EVENT_TYPE, "stream": stream, "payload": payload}
+    if change_id is not None:
+        message["id"] = change_id  # the log id, for consumers dropping repeats
+    return message
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+def change(
+    stream: str,
+    change_id: int,
+    op: str,
+    old: dict[str, Any] | None,
+    new: dict[str, Any] | None,
+    position: str,
+) -> dict[str, Any]:
+    """A ``pgbinding.change`` message for subscriptions."""
+    return {
+        "type": CHANGE_TYPE,
+        "stream": stream,
+        "id": change_id,
+        "op": op,
+        "old": old,
+        "new": new,
+        "position": position,
+    }
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text} is too large")
-    return value
-
-
-_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
-
-
-def parse_frame(text: str) -> Any:
-    """A frame's JSON value, or :class:`RequestError` (400) saying what is wrong with it."""
-    try:
-        value = _DECODER.decode(text)
-    except RecursionError:
-        raise RequestError(400, f"Frame nested too deeply (at most {MAX_DEPTH} levels).") from None
-    except ValueError as exc:
-        raise RequestError(400, f"Malformed JSON: {exc}") from None
-    _check_structure(value)
-    return value
-
-
-def _check_structure(value: Any) -> None:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            _check_text(item)
-        elif isinstance(item, dict | list):
-            if depth > MAX_DEPTH:
-                raise RequestError(400, f"Frame nested too deeply (at most {MAX_DEPTH} levels).")
-            if isinstance(item, dict):
-                for key, child in item.items():
-                    _check_text(key)
-                    stack.append((child, depth + 1))
-            else:
-                stack.extend((child, depth + 1) for child in item)
-
-
-def _check_text(text: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise RequestError(
-            400,
-            "Strings must be valid Unicode; the frame holds a lone surrogate (\\ud800-\\udfff).",
-        ) from None
+def unpack(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The single ``pgbinding.event`` / ``pgbinding.change`` messages inside a channel-layer
+    message, in order: for consumers of your own that read pgbinding's groups."""
+    if message.get("type") == EVENTS_TYPE:
+        return list(message["events"])
+    if message.get("type") == CHANGES_TYPE:
+        return list(message["changes"])
+    return [message]
 
 
 def reply(
@@ -94,17 +100,3 @@ def reply(
     else:
         payload["data"] = data
     return {"stream": stream, "payload": payload}
-
-
-def check_request_id(request_id: Any, stream: Any, action: Any) -> None:
-    if request_id is not None and (
-        isinstance(request_id, bool)
-        or not isinstance(request_id, str | int)
-        or len(str(request_id)) > REQUEST_ID_MAX
-    ):
-        raise RequestError(
-            400,
-            f"'request_id' must be a string or an integer of at most {REQUEST_ID_MAX} characters.",
-            stream=stream,
-            action=action,
-        )

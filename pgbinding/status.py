@@ -10,7 +10,7 @@ from typing import Any
 
 from django.db import connections
 
-from . import sql
+from .capture import sql
 from .conf import pgbinding_settings
 from .registry import registry
 

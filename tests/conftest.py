@@ -13,8 +13,8 @@ import pytest
 from channels.layers import InMemoryChannelLayer
 from django.db import connection
 
+from pgbinding.delivery.listener import Listener, conninfo_from_django
 from pgbinding.dispatch import unpack
-from pgbinding.listener import Listener, conninfo_from_django
 
 
 class Collector:

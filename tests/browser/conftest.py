@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgbinding.embedded import EmbeddedPostgres, free_port
+from devservers import EmbeddedPostgres, free_port
 from tests.demo_process import Output, demo_env, start_demo
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
 
-from pgbinding.listener import Listener
+from pgbinding.delivery.listener import Listener
 from tests.conftest import log_max_id
 from tests.routing import URLRouter, websocket_urls
 

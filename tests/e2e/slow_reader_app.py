@@ -45,7 +45,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.urls import path
 
-from pgbinding.outbound import DEFAULT_MAX_OUTBOUND_BYTES, OutboundQueue
+from pgbinding.websocket.outbound import DEFAULT_MAX_OUTBOUND_BYTES, OutboundQueue
 
 
 def report(event: str, **values: Any) -> None:

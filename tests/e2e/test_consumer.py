@@ -340,9 +340,9 @@ async def test_a_socket_in_several_groups_gets_each_change_once(live):
 async def test_object_permission_is_checked_on_the_stored_row(live):
     """Sending owner=<me> in an update must not pass an owner check: the row as stored is
     what update and delete are checked against."""
-    from pgbinding import actions
     from pgbinding.registry import registry
     from pgbinding.rules import AllRows
+    from pgbinding.websocket import actions
     from tests.testapp.bindings import OwnedItemBinding
 
     class SeesAll(OwnedItemBinding):

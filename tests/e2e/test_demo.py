@@ -1,6 +1,6 @@
 """The demo (``scripts/demo`` without the venv part): it starts, serves the page and the live
 socket, shows an outside ``UPDATE`` live, enforces the example's permissions, and stops
-everything it started on Ctrl-C."""
+everything it started on Ctrl-C -- but not a Postgres another running demo uses."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from pgbinding.embedded import EmbeddedPostgres, free_port
+from devservers import EmbeddedPostgres, free_port
 from tests.demo_process import start_demo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,18 +65,34 @@ def sign_in(base: str, username: str, password: str) -> str:
 
 
 def leftovers(*markers: str) -> list[str]:
-    """Command lines of running processes that mention any of ``markers``."""
+    """Command lines of running processes (zombies aside) that mention any of ``markers``."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
-            except OSError:
-                continue
-            if state != "Z" and any(m in cmdline for m in markers):
-                found.append(cmdline)
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        if proc.info["pid"] == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if any(m in cmdline for m in markers):
+            found.append(cmdline)
     return found
+
+
+def stop_leftover_postgres(datadir: Path) -> None:
+    """After a failure: stop a Postgres the demo left running on ``datadir`` (adopt it, then
+    let go of it: nobody else uses it)."""
+    postgres = EmbeddedPostgres(datadir / "pgdata")
+    if postgres.is_running():
+        postgres.start().stop()
+
+
+def interrupt(proc: subprocess.Popen[str] | None) -> None:
+    """Ctrl-C for a demo still running (SIGKILL if it does not stop)."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_demo_serves_live_updates_and_stops_cleanly(tmp_path: Path) -> None:
@@ -156,20 +173,14 @@ def test_demo_serves_live_updates_and_stops_cleanly(tmp_path: Path) -> None:
         assert leftovers(str(datadir), f"-p {port} liveboard.asgi") == []
         assert time.monotonic() - started < 30
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        postgres.stop()
+        interrupt(proc)
+        stop_leftover_postgres(datadir)
 
 
 def test_demo_production_shape_pglisten_redis_two_servers(tmp_path: Path) -> None:
     """``scripts/demo --production``: a separate pglisten process, channels-redis (a private
     Redis) and two daphne servers; an outside write reaches sockets on both servers."""
-    from pgbinding.embedded import port_is_free
+    from devservers import port_is_free
 
     port = free_port()
     while not port_is_free("127.0.0.1", port + 1):
@@ -203,3 +214,51 @@ def test_demo_production_shape_pglisten_redis_two_servers(tmp_path: Path) -> Non
     assert code == 0, output.text
     assert "stopping pglisten" in output.text and "stopping Redis" in output.text
     assert leftovers(str(datadir), f"-p {port} liveboard.asgi", f"-p {port + 1} liveboard") == []
+
+
+def test_stopping_a_demo_keeps_the_postgres_another_demo_uses(tmp_path: Path) -> None:
+    """Two demos on one data directory: the second uses the Postgres the first started.
+    Stopping the second (Ctrl-C) leaves that Postgres running: the first still serves its
+    page, its socket and its database, outside writes included. Stopping the first, the last
+    user, stops Postgres."""
+    datadir = tmp_path / "demo"
+    first_port, second_port = free_port(), free_port()
+    first, first_output = start_demo("--data-dir", str(datadir), "--port", str(first_port))
+    second: subprocess.Popen[str] | None = None
+    try:
+        base = first_output.wait_for(r"Liveboard is running at\s+(\S+)", first)
+        database_url = first_output.wait_for(r"psql (postgresql://\S+) -c", first)
+        second, second_output = start_demo("--data-dir", str(datadir), "--port", str(second_port))
+        second_output.wait_for(r"Liveboard is running at\s+(\S+)", second)
+        assert second_output.wait_for(r"psql (postgresql://\S+) -c", second) == database_url
+
+        second.send_signal(signal.SIGINT)
+        assert second.wait(20) == 0, second_output.text
+        second_output.thread.join(5)
+        assert "leaving Postgres running" in second_output.text, second_output.text
+        assert "stopping Postgres" not in second_output.text
+        assert leftovers(f"-p {second_port} liveboard.asgi") == []
+
+        # The first demo still serves its page, its socket and its database.
+        with urllib.request.urlopen(base, timeout=10) as response:
+            assert response.status == 200
+            assert "Liveboard" in response.read().decode()
+        origin = f"http://127.0.0.1:{first_port}"
+        with connect(f"ws://127.0.0.1:{first_port}/binding/", origin=origin) as watcher:
+            reply = request(watcher, "subscribe", "s1")
+            assert reply["status"] == 200, reply
+            assert {r["data"]["name"] for r in reply["data"]["results"]} == DEMO_ITEMS
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute("UPDATE liveboard_item SET value = value + 1;")
+            assert {p["action"] for p in events(watcher, len(DEMO_ITEMS))} == {"update"}
+
+        first.send_signal(signal.SIGINT)
+        assert first.wait(20) == 0, first_output.text
+        first_output.thread.join(5)
+        assert "stopping Postgres" in first_output.text
+        assert not EmbeddedPostgres(datadir / "pgdata").is_running()
+        assert leftovers(str(datadir), f"-p {first_port} liveboard.asgi") == []
+    finally:
+        interrupt(second)
+        interrupt(first)
+        stop_leftover_postgres(datadir)

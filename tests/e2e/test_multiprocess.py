@@ -4,64 +4,31 @@ channels-redis between them (a private Redis), and real WebSocket clients."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from websockets.sync.client import connect
 
-from pgbinding.embedded import free_port
-from tests.conftest import subprocess_env, wait_for
+from tests.conftest import subprocess_env
+from tests.support.processes import Daphne, Pglisten, ProcessGroup
 from tests.testapp.models import Item
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
 
 def test_listener_and_two_asgi_servers_through_redis(redis_url, tmp_path):
     env = subprocess_env(redis_url)
-    procs = []
+    procs = ProcessGroup()
     try:
-        listener_log = tmp_path / "pglisten.log"
-        procs.append(start([sys.executable, "-m", "django", "pglisten"], env, listener_log))
-        ports = [free_port(), free_port()]
-        for n, port in enumerate(ports):
-            procs.append(
-                start(
-                    [
-                        sys.executable,
-                        "-m",
-                        "daphne",
-                        "-b",
-                        "127.0.0.1",
-                        "-p",
-                        str(port),
-                        "tests.asgi:application",
-                    ],
-                    env,
-                    tmp_path / f"daphne{n}.log",
-                )
-            )
-        for port in ports:
-            wait_for(lambda port=port: port_open(port), f"daphne on port {port}", timeout=30)
-        wait_for(lambda: "Caught up" in listener_log.read_text(), "pglisten to catch up")
+        listener = procs.add(Pglisten(env, tmp_path))
+        servers = [procs.add(Daphne(env, tmp_path, f"daphne{n}")) for n in range(2)]
+        for server in servers:
+            server.wait_ready(timeout=30)
+        listener.wait_output("Caught up", timeout=20)
 
         # Signed-out sockets in the group of a binding that sends to everyone (itemvalues; the
         # staff-only items stream sends them nothing, tests/e2e/test_authorization.py).
-        clients = [connect(f"ws://127.0.0.1:{port}/values/", open_timeout=10) for port in ports]
+        clients = [connect(server.url("/values/"), open_timeout=10) for server in servers]
         # A request and its reply (403 for anonymous): the socket is up, the group joined.
         for ws in clients:
             ws.send(
@@ -92,11 +59,5 @@ def test_listener_and_two_asgi_servers_through_redis(redis_url, tmp_path):
         for ws in clients:
             ws.close()
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    assert procs[0].returncode == 0, (tmp_path / "pglisten.log").read_text()
+        procs.close()  # SIGTERM, SIGKILL after 10 s
+    assert listener.returncode == 0, listener.output()

@@ -25,8 +25,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from pgbinding.embedded import free_port
-from pgbinding.outbound import CLOSE_TOO_SLOW
+from devservers import free_port
+from pgbinding.websocket.outbound import CLOSE_TOO_SLOW
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.e2e.slow_reader_app:application"

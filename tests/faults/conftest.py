@@ -37,7 +37,7 @@ import psycopg
 import pytest
 from django.db import connection
 
-from pgbinding.listener import conninfo_from_django
+from pgbinding.delivery.listener import conninfo_from_django
 from tests.conftest import subprocess_env
 from tests.support.processes import (
     Daphne,

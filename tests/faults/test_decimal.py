@@ -13,7 +13,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from pgbinding.listener import conninfo_from_django
+from pgbinding.delivery.listener import conninfo_from_django
 from tests.faults.conftest import Commit, Report, judge, received, report_exits, windows_of
 from tests.support.processes import wait_until
 from tests.testapp.models import Item

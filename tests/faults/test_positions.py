@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from websockets.sync.client import connect
 
-from pgbinding.listener import conninfo_from_django
+from pgbinding.delivery.listener import conninfo_from_django
 from tests.faults.conftest import (
     POSITION_BOUND,
     Commit,

@@ -16,7 +16,7 @@ import psutil
 import psycopg
 import pytest
 
-from pgbinding.listener import conninfo_from_django
+from pgbinding.delivery.listener import conninfo_from_django
 from tests.conftest import wait_for
 from tests.faults.conftest import Report, counter_keys, insert_counters
 

@@ -60,7 +60,7 @@ from django.db.models.fields import NOT_PROVIDED, AutoFieldMixin
 from psycopg import sql
 
 from pgbinding.consumers import Demultiplexer
-from pgbinding.listener import Listener, conninfo_from_django
+from pgbinding.delivery.listener import Listener, conninfo_from_django
 from tests.conftest import ListenerHarness, RedisCollector, log_max_id
 from tests.fidelity import bindings
 from tests.fidelity import models as m

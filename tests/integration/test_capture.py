@@ -12,7 +12,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection, transaction
 
-from pgbinding.embedded import postgres_bin_dir
+from devservers import postgres_bin_dir
 from tests.testapp.models import Counter, Item
 
 pytestmark = pytest.mark.django_db(transaction=True)

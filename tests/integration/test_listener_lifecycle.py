@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from django.db import connection
 
-from pgbinding import log as changelog
-from pgbinding.listener import conninfo_from_django
+from pgbinding.delivery import changelog
+from pgbinding.delivery.listener import conninfo_from_django
 from tests import servers
 from tests.conftest import RedisCollector, log_max_id, subprocess_env, wait_for
 from tests.testapp.models import Counter, Item

@@ -12,7 +12,8 @@ from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.loader import MigrationLoader
 
-from pgbinding import WebsocketBinding, sql
+from pgbinding import WebsocketBinding
+from pgbinding.capture import sql
 from pgbinding.exceptions import BindingConfigError
 from pgbinding.operations import InstallBindingTrigger
 from pgbinding.registry import registry
@@ -183,3 +184,15 @@ def test_non_postgres_database_is_an_error_at_startup(tmp_path):
     assert result.returncode != 0
     assert "captures changes with Postgres triggers" in result.stderr
     assert "tests.testapp.bindings.ItemBinding" in result.stderr
+
+
+def test_the_extended_autodetector_passes_djangos_checks():
+    """pgbinding extends the autodetector of makemigrations and migrate at ready() (it does not
+    override the commands); Django's checks want one class for both."""
+    from django.core.management.commands import makemigrations, migrate
+
+    from pgbinding.capture.operations import AutodetectorMixin
+
+    assert makemigrations.Command.autodetector is migrate.Command.autodetector
+    assert issubclass(makemigrations.Command.autodetector, AutodetectorMixin)
+    call_command("check", stdout=io.StringIO())

@@ -18,7 +18,8 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.questioner import MigrationQuestioner
 from django.db.migrations.state import ModelState
 
-from pgbinding import rows, sql
+from pgbinding import rows
+from pgbinding.capture import sql
 from pgbinding.operations import MigrationAutodetector, RewriteCapturedChanges
 from tests.testapp.models import Item
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgbinding.embedded import free_port, redis_server_executable
+from devservers import free_port, redis_server_executable
 
 ROOT = Path(__file__).resolve().parents[2]
 

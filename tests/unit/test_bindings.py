@@ -1,6 +1,7 @@
 """Group transitions and serialization, from rows as the trigger logs them (no database)."""
 
-from pgbinding.bindings import Change
+from pgbinding.delivery import messages
+from pgbinding.delivery.changelog import Change
 from tests.testapp.bindings import ItemBinding, ItemValueBinding
 
 
@@ -22,6 +23,11 @@ def row(**values):
     return {**base, **values}
 
 
+def events(binding, change):
+    """The group events of one change."""
+    return messages.build(binding, change).events
+
+
 def groups_by_action(messages):
     out = {}
     for group, message in messages:
@@ -30,9 +36,7 @@ def groups_by_action(messages):
 
 
 def test_insert_creates_in_every_group():
-    msgs = ItemBinding.messages_for_change(
-        Change(7, "testapp_item", "I", "1", None, row(), position="7")
-    )
+    msgs = events(ItemBinding, Change(7, "testapp_item", "I", "1", None, row(), position="7"))
     assert groups_by_action(msgs) == {"create": ["items", "items-status-open"]}
     payload = msgs[0][1]["payload"]
     assert payload["pk"] == 1 and payload["position"] == "7" and payload["model"] == "testapp.item"
@@ -42,7 +46,7 @@ def test_insert_creates_in_every_group():
 
 def test_moving_between_groups_deletes_updates_and_creates():
     old, new = row(status="open", owner_id=3), row(status="done", owner_id=4)
-    msgs = ItemBinding.messages_for_change(Change(8, "testapp_item", "U", "1", old, new))
+    msgs = events(ItemBinding, Change(8, "testapp_item", "U", "1", old, new))
     assert groups_by_action(msgs) == {
         "delete": ["items-status-open", "items-owner-3"],
         "update": ["items"],
@@ -53,23 +57,23 @@ def test_moving_between_groups_deletes_updates_and_creates():
 def test_update_of_unbound_fields_sends_nothing():
     old, new = row(secret="a"), row(secret="b")
     change = Change(9, "testapp_item", "U", "1", old, new)
-    assert ItemBinding.messages_for_change(change) == []
+    assert events(ItemBinding, change) == []
     old, new = row(name="a"), row(name="b")
     change = Change(10, "testapp_item", "U", "1", old, new)
-    assert ItemValueBinding.messages_for_change(change) == []
-    assert groups_by_action(ItemBinding.messages_for_change(change)) == {
+    assert events(ItemValueBinding, change) == []
+    assert groups_by_action(events(ItemBinding, change)) == {
         "update": ["items", "items-status-open"]
     }
 
 
 def test_delete_sends_the_row_as_it_was():
-    msgs = ItemBinding.messages_for_change(Change(11, "testapp_item", "D", "1", row(), None))
+    msgs = events(ItemBinding, Change(11, "testapp_item", "D", "1", row(), None))
     assert groups_by_action(msgs) == {"delete": ["items", "items-status-open"]}
     assert msgs[0][1]["payload"]["data"]["name"] == "a"
 
 
 def test_truncate_sends_reload_to_declared_groups():
-    msgs = ItemBinding.messages_for_change(Change(12, "testapp_item", "T", None, None, None))
+    msgs = events(ItemBinding, Change(12, "testapp_item", "T", None, None, None))
     assert [(g, m["payload"]["action"]) for g, m in msgs] == [("pgbinding.items", "reload")]
 
 

@@ -8,8 +8,8 @@ from channels.layers import InMemoryChannelLayer
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from pgbinding.bindings import Change
-from pgbinding.dispatch import MAX_PER_MESSAGE, Dispatcher, coalesce, unpack
+from pgbinding.delivery.changelog import Change
+from pgbinding.delivery.dispatch import MAX_PER_MESSAGE, Dispatcher, coalesce, unpack
 from tests.unit.test_bindings import row
 
 LAYERS = {

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from twisted.internet.abstract import FileDescriptor
 
-from pgbinding.outbound import CLOSE_TOO_SLOW, OutboundQueue
+from pgbinding.websocket.outbound import CLOSE_TOO_SLOW, OutboundQueue
 
 
 class FakeSend:
@@ -309,14 +309,14 @@ async def test_no_busy_loop_while_idle_or_paused() -> None:
     assert len(send.texts()) == 100
     assert wake.waits <= 3  # one batch, then asleep
     # paused by the transport with frames waiting: asleep too
-    queue._set_paused(True)
+    queue.transport_paused(True)
     for n in range(100):
         queue.put(str(n))
     before = wake.waits
     await asyncio.sleep(0.05)
     assert wake.waits - before <= 2
     assert len(send.texts()) == 100
-    queue._set_paused(False)
+    queue.transport_paused(False)
     await settle()
     assert len(send.texts()) == 200
     await queue.close()

@@ -1,6 +1,6 @@
 import pytest
 
-from pgbinding import sql
+from pgbinding.capture import sql
 from pgbinding.exceptions import InvalidIdentifier
 
 

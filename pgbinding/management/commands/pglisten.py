@@ -12,7 +12,7 @@ from django.db import connections
 from django.utils.module_loading import import_string
 
 from pgbinding.conf import pgbinding_settings
-from pgbinding.listener import Listener
+from pgbinding.delivery.listener import Listener
 from pgbinding.registry import registry
 
 

@@ -1,13 +1,16 @@
-"""The private servers of :mod:`pgbinding.embedded` (plain pytest, no Django needed).
+"""The private servers of :mod:`devservers` (plain pytest, no Django needed).
 
-Run on their own with ``pytest -p no:django tests/integration/test_embedded_servers.py``.
+Run on their own with ``pytest -p no:django tests/devservers``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,12 +19,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgbinding.embedded import (
+from devservers import (
+    PG_SYSTEM_USER,
     EmbeddedPostgres,
     EmbeddedRedis,
     EmbeddedServerError,
     free_port,
 )
+from tests.support.processes import RedisServer
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -32,7 +39,7 @@ def workdir() -> Iterator[Path]:
     parents of its data directory; a concurrent pytest session resets its
     ``/tmp/pytest-of-<user>`` to mode 0700 at any time, so keep out of it.
     """
-    path = Path(tempfile.mkdtemp(prefix="pgbinding-embedded-test-"))
+    path = Path(tempfile.mkdtemp(prefix="pgbinding-devservers-test-"))
     try:
         yield path
     finally:
@@ -66,6 +73,8 @@ def test_postgres_lifecycle(pg: EmbeddedPostgres) -> None:
     assert (pg.datadir / "PG_VERSION").read_text().strip() == "18"
     assert _query(pg.dsn(), "SHOW fsync") == "off"
     assert _query(pg.dsn(), "SHOW max_connections") == "200"
+    if os.geteuid() == 0:  # Postgres refuses to run as root: the wheel's system user runs it
+        assert pwd.getpwuid((pg.datadir / "PG_VERSION").stat().st_uid).pw_name == PG_SYSTEM_USER
     state = json.loads((pg.datadir / pg.STATE_FILE).read_text())
     assert state["port"] == pg.port
 
@@ -137,11 +146,11 @@ def test_postgres_second_start_reuses_data_and_running_server(workdir: Path) -> 
         with psycopg.connect(first.dsn(), autocommit=True) as conn:
             conn.execute("CREATE TABLE kept (x text)")
             conn.execute("INSERT INTO kept VALUES ('still here')")
-        # Another process (e.g. a second demo run) adopts the running server and its port.
+        # A second start (as a second demo run would) adopts the running server and its port.
         second = EmbeddedPostgres(datadir, port=free_port()).start()
         assert second.port == port
         assert second.is_running()
-    assert not first.is_running()
+    assert not first.is_running()  # no other process uses it (see the test below for those)
 
     # Warm start on the existing data directory: no initdb, data and (free) port kept.
     started = time.monotonic()
@@ -165,9 +174,70 @@ def test_postgres_explicit_port_and_failure_message(workdir: Path) -> None:
     assert "could not" in message  # "could not bind IPv4 address ...", "could not create ..."
 
 
-def test_redis(workdir: Path) -> None:
+ADOPT = """
+import sys, time
+from devservers import EmbeddedPostgres
+pg = EmbeddedPostgres(sys.argv[1]).start()
+print(pg.port, flush=True)
+if sys.argv[2] == "hold":
+    sys.stdin.readline()  # until the test says so
+    pg.stop()
+elif sys.argv[2] == "crash":
+    import os
+    os._exit(0)  # dies without letting go
+else:
+    pg.stop()
+"""
+
+
+def _adopt(datadir: Path, how: str) -> subprocess.Popen[str]:
+    """Another process that adopts the server on *datadir* (``python -c ADOPT``)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", ADOPT, str(datadir), how],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_postgres_stop_stops_only_what_nobody_else_uses(workdir: Path) -> None:
+    """The wheel's reference count: a process that adopted the server and lets go of it
+    leaves it running for the one that started it, and the other way round; a process that
+    died without letting go does not keep it running."""
+    datadir = workdir / "pgdata"
+    with EmbeddedPostgres(datadir) as pg:
+        other = _adopt(datadir, "release")
+        assert other.stdout is not None
+        assert int(other.stdout.readline()) == pg.port
+        assert other.wait(30) == 0
+        assert pg.is_running()
+        assert _query(pg.dsn(), "SELECT 1") == 1
+
+        holder = _adopt(datadir, "hold")
+        assert holder.stdout is not None and holder.stdin is not None
+        assert int(holder.stdout.readline()) == pg.port
+        assert pg.other_users() == [holder.pid]
+    try:
+        # The starter let go first: the server stays up for the holder.
+        assert pg.is_running()
+        assert _query(pg.dsn(), "SELECT 1") == 1
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        assert holder.wait(30) == 0
+    assert not pg.is_running()  # the last one let go
+
+    # A process that died holding the server is not counted when the last live one lets go.
+    with EmbeddedPostgres(datadir) as pg:
+        crashed = _adopt(datadir, "crash")
+        assert crashed.wait(30) == 0
+    assert not pg.is_running()
+
+
+def test_redis() -> None:
     redis = pytest.importorskip("redis")
-    with EmbeddedRedis(datadir=workdir / "redis") as server:
+    with EmbeddedRedis() as server:
         assert server.is_running()
         assert server.url == f"redis://127.0.0.1:{server.port}/0"
         client = redis.Redis.from_url(server.url)
@@ -177,12 +247,28 @@ def test_redis(workdir: Path) -> None:
             assert client.get("pgbinding") == b"works"
         finally:
             client.close()
-        assert (workdir / "redis" / "redis.log").exists()
+        assert server.log_file is not None and server.log_file.exists()
+        redis_dir = server.directory  # temporary, removed on stop
+        assert redis_dir is not None and redis_dir.is_dir()
+    assert not server.is_running()
+    assert not redis_dir.exists()
+    server.stop()  # idempotent
 
-        # Crash and restart: same URL, empty data (nothing is persisted).
+
+def test_redis_crash_and_restart_on_the_same_port(workdir: Path) -> None:
+    """Crash and restart: same URL, empty data (nothing is persisted). The Redis that tests
+    kill is ``tests.support.processes.RedisServer``, on the binary devservers finds."""
+    redis = pytest.importorskip("redis")
+    server = RedisServer(workdir).start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        try:
+            client.set("pgbinding", "works")
+        finally:
+            client.close()
         url = server.url
         server.kill()
-        assert not server.is_running()
+        assert not server.running
         server.start()
         assert server.url == url
         client = redis.Redis.from_url(server.url)
@@ -190,10 +276,7 @@ def test_redis(workdir: Path) -> None:
             assert client.get("pgbinding") is None
         finally:
             client.close()
-    assert not server.is_running()
+    finally:
+        server.stop()
+    assert not server.running
     server.stop()  # idempotent
-
-    with EmbeddedRedis() as default:  # temporary directory, removed on stop
-        redis_dir = default.datadir
-        assert redis_dir is not None and redis_dir.is_dir()
-    assert not redis_dir.exists()

@@ -1,4 +1,4 @@
-"""The SQL that migrations install, rendered from the versioned files in migrations_templates/.
+"""The SQL that migrations install, rendered from the versioned files in templates/.
 
 Templates are released SQL: a version (``_v1``) is never edited once published; a change is a
 new version, and ``makemigrations`` writes a migration that replaces the old triggers. Table
@@ -13,9 +13,9 @@ from pathlib import Path
 
 from psycopg import sql
 
-from .exceptions import InvalidIdentifier
+from ..exceptions import InvalidIdentifier
 
-TEMPLATES = Path(__file__).parent / "migrations_templates"
+TEMPLATES = Path(__file__).parent / "templates"
 
 #: The schema version installed by pgbinding's own migrations (each version's file applies on
 #: top of the one before: 0001 installs v1, 0002 adds v2).

@@ -26,17 +26,18 @@ from django.db import DataError, IntegrityError, models, transaction
 from django.db.models import JSONField
 from django.forms.models import modelform_factory
 
-from . import filters
-from .bindings import Binding
-from .conf import pgbinding_settings
-from .exceptions import RequestError
+from .. import filters
+from ..bindings import Binding
+from ..conf import pgbinding_settings
+from ..exceptions import RequestError
+from ..permissions import READ_ACTIONS
 
 logger = logging.getLogger("pgbinding.actions")
 
-WRITE = ("create", "update", "delete")
-#: Reads answered with a reply even to Channels 1.x frames (no request_id).
-READ = ("retrieve", "list", "subscribe")
-ACTIONS = (*WRITE, "retrieve", "list", "subscribe", "unsubscribe")
+#: Every action a client may send. Reads (``permissions.READ_ACTIONS``) get a reply even to
+#: Channels 1.x frames (no request_id); writes answer those with events only.
+ACTIONS = ("create", "update", "delete", "retrieve", "list", "subscribe", "unsubscribe")
+READ = READ_ACTIONS
 
 #: Kept for code written against earlier releases: requests are refused with RequestError.
 ActionError = RequestError
@@ -276,10 +277,8 @@ _ORDERING = re.compile(r"^-?[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def conditions(binding: Binding, payload: dict[str, Any]) -> list[filters.Condition]:
-    try:
-        return filters.parse(payload.get("filter"), binding.serialized_fields())
-    except filters.FilterError as exc:
-        raise ActionError(400, exc.errors) from None
+    """The request's filter, checked against the binding's fields (a FilterError is a 400)."""
+    return filters.parse(payload.get("filter"), binding.serialized_fields())
 
 
 def list_(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:
@@ -295,7 +294,7 @@ def list_(binding: Binding, payload: dict[str, Any]) -> tuple[int, Any]:
 
 
 def _db() -> str:
-    return str(pgbinding_settings.DATABASE)
+    return pgbinding_settings.current.DATABASE
 
 
 #: The actions a client may run here, by name (the consumer adds subscribe/unsubscribe).

@@ -15,11 +15,13 @@ from typing import Any
 
 from django.db import OperationalError, connections, transaction
 
-from . import filters, rows
-from .bindings import Binding, row_python
-from .conf import pgbinding_settings
-from .exceptions import RequestError
-from .log import Change, Cursor, loads
+from .. import filters, rows
+from ..bindings import Binding, row_python
+from ..conf import pgbinding_settings
+from ..delivery import messages
+from ..delivery.changelog import Change, loads
+from ..exceptions import RequestError
+from ..positions import Cursor
 
 logger = logging.getLogger("pgbinding.subscriptions")
 
@@ -123,7 +125,7 @@ def _was_in(sub: Subscription, old: dict[str, Any]) -> bool:
 
 
 def _db() -> str:
-    return str(pgbinding_settings.DATABASE)
+    return pgbinding_settings.current.DATABASE
 
 
 def snapshot_cursor(cursor: Any) -> Cursor:
@@ -193,7 +195,7 @@ def snapshot(sub: Subscription, since: Cursor | None) -> Snapshot:
     for it) and the cursor of the same database snapshot, so live events can skip what it
     already shows. Runs in a thread (the consumer calls it through database_sync_to_async)."""
     db = _db()
-    timeout_ms = max(1, int(float(pgbinding_settings.REPLAY_TIMEOUT) * 1000))
+    timeout_ms = max(1, int(pgbinding_settings.current.REPLAY_TIMEOUT * 1000))
     try:
         with transaction.atomic(using=db), connections[db].cursor() as cursor:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -223,7 +225,7 @@ def _replay(
     binding = type(sub.binding)
     if since.position > state.position:
         return None  # ahead of this log: from another database, or made up
-    limit = int(pgbinding_settings.MAX_REPLAY)
+    limit = pgbinding_settings.current.MAX_REPLAY
     table = binding.model._meta.db_table
     cursor.execute(
         """
@@ -256,7 +258,7 @@ def _replay(
     frames: list[dict[str, Any]] = []
     for change_id, op, old, new in entries:
         change = Change(int(change_id), table, str(op), None, _json(old), _json(new), token)
-        message = binding.change_message(change)
+        message = messages.change_message(binding, change)
         if message is not None:
             frames += evaluate(sub, message)
     return frames

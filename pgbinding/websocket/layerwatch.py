@@ -134,7 +134,7 @@ def _hosts(layer: Any) -> tuple[list[dict[str, Any]], bool] | None:
 def _config_hosts(layer: Any) -> Any:
     from django.conf import settings
 
-    from .conf import pgbinding_settings
+    from ..conf import pgbinding_settings
 
     for alias in {str(pgbinding_settings.CHANNEL_LAYER), "default"}:
         entry = getattr(settings, "CHANNEL_LAYERS", {}).get(alias, {})

@@ -24,47 +24,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import psycopg
 from asgiref.sync import sync_to_async
 from psycopg import sql as psql
 
-from . import log as changelog
-from .dispatch import Dispatcher, Message, coalesce
-from .log import LostLead
-from .sql import NOTIFY_CHANNEL
+from ..capture.sql import NOTIFY_CHANNEL
+from ..conf import Settings
+from ..positions import Cursor
+from . import changelog
+from .changelog import LostLead
+from .dispatch import Dispatcher, coalesce
+from .lease import Lease
+from .retry import Backoff
+from .sender import Sender, Stopping
 
 logger = logging.getLogger("pgbinding.listener")
 
 _DISCONNECTS = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
-#: Renew the lease when this share of it has gone by since the last renewal.
-RENEW_AFTER = 0.3
-#: First and longest wait between attempts to send to a failing channel layer (seconds).
-SEND_RETRY_FIRST = 0.2
-SEND_RETRY_MAX = 5.0
-#: How often a listener that cannot send says so again (seconds).
-SEND_FAILURE_LOG_INTERVAL = 10.0
 #: How often the pruner repeats its warning about one stale listener name (seconds).
 STALE_LOG_INTERVAL = 3600.0
-
-_CLAIM = """
-UPDATE pgbinding_listener AS l
-   SET leader = %(me)s, leader_pid = pg_backend_pid(), updated_at = now(),
-       lease_until = now() + make_interval(secs => %(lease)s)
- WHERE name = %(name)s
-   AND (leader IS NULL OR leader = %(me)s OR lease_until IS NULL OR lease_until < now()
-        OR NOT EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = l.leader_pid))
-RETURNING position, pending
-"""
-_RENEW = """
-UPDATE pgbinding_listener
-   SET lease_until = now() + make_interval(secs => %(lease)s), leader_pid = pg_backend_pid()
- WHERE name = %(name)s AND leader = %(me)s
-"""
 
 
 def conninfo_from_django(alias: str = "default") -> str:
@@ -76,10 +59,6 @@ def conninfo_from_django(alias: str = "default") -> str:
         params.pop(key, None)
     clean: dict[str, Any] = {k: v for k, v in params.items() if isinstance(v, str | int)}
     return psycopg.conninfo.make_conninfo("", **clean)
-
-
-class _Stopping(Exception):
-    """Stop was asked for while a batch could not be sent: leave without saving past it."""
 
 
 class Listener:
@@ -94,42 +73,26 @@ class Listener:
         self,
         conninfo: str,
         dispatcher: Dispatcher,
-        *,
-        name: str = "default",
-        batch_size: int = 500,
-        keepalive: float = 30.0,
-        reconnect_max_delay: float = 30.0,
-        standby_retry: float = 1.0,
-        gap_poll_interval: float = 0.02,
-        retention: float = 24 * 3600.0,
-        prune_interval: float = 60.0,
-        lag_log_interval: float = 10.0,
-        read_pause: float = 0.002,
-        idle_linger: float = 0.005,
-        save_interval: float = 0.25,
-        lease: float = 5.0,
-        send_timeout: float = 2.0,
-        stale_listener_after: float = 3600.0,
+        settings: Settings | None = None,
+        **overrides: Any,
     ) -> None:
+        """``settings``: pgbinding's settings (default: every default); ``overrides`` replace
+        some, by name in either case (``retention=2`` or ``RETENTION=2``; ``name`` is
+        ``LISTENER_NAME``)."""
+        names = {k: "LISTENER_NAME" if k == "name" else k.upper() for k in overrides}
+        self.settings = replace(
+            settings or Settings(), **{names[k]: v for k, v in overrides.items()}
+        )
         self.conninfo = conninfo
         self.dispatcher = dispatcher
-        self.name = name
-        self.log = changelog.ChangeLog(name, batch_size)
-        self.keepalive = keepalive
-        self.reconnect_max_delay = reconnect_max_delay
-        self.standby_retry = standby_retry
-        self.gap_poll_interval = gap_poll_interval
-        self.retention = retention
-        self.prune_interval = prune_interval
-        self.lag_log_interval = lag_log_interval
-        self.read_pause = read_pause
-        self.idle_linger = idle_linger
-        self.save_interval = save_interval
-        self.lease = lease
-        self.send_timeout = send_timeout
-        self.stale_listener_after = stale_listener_after
+        self.name = self.settings.LISTENER_NAME
+        self.log = changelog.ChangeLog(self.name, self.settings.BATCH_SIZE)
         #: This listener's id as a leader (stored in pgbinding_listener.leader).
-        self.id = f"{name}:{uuid.uuid4().hex[:12]}"
+        self.id = f"{self.name}:{uuid.uuid4().hex[:12]}"
+        self.lease = Lease(self.name, self.id, self.settings.LEASE)
+        self.sender = Sender(
+            dispatcher.channel_layer, self.settings.SEND_TIMEOUT, self._sleep, lambda: self.stopping
+        )
         self.log.leader = self.id
         self._stop = asyncio.Event()
         #: Set while this listener leads and has loaded its position.
@@ -137,13 +100,11 @@ class Listener:
         #: Set whenever the listener has read everything committed so far and is waiting.
         self.idle = asyncio.Event()
         self.delivered = 0
-        self.send_failures = 0
         self.takeovers = 0
         #: Log position up to which changes have been sent and the position saved.
         self.saved_position = 0
-        self._delivered = changelog.Cursor(0)
-        self._saved_cursor: changelog.Cursor | None = None
-        self._renewed_at = 0.0
+        self._delivered = Cursor(0)
+        self._saved_cursor: Cursor | None = None
         self._sleeping = False
         self._guard: changelog.Watch | None = None
         self._led = False
@@ -153,8 +114,9 @@ class Listener:
         """A listener configured from ``settings.PGBINDING`` (and ``CHANNEL_LAYERS``)."""
         from channels.layers import get_channel_layer
 
-        from .conf import pgbinding_settings as s
+        from ..conf import pgbinding_settings
 
+        s = pgbinding_settings.current
         layer = channel_layer or get_channel_layer(s.CHANNEL_LAYER)
         if layer is None:
             from django.core.exceptions import ImproperlyConfigured
@@ -163,25 +125,7 @@ class Listener:
                 f"No channel layer {s.CHANNEL_LAYER!r}: set CHANNEL_LAYERS in your settings "
                 "(channels_redis for separate processes, InMemoryChannelLayer for one process)"
             )
-        options: dict[str, Any] = {
-            "name": s.LISTENER_NAME,
-            "batch_size": s.BATCH_SIZE,
-            "keepalive": s.KEEPALIVE,
-            "reconnect_max_delay": s.RECONNECT_MAX_DELAY,
-            "standby_retry": s.STANDBY_RETRY,
-            "gap_poll_interval": s.GAP_POLL_INTERVAL,
-            "retention": s.RETENTION,
-            "prune_interval": s.PRUNE_INTERVAL,
-            "lag_log_interval": s.LAG_LOG_INTERVAL,
-            "read_pause": s.READ_PAUSE,
-            "idle_linger": s.IDLE_LINGER,
-            "save_interval": s.SAVE_INTERVAL,
-            "lease": s.LEASE,
-            "send_timeout": s.SEND_TIMEOUT,
-            "stale_listener_after": s.STALE_LISTENER_AFTER,
-        }
-        options.update(overrides)
-        return cls(conninfo_from_django(s.DATABASE), Dispatcher(layer), **options)
+        return cls(conninfo_from_django(s.DATABASE), Dispatcher(layer), s, **overrides)
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand and return."""
@@ -194,7 +138,7 @@ class Listener:
     # -- the outer loop: connect, lead, serve, reconnect ----------------------------------------
 
     async def run(self) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, self.settings.RECONNECT_MAX_DELAY)
         while not self.stopping:
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -211,21 +155,20 @@ class Listener:
                         info.dbname,
                         self.name,
                     )
-                    delay = 0.5
+                    backoff.reset()
                     await self._lead_and_serve(conn)
             except _DISCONNECTS as exc:
                 self.active.clear()
                 self.idle.clear()
                 if self.stopping:
                     break
-                wait = delay * (0.8 + 0.4 * random.random())
+                wait = backoff.next()
                 logger.warning(
                     "Lost the connection to Postgres (%s); reconnecting in %.1f s",
                     str(exc).strip() or type(exc).__name__,
                     wait,
                 )
                 await self._sleep(wait)
-                delay = min(delay * 2, self.reconnect_max_delay)
         self.active.clear()
         if self._led:
             logger.info("Listener %r stopped at position %d", self.name, self.saved_position)
@@ -246,66 +189,31 @@ class Listener:
                     "Listener %r lost the lead: another listener took over while this one "
                     "made no progress for %.1f s (more than LEASE = %.1f s); standing by",
                     self.name,
-                    time.monotonic() - self._renewed_at,
-                    self.lease,
+                    time.monotonic() - self.lease.renewed_at,
+                    self.settings.LEASE,
                 )
 
     async def _lead(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         """Claim the lead of this listener's name, standing by while another one holds it."""
-        await conn.execute(
-            "INSERT INTO pgbinding_listener (name) VALUES (%s) ON CONFLICT (name) DO NOTHING",
-            [self.name],
-        )
         said = False
         while not self.stopping:
-            started = time.monotonic()
-            cur = await conn.execute(
-                _CLAIM, {"me": self.id, "name": self.name, "lease": self.lease}
-            )
-            row = await cur.fetchone()
-            if row is not None:
-                self._renewed_at = started
-                self.log.restore(row[0], row[1])
+            claimed = await self.lease.claim(conn)
+            if claimed is not None:
+                self.log.restore(*claimed)
                 if said:
                     self.takeovers += 1
                     logger.info("Listener %r took over as the active listener", self.name)
                 self._led = True
                 return True
             if not said:
-                cur = await conn.execute(
-                    "SELECT leader_pid, extract(epoch FROM lease_until - now())::float8"
-                    " FROM pgbinding_listener WHERE name = %s",
-                    [self.name],
-                )
-                holder = await cur.fetchone()
                 logger.info(
                     "Another listener %r is active (Postgres backend pid %s); standing by",
                     self.name,
-                    holder[0] if holder else "?",
+                    await self.lease.holder_pid(conn) or "?",
                 )
                 said = True
-            await self._sleep(self.standby_retry)
+            await self._sleep(self.settings.STANDBY_RETRY)
         return False
-
-    async def _renew(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        started = time.monotonic()
-        cur = await conn.execute(_RENEW, {"me": self.id, "name": self.name, "lease": self.lease})
-        if cur.rowcount == 0:
-            raise LostLead(self.name)
-        self._renewed_at = started
-
-    async def _keep_lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Renew the lease if it is getting old; raises :class:`LostLead` if it is gone."""
-        if time.monotonic() - self._renewed_at >= self.lease * RENEW_AFTER:
-            await self._renew(conn)
-
-    async def _release(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Give up the lead (a clean stop), so a standby takes over at once."""
-        await conn.execute(
-            "UPDATE pgbinding_listener SET leader = NULL, lease_until = NULL"
-            " WHERE name = %s AND leader = %s",
-            [self.name, self.id],
-        )
 
     # -- the inner loop: read, deliver, save, sleep --------------------------------------------
 
@@ -327,16 +235,18 @@ class Listener:
         )
         await self._set_sleeping(conn, False)
         self.active.set()
-        pruner = asyncio.create_task(self._prune_loop()) if self.prune_interval > 0 else None
+        pruner = (
+            asyncio.create_task(self._prune_loop()) if self.settings.PRUNE_INTERVAL > 0 else None
+        )
         try:
             try:
                 await self._loop(conn)
-            except _Stopping:
+            except Stopping:
                 pass
             await self._save(conn)
             # Clean stop: nobody is left to wake, so writers need not NOTIFY.
             await self._set_sleeping(conn, False)
-            await self._release(conn)
+            await self.lease.release(conn)
         finally:
             if pruner is not None:
                 pruner.cancel()
@@ -345,12 +255,12 @@ class Listener:
         self._caught_up = False
         self._count = 0
         self._last_lag_log = self._last_save = self._last_gap_check = time.monotonic()
-        self._gap_wait = self.gap_poll_interval
+        self._gap_wait = self.settings.GAP_POLL_INTERVAL
         self._dry_since: float | None = None
         while not self.stopping:
             changes = await self.log.read(conn)
             now = time.monotonic()
-            if self.log.gaps and now - self._last_gap_check >= self.gap_poll_interval:
+            if self.log.gaps and now - self._last_gap_check >= self.settings.GAP_POLL_INTERVAL:
                 await self.log.check_gaps(conn)
                 self._last_gap_check = now
             if changes:
@@ -364,7 +274,9 @@ class Listener:
         self.idle.clear()
         await self.dispatcher.prepare(conn, changes)
         messages = await sync_to_async(self.dispatcher.build, thread_sensitive=False)(changes)
-        await self._send(conn, coalesce(messages))
+        await self.sender.send(
+            coalesce(messages), lambda: self.lease.keep(conn), self._delivered.position
+        )
         self._delivered = self.log.cursor()
         if self._sleeping:
             # After sending, not before: the round trip is not on the way to the clients, and
@@ -372,63 +284,16 @@ class Listener:
             await self._set_sleeping(conn, False)
         self.delivered += len(changes)
 
-    async def _send(self, conn: psycopg.AsyncConnection[Any], messages: list[Message]) -> None:
-        """Send in order, retrying a failing channel layer without end (while this listener
-        leads). A message whose send timed out may have arrived: it is sent again, and
-        consumers drop the repeat."""
-        layer = self.dispatcher.channel_layer
-        delay = SEND_RETRY_FIRST
-        failing_since: float | None = None
-        last_said = 0.0
-        index = 0
-        while index < len(messages):
-            await self._keep_lead(conn)
-            group, message = messages[index]
-            try:
-                await asyncio.wait_for(layer.group_send(group, message), self.send_timeout)
-            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:
-                self.send_failures += 1
-                now = time.monotonic()
-                reason = str(exc).strip() or type(exc).__name__
-                if isinstance(exc, TimeoutError):
-                    reason = f"no answer within SEND_TIMEOUT = {self.send_timeout:.1f} s"
-                if failing_since is None or now - last_said >= SEND_FAILURE_LOG_INTERVAL:
-                    logger.warning(
-                        "Could not send to the channel layer (%s: %s); keeping %d message(s) "
-                        "of this batch unsent and the position at %d; retrying in %.1f s%s",
-                        type(exc).__name__,
-                        reason,
-                        len(messages) - index,
-                        self._delivered.position,
-                        delay,
-                        f" (failing for {now - failing_since:.0f} s)" if failing_since else "",
-                    )
-                    last_said = now
-                failing_since = failing_since or now
-                await self._sleep(delay)
-                delay = min(delay * 2, SEND_RETRY_MAX)
-                if self.stopping:
-                    raise _Stopping from None
-                continue
-            index += 1
-        if failing_since is not None:
-            logger.info(
-                "Sending to the channel layer works again, after %.1f s",
-                time.monotonic() - failing_since,
-            )
-
     async def _after_delivery(self, conn: psycopg.AsyncConnection[Any], count: int) -> None:
         self._count += count
-        self._caught_up, self._gap_wait = False, self.gap_poll_interval
+        self._caught_up, self._gap_wait = False, self.settings.GAP_POLL_INTERVAL
         now = time.monotonic()
-        if now - self._last_save >= self.save_interval:
+        if now - self._last_save >= self.settings.SAVE_INTERVAL:
             # Not after every batch: under a steady trickle each batch holds one or two
             # changes, and a save per batch was most of the listener's cost.
             await self._save(conn)
             self._last_save = now
-        if now - self._last_lag_log >= self.lag_log_interval:
+        if now - self._last_lag_log >= self.settings.LAG_LOG_INTERVAL:
             behind, age = await self.log.behind(conn)
             logger.info(
                 "Delivered %d change(s) in the last %.0f s; %d behind (oldest %.1f s)",
@@ -438,10 +303,10 @@ class Listener:
                 age,
             )
             self._count, self._last_lag_log = 0, now
-        if count < self.log.batch_size and self.read_pause > 0:
+        if count < self.log.batch_size and self.settings.READ_PAUSE > 0:
             # A short batch: the log is nearly drained. Let a few more commits land so the
             # next round trip carries several changes, not one.
-            await asyncio.sleep(self.read_pause)
+            await asyncio.sleep(self.settings.READ_PAUSE)
 
     async def _when_dry(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Nothing new to read: linger, then sleep until a writer's NOTIFY (after making sure
@@ -452,8 +317,8 @@ class Listener:
             # change.
             now = time.monotonic()
             self._dry_since = self._dry_since or now
-            if now - self._dry_since < self.idle_linger:
-                await asyncio.sleep(max(self.read_pause, 0.001))
+            if now - self._dry_since < self.settings.IDLE_LINGER:
+                await asyncio.sleep(max(self.settings.READ_PAUSE, 0.001))
                 return
         await self._save(conn)
         self._last_save = time.monotonic()
@@ -474,7 +339,7 @@ class Listener:
             await self._wait_notify(conn, self._gap_wait)
             self._gap_wait = min(self._gap_wait * 2, 0.5)
             return
-        self._gap_wait = self.gap_poll_interval
+        self._gap_wait = self.settings.GAP_POLL_INTERVAL
         if not self._caught_up:
             logger.info(
                 "Caught up at position %d (%d delivered since start); waiting for changes",
@@ -483,7 +348,7 @@ class Listener:
             )
             self._caught_up, self._count, self._last_lag_log = True, 0, time.monotonic()
         self.idle.set()
-        await self._wait_notify(conn, self.keepalive)
+        await self._wait_notify(conn, self.settings.KEEPALIVE)
 
     async def _save(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Save the delivered position (and its open gaps) if it moved since the last save;
@@ -491,8 +356,8 @@ class Listener:
         cursor = self._delivered
         if cursor != self._saved_cursor:
             started = time.monotonic()
-            await self.log.save(conn, cursor, self.lease)
-            self._renewed_at = started
+            await self.log.save(conn, cursor, self.settings.LEASE)
+            self.lease.renewed(started)
             self._saved_cursor = cursor
         self.saved_position = cursor.position
 
@@ -507,7 +372,7 @@ class Listener:
         lease is renewed while idle."""
         deadline = time.monotonic() + seconds
         while not self.stopping:
-            await self._keep_lead(conn)
+            await self.lease.keep(conn)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -523,7 +388,7 @@ class Listener:
     async def _prune_loop(self) -> None:
         warned: dict[str, float] = {}
         while True:
-            await asyncio.sleep(self.prune_interval)
+            await asyncio.sleep(self.settings.PRUNE_INTERVAL)
             try:
                 async with await psycopg.AsyncConnection.connect(
                     self.conninfo,
@@ -531,7 +396,7 @@ class Listener:
                     application_name=f"pgbinding pruner {self.name}"[:63],
                 ) as conn:
                     for name, position, age in await changelog.stale_listeners(
-                        conn, self.stale_listener_after
+                        conn, self.settings.STALE_LISTENER_AFTER
                     ):
                         if time.monotonic() - warned.get(name, -STALE_LOG_INTERVAL) < (
                             STALE_LOG_INTERVAL
@@ -545,15 +410,17 @@ class Listener:
                             "for good.",
                             name,
                             age,
-                            self.stale_listener_after,
+                            self.settings.STALE_LISTENER_AFTER,
                             position,
                         )
-                    removed = await changelog.prune(conn, self.retention, self.stale_listener_after)
+                    removed = await changelog.prune(
+                        conn, self.settings.RETENTION, self.settings.STALE_LISTENER_AFTER
+                    )
                 if removed:
                     logger.info(
                         "Pruned %d change(s) older than %.0f s from the log",
                         removed,
-                        self.retention,
+                        self.settings.RETENTION,
                     )
             except _DISCONNECTS as exc:
                 logger.warning("Could not prune the change log: %s", exc)

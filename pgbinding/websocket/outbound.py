@@ -44,41 +44,8 @@ Backpressure, per server
   While paused the writer hands nothing to ``send``. The pause comes synchronously from inside
   the ``send`` that filled the buffer, so at most one frame goes past the high-water mark.
 
-  *Is registering a producer safe there?* Not naively: the transport already has one.
-  Twisted's ``HTTPChannel.connectionMade`` registers the channel as the transport's streaming
-  producer (``twisted/web/http.py``: ``self._networkProducer.registerProducer(self, True)``),
-  and daphne's WebSocket upgrade (``daphne/http_protocol.py``, ``process``) moves the transport
-  to the autobahn protocol without unregistering it, so ``transport.registerProducer`` would
-  raise ``RuntimeError("Cannot register producer ... never unregistered")``
-  (``twisted/internet/abstract.py``, ``_ConsumerMixin.registerProducer``). Neither daphne nor
-  autobahn registers one of its own for WebSockets; autobahn only *unregisters* whatever is
-  registered when it drops the connection (``WebSocketProtocol.dropConnection`` ->
-  ``unregisterProducer``), which is harmless here. So the queue **chains**: it unregisters
-  the existing producer, registers a small producer of its own that forwards every
-  ``pauseProducing``/``resumeProducing``/``stopProducing`` to that previous producer (the
-  upgraded channel keeps seeing exactly what it saw before; after the upgrade it only records
-  the state, as its request is never finished) and also pauses/resumes this queue, and puts
-  the previous producer back on :meth:`OutboundQueue.close`. Behind TLS the protocol's
-  transport is a ``TLSMemoryBIOProtocol``; the queue chains on the TCP transport beneath it
-  (where the encrypted bytes are buffered), next to the producer TLS registered there.
-
-  The alternative, reading the transport's buffered byte count
-  (``len(dataBuffer) - offset + _tempDataLen``), reads private attributes and needs a timer to
-  notice the buffer draining; the producer is Twisted's documented interface and wakes the
-  writer exactly when the buffer is empty again.
-
-  Reaching the transport: ``AsyncConsumer.__call__`` keeps the ``send`` it was given as
-  ``self.base_send``. Under daphne that is the ``partial`` above, unless middleware wrapped it:
-  ``SessionMiddleware`` (in ``AuthMiddlewareStack``) passes ``InstanceSessionWrapper.send``,
-  which keeps the original as ``real_send``; ``CookieMiddleware``, ``AuthMiddleware``,
-  ``OriginValidator`` and the routers pass ``send`` through. The queue unwraps a bounded chain
-  of ``real_send`` attributes, ``__wrapped__`` attributes and ``functools.partial`` objects
-  until it finds a ``partial`` of a ``handle_reply`` method whose first argument has a
-  ``transport``. Any other shape (another server, a test communicator, unknown middleware, a
-  transport without Twisted's producer attributes) falls back to awaiting ``send`` alone, with
-  a debug line on the ``pgbinding.outbound`` logger; under daphne that fallback means no
-  backpressure (the queue stays empty and Twisted buffers), so keep middleware that wraps
-  ``send`` exposing the original as ``real_send`` or ``__wrapped__``.
+  How the queue reaches daphne's transport, and why chaining a producer there is safe:
+  :mod:`pgbinding.websocket.transport`.
 
 What counts against the bound
 -----------------------------
@@ -105,12 +72,13 @@ connection if the client does not answer the close within its ``closeHandshakeTi
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
+
+from .transport import TransportWatch, attach
 
 logger = logging.getLogger("pgbinding.outbound")
 
@@ -125,9 +93,6 @@ DEFAULT_MAX_OUTBOUND_BYTES: Final = 4 * 1024 * 1024
 
 #: The ASGI ``send`` callable.
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-#: Most wrappers unwrapped when looking for daphne's protocol behind ``send``.
-_UNWRAP_DEPTH = 8
 
 
 class OutboundQueue:
@@ -197,7 +162,7 @@ class OutboundQueue:
         self._owner: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
-        self._watch: _TransportWatch | None = None
+        self._watch: TransportWatch | None = None
 
     # -- state -----------------------------------------------------------------------------
 
@@ -238,7 +203,7 @@ class OutboundQueue:
             return
         loop = asyncio.get_running_loop()
         self._loop, self._thread = loop, threading.get_ident()
-        self._watch = _attach(self, self._send)
+        self._watch = attach(self, self._send)
         self._task = loop.create_task(self._run(), name="pgbinding-outbound")
         owner = asyncio.current_task()
         if owner is not None:
@@ -374,19 +339,19 @@ class OutboundQueue:
             except Exception:
                 logger.exception("on_overflow callback failed")
 
-    def _set_paused(self, paused: bool) -> None:
+    def transport_paused(self, paused: bool) -> None:
         """From the transport's producer (daphne's reactor thread: the event loop's)."""
         if threading.get_ident() != self._thread and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._set_paused, paused)
+            self._loop.call_soon_threadsafe(self.transport_paused, paused)
             return
         self._paused = paused
         if not paused:
             self._wake.set()
 
-    def _lost(self) -> None:
+    def transport_lost(self) -> None:
         """The transport lost its connection (producer ``stopProducing``)."""
         if threading.get_ident() != self._thread and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._lost)
+            self._loop.call_soon_threadsafe(self.transport_lost)
             return
         self._watch = None  # the transport dropped its producer itself
         self._stop()
@@ -427,129 +392,3 @@ class OutboundQueue:
         self._interrupting = False
         task = asyncio.current_task()
         return task is not None and task.uncancel() == 0
-
-
-class _TransportWatch:
-    """The ``IPushProducer`` chained onto a Twisted transport: tells the queue when the
-    transport's buffer passes its high-water mark and when it is empty again, and forwards
-    every call to the producer that was registered before (see the module docstring)."""
-
-    def __init__(self, queue: OutboundQueue, transport: Any, previous: Any) -> None:
-        self.queue: OutboundQueue | None = queue
-        self.transport = transport
-        self.previous = previous
-
-    # IPushProducer, called by the transport
-    def pauseProducing(self) -> None:
-        if self.queue is not None:
-            self.queue._set_paused(True)
-        if self.previous is not None:
-            self.previous.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        if self.queue is not None:
-            self.queue._set_paused(False)
-        if self.previous is not None:
-            self.previous.resumeProducing()
-
-    def stopProducing(self) -> None:
-        queue, self.queue = self.queue, None
-        if queue is not None:
-            queue._lost()
-        if self.previous is not None:
-            self.previous.stopProducing()
-
-    def detach(self) -> None:
-        """Put the previous producer back (if we are still the registered one)."""
-        self.queue = None
-        transport = self.transport
-        if getattr(transport, "producer", None) is not self:
-            return
-        try:
-            transport.unregisterProducer()
-            if self.previous is not None and not getattr(transport, "disconnected", False):
-                transport.registerProducer(self.previous, True)
-        except Exception:
-            logger.debug("Could not restore the transport's producer", exc_info=True)
-
-
-def _daphne_protocol(send: Any) -> Any:
-    """The protocol object behind daphne's ``partial(server.handle_reply, protocol)``, looking
-    through Channels' session wrapper (``real_send``), ``__wrapped__`` and partials; None if
-    ``send`` has another shape."""
-    fn = send
-    for _ in range(_UNWRAP_DEPTH):
-        if isinstance(fn, functools.partial):
-            func = fn.func
-            if (
-                getattr(func, "__name__", None) == "handle_reply"
-                and fn.args
-                and hasattr(fn.args[0], "transport")
-            ):
-                return fn.args[0]
-            fn = func
-            continue
-        inner = getattr(fn, "__wrapped__", None)
-        if inner is None:
-            inner = getattr(getattr(fn, "__self__", None), "real_send", None)
-        if inner is None:
-            return None
-        fn = inner
-    return None
-
-
-def _producer_transport(protocol: Any) -> Any:
-    """The transport that buffers the protocol's bytes and takes a producer: the TCP transport,
-    beneath TLS (a protocol wrapper) if any."""
-    transport = getattr(protocol, "transport", None)
-    for _ in range(_UNWRAP_DEPTH):
-        if transport is None:
-            return None
-        if all(
-            hasattr(transport, name)
-            for name in ("producer", "streamingProducer", "registerProducer", "unregisterProducer")
-        ):
-            return transport
-        transport = getattr(transport, "transport", None)
-    return None
-
-
-def _attach(queue: OutboundQueue, send: Send) -> _TransportWatch | None:
-    protocol = _daphne_protocol(send)
-    if protocol is None:
-        logger.debug(
-            "No Twisted transport behind send %r: backpressure from awaiting send only", send
-        )
-        return None
-    transport = _producer_transport(protocol)
-    if transport is None:
-        logger.debug(
-            "%r has no Twisted transport with a producer: backpressure from awaiting send only",
-            protocol,
-        )
-        return None
-    if getattr(transport, "disconnected", False):
-        logger.debug("%r is disconnected: not watching its transport", protocol)
-        return None
-    previous = transport.producer
-    if previous is not None and not transport.streamingProducer:
-        logger.debug(
-            "%r already has a pull producer %r: backpressure from awaiting send only",
-            transport,
-            previous,
-        )
-        return None
-    watch = _TransportWatch(queue, transport, previous)
-    try:
-        transport.unregisterProducer()
-        transport.registerProducer(watch, True)
-    except Exception:
-        logger.debug("Could not register a producer on %r", transport, exc_info=True)
-        if previous is not None and getattr(transport, "producer", None) is None:
-            try:
-                transport.registerProducer(previous, True)
-            except Exception:
-                logger.debug("Could not restore the producer of %r", transport, exc_info=True)
-        return None
-    queue._paused = bool(previous is not None and getattr(transport, "producerPaused", False))
-    return watch

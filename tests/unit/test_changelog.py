@@ -1,0 +1,55 @@
+"""The change log reader's bookkeeping: position, gaps, and when a gap is given up."""
+
+from pgbinding.delivery.changelog import Change, ChangeLog, Gap, Watch
+
+
+def changes(*ids):
+    return [Change(i, "t", "I", str(i), None, {"id": i}) for i in ids]
+
+
+def test_contiguous_ids_advance_the_position():
+    log = ChangeLog("x")
+    log._advance(changes(1, 2, 3))
+    assert log.position == 3 and log.gaps == []
+
+
+def test_a_missing_id_opens_a_gap_and_a_later_read_fills_it():
+    log = ChangeLog("x")
+    log._advance(changes(1, 2, 5, 6))
+    assert log.position == 6
+    assert [(g.lo, g.hi) for g in log.gaps] == [(3, 4)]
+    log._advance(changes(4))
+    assert [(g.lo, g.hi) for g in log.gaps] == [(3, 3)]
+    log._advance(changes(3, 7))
+    assert log.gaps == [] and log.position == 7
+
+
+def test_a_gap_filled_in_the_middle_splits():
+    log = ChangeLog("x")
+    log.position = 10
+    log.gaps = [Gap(3, 8)]
+    log._advance(changes(5))
+    assert [(g.lo, g.hi) for g in log.gaps] == [(3, 4), (6, 8)]
+
+
+def test_a_settled_gap_is_dropped_after_the_next_read_unless_filled():
+    log = ChangeLog("x")
+    log.position = 10
+    log.gaps = [Gap(3, 4, Watch(frozenset()), settled=True), Gap(6, 6)]
+    log._advance(changes(4))
+    # 4 came in (delivered); 3 never will; 6 is still being waited for.
+    assert [(g.lo, g.hi) for g in log.gaps] == [(6, 6)]
+
+
+def test_a_watch_ends_when_none_of_its_writers_still_writes():
+    # Writers are pg_locks' virtual transaction ids of the log's RowExclusiveLock holders.
+    watch = Watch(frozenset({"3/17", "5/2"}))
+    assert not watch.finished(frozenset({"3/17", "9/1"}))
+    assert watch.finished(frozenset({"9/1"}))  # a new writer cannot hold an older gap's id
+    assert watch.finished(frozenset())
+
+
+def test_gap_count_is_kept():
+    log = ChangeLog("x")
+    log._advance(changes(2, 4, 9))
+    assert log.gaps_opened == 3
