@@ -22,6 +22,8 @@ class PgBindingConfig(AppConfig):
         from .registry import registry
 
         install()
+        from . import checks  # noqa: F401 (registers the system checks)
+
         autodiscover_modules("bindings")
         check_all()
         alias = pgbinding_settings.DATABASE

@@ -89,6 +89,9 @@ class Settings:
     #: fast enough; past it the socket is closed with code 4008 and the client resumes with
     #: `since`.
     MAX_OUTBOUND_BYTES: int = 4 * 1024 * 1024
+    #: Register read-only Django admin pages for the listeners' state and the recent change log
+    #: (off by default: the log holds whole rows).
+    ADMIN: bool = False
 
     @classmethod
     def load(cls, user: Any) -> Settings:
@@ -108,7 +111,10 @@ class Settings:
         values: dict[str, Any] = {}
         for name, value in user.items():
             kind = known[name].type
-            if kind == "str":
+            if kind == "bool":
+                ok = isinstance(value, bool)
+                expected = "True or False"
+            elif kind == "str":
                 ok = isinstance(value, str) and value != ""
                 expected = "a non-empty string"
             elif kind == "int":

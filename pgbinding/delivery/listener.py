@@ -33,6 +33,7 @@ import psycopg
 from asgiref.sync import sync_to_async
 from psycopg import sql as psql
 
+from .. import metrics
 from ..capture.sql import NOTIFY_CHANNEL
 from ..conf import Settings
 from ..positions import Cursor
@@ -127,6 +128,11 @@ class Listener:
             )
         return cls(conninfo_from_django(s.DATABASE), Dispatcher(layer), s, **overrides)
 
+    def _in_process_layer(self) -> bool:
+        from channels.layers import InMemoryChannelLayer
+
+        return isinstance(self.dispatcher.channel_layer, InMemoryChannelLayer)
+
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand and return."""
         self._stop.set()
@@ -160,6 +166,8 @@ class Listener:
             except _DISCONNECTS as exc:
                 self.active.clear()
                 self.idle.clear()
+                metrics.listener_leading.set(0)
+                metrics.listener_reconnects.inc()
                 if self.stopping:
                     break
                 wait = backoff.next()
@@ -170,6 +178,7 @@ class Listener:
                 )
                 await self._sleep(wait)
         self.active.clear()
+        metrics.listener_leading.set(0)
         if self._led:
             logger.info("Listener %r stopped at position %d", self.name, self.saved_position)
         else:
@@ -185,6 +194,7 @@ class Listener:
             except LostLead:
                 self.active.clear()
                 self.idle.clear()
+                metrics.listener_leading.set(0)
                 logger.warning(
                     "Listener %r lost the lead: another listener took over while this one "
                     "made no progress for %.1f s (more than LEASE = %.1f s); standing by",
@@ -202,15 +212,28 @@ class Listener:
                 self.log.restore(*claimed)
                 if said:
                     self.takeovers += 1
+                    metrics.listener_takeovers.inc()
                     logger.info("Listener %r took over as the active listener", self.name)
+                metrics.listener_leading.set(1)
                 self._led = True
                 return True
             if not said:
+                holder = await self.lease.holder_pid(conn) or "?"
                 logger.info(
                     "Another listener %r is active (Postgres backend pid %s); standing by",
                     self.name,
-                    await self.lease.holder_pid(conn) or "?",
+                    holder,
                 )
+                if self._in_process_layer():
+                    logger.warning(
+                        "This listener sends through an in-process channel layer: while "
+                        "another process leads listener %r (Postgres backend pid %s), the "
+                        "sockets of this process receive nothing. Stop that other listener "
+                        "(with an in-memory layer it delivers to nobody), or use channels-redis "
+                        "between processes.",
+                        self.name,
+                        holder,
+                    )
                 said = True
             await self._sleep(self.settings.STANDBY_RETRY)
         return False
@@ -283,6 +306,7 @@ class Listener:
             # writers NOTIFYing a little longer is harmless.
             await self._set_sleeping(conn, False)
         self.delivered += len(changes)
+        metrics.listener_delivered.inc(len(changes))
 
     async def _after_delivery(self, conn: psycopg.AsyncConnection[Any], count: int) -> None:
         self._count += count
@@ -295,6 +319,8 @@ class Listener:
             self._last_save = now
         if now - self._last_lag_log >= self.settings.LAG_LOG_INTERVAL:
             behind, age = await self.log.behind(conn)
+            metrics.listener_lag_changes.set(behind)
+            metrics.listener_lag_seconds.set(age)
             logger.info(
                 "Delivered %d change(s) in the last %.0f s; %d behind (oldest %.1f s)",
                 self._count,
@@ -341,6 +367,8 @@ class Listener:
             return
         self._gap_wait = self.settings.GAP_POLL_INTERVAL
         if not self._caught_up:
+            metrics.listener_lag_changes.set(0)
+            metrics.listener_lag_seconds.set(0)
             logger.info(
                 "Caught up at position %d (%d delivered since start); waiting for changes",
                 self.log.position,
@@ -360,6 +388,7 @@ class Listener:
             self.lease.renewed(started)
             self._saved_cursor = cursor
         self.saved_position = cursor.position
+        metrics.listener_position.set(cursor.position)
 
     async def _set_sleeping(self, conn: psycopg.AsyncConnection[Any], sleeping: bool) -> None:
         await conn.execute("UPDATE pgbinding_state SET sleeping = %s", [sleeping])

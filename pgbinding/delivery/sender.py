@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .. import metrics
 from .messages import Message
 from .retry import Backoff
 
@@ -65,6 +66,7 @@ class Sender:
                 raise
             except Exception as exc:
                 self.failures += 1
+                metrics.listener_send_failures.inc()
                 now = time.monotonic()
                 reason = str(exc).strip() or type(exc).__name__
                 if isinstance(exc, TimeoutError):

@@ -26,6 +26,7 @@ from channels.layers import get_channel_layer
 from channels.utils import await_many_dispatch
 from django.contrib.auth.models import AnonymousUser
 
+from .. import metrics
 from ..bindings import Binding
 from ..conf import pgbinding_settings
 from ..exceptions import RequestError
@@ -150,6 +151,8 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         for group in self.connection_groups(**kwargs):
             await self._join(group)
         await self.accept()
+        self._counted = True
+        metrics.sockets.inc()
         layerwatch.watch(self, self.channel_layer)
 
     def _readable(self) -> dict[str, bool]:
@@ -182,6 +185,8 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         )
         # Stop receiving events for it at once: some servers keep a dead socket's consumer
         # alive until its buffer drains.
+        metrics.closes.labels(WS_4008_TOO_SLOW).inc()
+        metrics.subscriptions.dec(len(self.subscriptions))
         self.subscriptions = {}
         self.readable = {}
         asyncio.get_running_loop().create_task(self._leave_groups())
@@ -196,6 +201,8 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             self.joined.discard(group)
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        if code in (WS_4008_TOO_SLOW, WS_4009_MESSAGE_TOO_BIG, WS_4012_SERVICE_RESTART):
+            metrics.closes.labels(code).inc()
         if self.outbound is None:  # not accepted yet: a rejection
             await super().close(code, reason)
         else:  # after the frames already queued
@@ -208,6 +215,10 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     async def disconnect(self, code: int) -> None:
         layerwatch.unwatch(self)
+        if getattr(self, "_counted", False):
+            self._counted = False
+            metrics.sockets.dec()
+            metrics.subscriptions.dec(len(getattr(self, "subscriptions", {})))
         if self.outbound is not None:
             await self.outbound.close()
         for group in list(getattr(self, "joined", ())):
@@ -240,6 +251,10 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         """Send one frame (strict JSON: a value JSON cannot hold is a bug, not a frame). Never
         waits for the client: frames queue, bounded (see :mod:`pgbinding.outbound`)."""
         text = json.dumps(frame, allow_nan=False)
+        metrics.frames_out.inc()
+        status = frame.get("payload", {}).get("status")
+        if status is not None:
+            metrics.replies.labels(status).inc()
         if self.outbound is None:
             await self.send(text_data=text)
         else:
@@ -248,6 +263,7 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     # -- inbound -------------------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        metrics.frames_in.inc()
         size = (
             len(text_data.encode(errors="replace"))
             if text_data is not None
@@ -379,6 +395,9 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         snap = await database_sync_to_async(subscriptions.snapshot)(sub, since)
         sub.cursor = snap.cursor
         self.subscriptions[sub_id] = sub
+        metrics.subscriptions.inc()
+        if since is not None:
+            (metrics.replays if snap.replay is not None else metrics.resyncs).inc()
         if snap.replay is not None:
             # Resuming: the changes missed, then the reply with the new position.
             for event in snap.replay:
@@ -409,6 +428,7 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         sub = self.subscriptions.pop(str(sub_id), None) if sub_id is not None else None
         if sub is None:
             raise RequestError(404, {"subscription": [f"no subscription {sub_id!r}"]})
+        metrics.subscriptions.dec()
         if not any(s.stream == sub.stream for s in self.subscriptions.values()):
             for group in self._change_groups(sub.binding):
                 if group in self.joined and group not in self._connection_groups():

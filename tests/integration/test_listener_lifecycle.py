@@ -129,8 +129,9 @@ def test_sigkill_and_takeover_lose_nothing(redis_url, tmp_path):
     assert Counter.objects.count() == len(written)
 
 
-def test_sigterm_stops_cleanly_and_saves_position(tmp_path):
-    env = subprocess_env()
+@pytest.mark.redis
+def test_sigterm_stops_cleanly_and_saves_position(redis_url, tmp_path):
+    env = subprocess_env(redis_url)
     proc = Pglisten(env, tmp_path, "term")
     proc.wait_output("Caught up")
     Item.objects.create(name="before-stop")

@@ -28,6 +28,16 @@ class Command(BaseCommand):
         parser.add_argument(
             "--listener-class", help="dotted path of a Listener subclass to run instead"
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            help="serve Prometheus metrics on this port (http://0.0.0.0:PORT/metrics)",
+        )
+        parser.add_argument(
+            "--allow-in-memory-layer",
+            action="store_true",
+            help="run even though the channel layer is in-process (only tests want this)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         _configure_logging(int(options.get("verbosity", 1)))
@@ -39,6 +49,13 @@ class Command(BaseCommand):
         alias = pgbinding_settings.DATABASE
         if connections[alias].vendor != "postgresql":
             raise CommandError(f"Database {alias!r} is not PostgreSQL; pgbinding needs Postgres.")
+        if not options.get("allow_in_memory_layer"):
+            _refuse_in_process_layer()
+        _refuse_missing_triggers(alias)
+        if options.get("metrics_port"):
+            from pgbinding import metrics
+
+            metrics.serve(options["metrics_port"])
         cls = self.listener_class
         if options.get("listener_class"):
             cls = import_string(options["listener_class"])
@@ -48,6 +65,36 @@ class Command(BaseCommand):
         except Exception as exc:
             raise CommandError(str(exc)) from exc
         asyncio.run(_run(listener))
+
+
+def _refuse_in_process_layer() -> None:
+    from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+    alias = pgbinding_settings.CHANNEL_LAYER
+    if isinstance(get_channel_layer(alias), InMemoryChannelLayer):
+        raise CommandError(
+            f"CHANNEL_LAYERS[{alias!r}] is the in-memory layer, which only reaches sockets of "
+            "the process it lives in: pglisten would deliver to nobody. With several processes, "
+            "use channels-redis (CHANNEL_LAYERS = pgbinding.conf.channel_layers(REDIS_URL)). "
+            "With one ASGI process, do not run pglisten: wrap your application with "
+            "pgbinding.asgi.with_listener instead."
+        )
+
+
+def _refuse_missing_triggers(alias: str) -> None:
+    from pgbinding import status
+
+    wrong = [t for t in status.triggers(alias) if t.state != "installed"]
+    if wrong:
+        raise CommandError(
+            "Changes to these bound models would never be captured: "
+            + "; ".join(
+                f"{t.model} ({t.table}): trigger {t.state}"
+                + (f" (version {t.version})" if t.version else "")
+                for t in wrong
+            )
+            + ". Run `manage.py makemigrations` and `manage.py migrate`."
+        )
 
 
 async def _run(listener: Listener) -> None:
