@@ -103,11 +103,14 @@ def _execute(schema_editor: BaseDatabaseSchemaEditor, statements: list[str]) -> 
         schema_editor.execute(statement, params=None)
 
 
-class InstallBindingTrigger(_TriggerOperation):
-    """Install pgbinding's capture triggers on one model's table."""
+class _Toggle(_TriggerOperation):
+    """Runs ``sql`` one way and ``reverse_sql`` the other; ``installs`` says which way is
+    forwards."""
+
+    installs: bool
 
     def state_forwards(self, app_label: str, state: ProjectState) -> None:
-        self._record(state, app_label, installed=True)
+        self._record(state, app_label, installed=self.installs)
 
     def database_forwards(
         self,
@@ -117,7 +120,7 @@ class InstallBindingTrigger(_TriggerOperation):
         to_state: ProjectState,
     ) -> None:
         if self._allowed(schema_editor, app_label):
-            _execute(schema_editor, self.sql)
+            _execute(schema_editor, self.sql if self.installs else self.reverse_sql)
 
     def database_backwards(
         self,
@@ -127,7 +130,13 @@ class InstallBindingTrigger(_TriggerOperation):
         to_state: ProjectState,
     ) -> None:
         if self._allowed(schema_editor, app_label):
-            _execute(schema_editor, self.reverse_sql)
+            _execute(schema_editor, self.reverse_sql if self.installs else self.sql)
+
+
+class InstallBindingTrigger(_Toggle):
+    """Install pgbinding's capture triggers on one model's table."""
+
+    installs = True
 
     def describe(self) -> str:
         return f"Install pgbinding capture trigger ({self.version}) on {self.model}"
@@ -137,31 +146,10 @@ class InstallBindingTrigger(_TriggerOperation):
         return f"pgbinding_{self.model.replace('.', '_')}"
 
 
-class RemoveBindingTrigger(_TriggerOperation):
+class RemoveBindingTrigger(_Toggle):
     """Remove pgbinding's capture triggers from one model's table (its last binding is gone)."""
 
-    def state_forwards(self, app_label: str, state: ProjectState) -> None:
-        self._record(state, app_label, installed=False)
-
-    def database_forwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        if self._allowed(schema_editor, app_label):
-            _execute(schema_editor, self.reverse_sql)
-
-    def database_backwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        if self._allowed(schema_editor, app_label):
-            _execute(schema_editor, self.sql)
+    installs = False
 
     def describe(self) -> str:
         return f"Remove pgbinding capture trigger ({self.version}) from {self.model}"
@@ -320,7 +308,7 @@ class AutodetectorMixin(DjangoAutodetector):
                 self._add_trigger_op(InstallBindingTrigger, key, want)
 
     def _add_trigger_op(
-        self, op_class: type[_TriggerOperation], key: tuple[str, str], spec: dict[str, str]
+        self, op_class: type[_Toggle], key: tuple[str, str], spec: dict[str, str]
     ) -> None:
         app_label, model_name = key
         state = self.to_state.models[key]

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .listener import Listener
+from .listener import Listener, ensure_logging
 
 logger = logging.getLogger("pgbinding.listener")
 
@@ -39,7 +39,8 @@ class ListenerApp:
 
     def start(self) -> None:
         if self.task is None or self.task.done():
-            _ensure_logging()
+            # uvicorn configures only its own loggers: say what the listener does anyway.
+            ensure_logging()
             self.listener = self.listener_factory()
             self.task = asyncio.get_running_loop().create_task(self.listener.run())
             self.task.add_done_callback(_log_crash)
@@ -66,19 +67,6 @@ class ListenerApp:
                 await self.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-def _ensure_logging() -> None:
-    """Say what the listener does under every server: uvicorn configures only its own loggers,
-    so with no handler for pgbinding's (and none on the root logger) add one."""
-    ours = logging.getLogger("pgbinding")
-    if ours.handlers or logging.getLogger().handlers:
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    ours.addHandler(handler)
-    if ours.level == logging.NOTSET:
-        ours.setLevel(logging.INFO)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

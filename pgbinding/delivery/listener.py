@@ -51,6 +51,19 @@ _DISCONNECTS = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
 STALE_LOG_INTERVAL = 3600.0
 
 
+def ensure_logging(level: int = logging.INFO) -> None:
+    """With no handler for pgbinding's logger (nor on the root logger), add a plain stream
+    handler, so the listener always says what it does."""
+    ours = logging.getLogger("pgbinding")
+    if ours.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ours.addHandler(handler)
+    if ours.level == logging.NOTSET or level < ours.level:
+        ours.setLevel(level)
+
+
 def conninfo_from_django(alias: str = "default") -> str:
     """A libpq connection string for Django database ``alias``."""
     from django.db import connections
@@ -128,6 +141,12 @@ class Listener:
             )
         return cls(conninfo_from_django(s.DATABASE), Dispatcher(layer), s, **overrides)
 
+    async def _connect(self, role: str) -> psycopg.AsyncConnection[Any]:
+        """An autocommit connection, named for pg_stat_activity (``pgbinding listener NAME``)."""
+        return await psycopg.AsyncConnection.connect(
+            self.conninfo, autocommit=True, application_name=f"pgbinding {role} {self.name}"[:63]
+        )
+
     def _in_process_layer(self) -> bool:
         from channels.layers import InMemoryChannelLayer
 
@@ -147,11 +166,7 @@ class Listener:
         backoff = Backoff(0.5, self.settings.RECONNECT_MAX_DELAY)
         while not self.stopping:
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.conninfo,
-                    autocommit=True,
-                    application_name=f"pgbinding listener {self.name}"[:63],
-                ) as conn:
+                async with await self._connect("listener") as conn:
                     changelog.configure_connection(conn)
                     info = conn.info
                     logger.info(
@@ -419,11 +434,7 @@ class Listener:
         while True:
             await asyncio.sleep(self.settings.PRUNE_INTERVAL)
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.conninfo,
-                    autocommit=True,
-                    application_name=f"pgbinding pruner {self.name}"[:63],
-                ) as conn:
+                async with await self._connect("pruner") as conn:
                     for name, position, age in await changelog.stale_listeners(
                         conn, self.settings.STALE_LISTENER_AFTER
                     ):

@@ -39,11 +39,11 @@ from ..protocol import (
     reply,
 )
 from ..registry import registry
-from ..serialize import json_value
-from . import actions, layerwatch, subscriptions
+from . import actions, layerwatch
 from .events import RepeatFilter, evaluate_all, judge_all
 from .frames import check_request_id, parse_frame
 from .outbound import OutboundQueue
+from .subscribing import LayerUnavailable, Subscribing
 from .subscriptions import Subscription
 
 logger = logging.getLogger("pgbinding.consumers")
@@ -53,14 +53,6 @@ LAYER_RETRY = 0.5
 _LAYER_LOST = "pgbinding.layer_lost"
 # Kept importable from here for code written against earlier releases.
 __all__ = ["Demultiplexer", "WebsocketDemultiplexer"]
-
-
-class _LayerUnavailable(RequestError):
-    """The channel layer failed while the socket joined a group: 503, then close 4012."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(503, "The channel layer is unavailable; reconnect and subscribe again.")
-        self.reason = reason
 
 
 class _Bucket:
@@ -80,7 +72,7 @@ class _Bucket:
         return False
 
 
-class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
+class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     """Serves bindings by stream name. Set ``consumers`` to serve some; leave it None for all
     registered bindings. Override ``connection_groups`` for groups every socket joins."""
 
@@ -330,7 +322,7 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
                 status, data = await database_sync_to_async(run)(binding, payload)
         except RequestError as exc:
             await self.send_frame(reply(stream, action, request_id, exc.status, errors=exc.errors))
-            if isinstance(exc, _LayerUnavailable):
+            if isinstance(exc, LayerUnavailable):
                 # The client reconnects (with backoff) and subscribes again once it works.
                 await self.pgbinding_layer_lost({"error": exc.reason})
             return
@@ -349,96 +341,6 @@ class Demultiplexer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         # Channels 1.x frames (no request_id) got no reply on success; keep that.
         if request_id is not None or action in actions.READ:
             await self.send_frame(reply(stream, action, request_id, status, data=data))
-
-    # -- subscriptions -------------------------------------------------------------------------
-
-    async def subscribe(
-        self, binding: Binding, stream: str, payload: dict[str, Any]
-    ) -> tuple[int, Any]:
-        sub_id = payload.get("request_id")
-        if sub_id is None:
-            raise RequestError(
-                400, {"request_id": ["subscribe needs a request_id; it names the subscription."]}
-            )
-        sub_id = str(sub_id)
-        if sub_id in self.subscriptions:
-            raise RequestError(400, {"request_id": [f"subscription {sub_id!r} exists"]})
-        if len(self.subscriptions) >= pgbinding_settings.current.MAX_SUBSCRIPTIONS:
-            raise RequestError(429, "Too many subscriptions on this socket.")
-        since = None
-        if payload.get("since") is not None:
-            try:
-                since = Cursor.decode(payload["since"])
-            except ValueError as exc:
-                raise RequestError(400, {"since": [str(exc)]}) from None
-        pk = payload.get("pk")
-
-        def prepare() -> Subscription:
-            where = actions.conditions(binding, payload)
-            clean = actions.clean_pk(binding, pk) if pk is not None else None
-            if not binding.has_permission(binding.user, "subscribe", clean):
-                raise RequestError(403, "You do not have permission to subscribe to this stream.")
-            pk_json = None
-            if clean is not None:
-                pk_field = binding.model._meta.pk
-                assert pk_field is not None
-                pk_json = json_value(pk_field, clean)
-            return Subscription(sub_id, stream, binding, where, clean, Cursor(0), pk_json)
-
-        sub = await database_sync_to_async(prepare)()
-        # Join first: every change committed after the snapshot below reaches us.
-        try:
-            for group in self._change_groups(binding):
-                await self._join(group)
-        except Exception as exc:
-            raise _LayerUnavailable(f"{type(exc).__name__}: {exc}") from None
-        snap = await database_sync_to_async(subscriptions.snapshot)(sub, since)
-        sub.cursor = snap.cursor
-        self.subscriptions[sub_id] = sub
-        metrics.subscriptions.inc()
-        if since is not None:
-            (metrics.replays if snap.replay is not None else metrics.resyncs).inc()
-        if snap.replay is not None:
-            # Resuming: the changes missed, then the reply with the new position.
-            for event in snap.replay:
-                await self.send_frame({"stream": stream, "payload": event})
-            sub.members = snap.members
-            return 200, {
-                "subscription": sub_id,
-                "replayed": len(snap.replay),
-                "position": snap.cursor.encode(),
-            }
-        sub.members = snap.members
-        return 200, {
-            "subscription": sub_id,
-            "results": snap.rows,
-            "position": snap.cursor.encode(),
-            "resync": snap.resync,
-        }
-
-    def _change_groups(self, binding: Binding) -> list[str]:
-        """The change groups a subscriber joins: the stream's (truncates, and every change of
-        a binding whose read rule has no delivery keys) and its user's delivery keys."""
-        cls = type(binding)
-        keys = sorted(cls.rule().user_keys(binding.user))
-        return [cls.change_group(), *(cls.change_group(k) for k in keys)]
-
-    async def unsubscribe(self, payload: dict[str, Any]) -> tuple[int, Any]:
-        sub_id = payload.get("subscription", payload.get("request_id"))
-        sub = self.subscriptions.pop(str(sub_id), None) if sub_id is not None else None
-        if sub is None:
-            raise RequestError(404, {"subscription": [f"no subscription {sub_id!r}"]})
-        metrics.subscriptions.dec()
-        if not any(s.stream == sub.stream for s in self.subscriptions.values()):
-            for group in self._change_groups(sub.binding):
-                if group in self.joined and group not in self._connection_groups():
-                    await self.channel_layer.group_discard(group, self.channel_name)
-                    self.joined.discard(group)
-        return 200, {"subscription": sub.id}
-
-    def _connection_groups(self) -> set[str]:
-        kwargs = self.scope.get("url_route", {}).get("kwargs", {})
-        return set(self.connection_groups(**kwargs))
 
     # -- outbound ------------------------------------------------------------------------------
 

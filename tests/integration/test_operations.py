@@ -134,11 +134,11 @@ def test_admin_pages_are_read_only():
 
 
 def test_the_in_process_listener_logs_under_servers_that_configure_no_logging(monkeypatch):
-    from pgbinding.delivery.inprocess import _ensure_logging
+    from pgbinding.delivery.listener import ensure_logging
 
     ours = logging.getLogger("pgbinding")
     monkeypatch.setattr(ours, "handlers", [])
     monkeypatch.setattr(logging.getLogger(), "handlers", [])
-    _ensure_logging()
+    ensure_logging()
     assert ours.handlers and ours.getEffectiveLevel() <= logging.INFO
     time.sleep(0)

@@ -12,7 +12,7 @@ from django.db import connections
 from django.utils.module_loading import import_string
 
 from pgbinding.conf import pgbinding_settings
-from pgbinding.delivery.listener import Listener
+from pgbinding.delivery.listener import Listener, ensure_logging
 from pgbinding.registry import registry
 
 
@@ -40,7 +40,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        _configure_logging(int(options.get("verbosity", 1)))
+        ensure_logging(logging.DEBUG if int(options.get("verbosity", 1)) > 1 else logging.INFO)
         if not registry.all():
             raise CommandError(
                 "No bindings are registered. Declare a WebsocketBinding in <app>/bindings.py "
@@ -116,13 +116,3 @@ async def _run(listener: Listener) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     await listener.run()
-
-
-def _configure_logging(verbosity: int) -> None:
-    logger = logging.getLogger("pgbinding")
-    if logger.handlers or logging.getLogger().handlers:
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
