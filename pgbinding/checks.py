@@ -1,6 +1,7 @@
 """Django system checks: a bound model whose capture trigger is missing, outdated or not
-applied yet would silently never deliver. Database checks: they run with ``migrate``,
-``check --database default``, and at ``pglisten`` start (which refuses to run)."""
+applied yet would silently never deliver. A database check: ``check --database default`` runs
+it (and ``migrate``, where it stays quiet while migrations are pending); ``pglisten`` refuses to
+start on the same finding."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ def capture_triggers(databases: Any = None, **kwargs: Any) -> list[checks.CheckM
     if databases is None or alias not in databases:
         return []
     if connections[alias].vendor != "postgresql":
+        return []
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connections[alias])
+    if executor.migration_plan(executor.loader.graph.leaf_nodes()):
+        # Migrations are pending: `migrate` runs this check before it installs the triggers it
+        # is about to install (pglisten still refuses to start without them).
         return []
     try:
         found = status.triggers(alias)
