@@ -32,7 +32,7 @@ ITEMS = [
     ("Water the plants", 3, "demo", "open"),
     ("Fix the bike", 1, "demo", "done"),
     ("Paint the fence", 7, "other", "open"),
-    ("Read DESIGN.md", 0, None, "open"),
+    ("Read docs/design-notes.md", 0, None, "open"),
 ]
 
 # The example and (when run from a checkout without installing it) pgbinding itself; the

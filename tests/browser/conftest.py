@@ -165,13 +165,17 @@ class Demo:
 
 
 @pytest.fixture(scope="module")
-def demo(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+def demo(
+    chromium: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Demo]:
+    """The demo of one test module, its output kept in ``browser-demo-<module>.log``."""
+    module = request.module.__name__.rpartition(".")[2]
     root = tmp_path_factory.mktemp("browser-demo")
     postgres = EmbeddedPostgres(root / "pgdata")
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         database_url = postgres.start().create_database("liveboard")
-        server = Demo(database_url, free_port(), ARTIFACTS / "browser-demo.log")
+        server = Demo(database_url, free_port(), ARTIFACTS / f"browser-demo-{module}.log")
         server.start()
         try:
             yield server
@@ -185,21 +189,32 @@ def demo(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[De
 def open_page(
     browser: Any, demo: Demo, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., Any]]:
-    """``open_page(username=None)``: the board in a fresh browser context (its own cookies),
+    """``open_page(username=None, **context_options)``: the board in a fresh browser context
+    (its own cookies; ``context_options`` go to ``browser.new_context``, e.g. a viewport),
     signed in through the login form when a username is given. Each page's console errors
-    are kept in ``page.console_errors``; the first page is screenshotted at the end."""
+    are kept in ``page.console_errors``, the responses with a status of 400 or more in
+    ``page.bad_responses`` (``"404 http://..."``); every page is screenshotted at the end."""
     contexts: list[Any] = []
     pages: list[Any] = []
 
-    def open_page(username: str | None = None) -> Any:
-        context = browser.new_context()
+    def open_page(username: str | None = None, **context_options: Any) -> Any:
+        context = browser.new_context(**context_options)
         context.set_default_timeout(TIMEOUT_MS)
         contexts.append(context)
         page = context.new_page()
         page.console_errors = []
+        page.bad_responses = []
         page.on(
             "console",
             lambda msg: page.console_errors.append(msg.text) if msg.type == "error" else None,
+        )
+        page.on(
+            "response",
+            lambda response: (
+                page.bad_responses.append(f"{response.status} {response.url}")
+                if response.status >= 400
+                else None
+            ),
         )
         if username is None:
             page.goto(demo.base)

@@ -1,9 +1,11 @@
 """The liveboard example in a real browser (headless Chromium driven by Playwright).
 
-Page hooks used (example/liveboard/templates/liveboard/index.html): ``#state`` ("open",
-"connecting", "closed"), ``#items tbody tr[data-pk]`` with ``td.name``, ``td.value``,
-``td.status``; ``#open-items tbody tr[data-pk]`` (the rows whose status is "open");
-``#errors li``; ``button.plus[data-pk]`` and ``button.toggle[data-pk]``; ``form#create``.
+Page hooks used (example/liveboard/templates/liveboard/index.html): ``#state``, the
+connection indicator ("connecting…", "connected", "offline", "reconnecting…"),
+``#items tbody tr[data-pk]`` with ``td.name``, ``td.value``, ``td.status``;
+``#open-items tbody tr[data-pk]`` (the rows whose status is "open"); ``#errors li``;
+``button.plus[data-pk]`` and ``button.toggle[data-pk]`` (only on rows the user may change);
+``form#create``; ``window.pgbinding.client`` (the page's client).
 
 Every test makes its own item with SQL, so the tests do not depend on one another (except
 that the restart test, last, restarts the demo). Screenshots go to ``.test-artifacts/``.
@@ -33,7 +35,7 @@ def button(page: Any, kind: str, pk: int) -> Any:
 
 
 def expect_live(page: Any, timeout: float = 10_000) -> None:
-    expect(page.locator("#state")).to_have_text(re.compile(r"^\s*open\b"), timeout=timeout)
+    expect(page.locator("#state")).to_have_text("connected", timeout=timeout)
 
 
 def db_value(demo: Demo, pk: int) -> tuple[int, str]:
@@ -103,18 +105,31 @@ def test_filtered_view_follows_status(demo: Demo, open_page: Any) -> None:
     assert db_value(demo, pk) == (1, "open")
 
 
-def test_plus_one_without_permission_shows_an_error(demo: Demo, open_page: Any) -> None:
-    pk = demo.new_item("Not yours", 2, owner="demo")
+def test_no_buttons_on_items_of_others_and_the_server_refuses_them(
+    demo: Demo, open_page: Any
+) -> None:
+    theirs = demo.new_item("Not yours", 2, owner="demo")
+    mine = demo.new_item("Yours", 5, owner="other")
     page = open_page("other")
     expect_live(page)
-    expect(row(page, pk).locator("td.value")).to_have_text("2")
-    expect(page.locator("#errors li")).to_have_count(0)
+    expect(row(page, theirs).locator("td.value")).to_have_text("2")
+    # Buttons only where a write can work (bindings.py: your own items, staff any) ...
+    expect(row(page, theirs).locator("button")).to_have_count(0)
+    expect(row(page, mine).locator("button.plus, button.toggle")).to_have_count(2)
+    button(page, "plus", mine).click()
+    expect(row(page, mine).locator("td.value")).to_have_text("6")
 
-    button(page, "plus", pk).click()
-    expect(page.locator("#errors li")).to_have_count(1)
-    expect(page.locator("#errors li").first).to_have_text(re.compile("permission", re.I))
-    expect(row(page, pk).locator("td.value")).to_have_text("2")
-    assert db_value(demo, pk) == (2, "open")
+    # ... and a request the page does not offer is still refused by the server.
+    refusal = page.evaluate(
+        """pk => window.pgbinding.client.stream("items").update(pk, { value: 3 })
+            .then(() => null, (error) => ({ status: error.status, errors: error.errors }))""",
+        theirs,
+    )
+    assert refusal is not None and refusal["status"] == 403, refusal
+    assert re.search("permission", " ".join(refusal["errors"]["__all__"]), re.I), refusal
+    expect(row(page, theirs).locator("td.value")).to_have_text("2")
+    assert db_value(demo, theirs) == (2, "open")
+    expect(page.locator("#errors li")).to_have_count(0)
 
 
 def test_reconnects_after_restart_and_shows_missed_changes(demo: Demo, open_page: Any) -> None:
@@ -126,7 +141,7 @@ def test_reconnects_after_restart_and_shows_missed_changes(demo: Demo, open_page
     expect(row(page, toggled, "open-items")).to_have_count(1)
 
     demo.stop()  # daphne only: our Postgres keeps running
-    expect(page.locator("#state")).to_have_text(re.compile(r"^\s*(closed|connecting)\b"))
+    expect(page.locator("#state")).to_have_text(re.compile(r"^(offline|reconnecting…)$"))
     page.screenshot(path=str(ARTIFACTS / "browser-restart-while-down.png"), full_page=True)
 
     demo.sql("UPDATE liveboard_item SET value = 11 WHERE id = %s", (pk,))

@@ -26,7 +26,7 @@ from devservers import EmbeddedPostgres, free_port
 from tests.demo_process import start_demo
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_ITEMS = {"Water the plants", "Fix the bike", "Paint the fence", "Read DESIGN.md"}
+DEMO_ITEMS = {"Water the plants", "Fix the bike", "Paint the fence", "Read docs/design-notes.md"}
 
 
 def request(ws: ClientConnection, action: str, request_id: str, **payload: Any) -> dict[str, Any]:
@@ -112,6 +112,13 @@ def test_demo_serves_live_updates_and_stops_cleanly(tmp_path: Path) -> None:
             assert response.status == 200
             page = response.read().decode()
         assert "Liveboard" in page and "/binding/" in page and "/accounts/login/" in page
+        # The page names its icon, and /favicon.ico (asked for by clients anyway) leads there.
+        icon = re.search(r'<link rel="icon" type="image/svg\+xml" href="([^"]+)"', page)
+        assert icon, page
+        for url in (base + icon.group(1).lstrip("/"), base + "favicon.ico"):
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert response.status == 200, url
+                assert response.headers["Content-Type"].startswith("image/svg+xml"), url
 
         ws_url = f"ws://127.0.0.1:{port}/binding/"
         origin = f"http://127.0.0.1:{port}"
