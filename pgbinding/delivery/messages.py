@@ -64,7 +64,7 @@ def change_message(binding: type[Binding], change: Change) -> dict[str, Any] | N
 
 
 def build(binding: type[Binding], change: Change) -> Built:
-    """Group events (by the group transitions of DESIGN §2) and raw changes for
+    """Group events (by the group transitions: README, "Group transitions") and raw changes for
     subscriptions, for one change.
 
     An update that changes none of this binding's fields, nor what its read rule reads, is sent

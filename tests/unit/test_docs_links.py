@@ -191,19 +191,7 @@ def test_paths_resolve(md: Path) -> None:
 #: README.md's module table ("How it works") still names the modules as they were before the
 #: capture/, delivery/ and websocket/ subpackages; strict, so the fix turns this into a failure
 #: that says to drop the mark.
-README_MODULES_STALE = pytest.mark.xfail(
-    strict=True, reason="README.md's module table names pgbinding/ files that moved"
-)
-
-
-@pytest.mark.parametrize(
-    "md",
-    [
-        pytest.param(md, marks=README_MODULES_STALE) if rel(md) == "README.md" else md
-        for md in MARKDOWN
-    ],
-    ids=IDS,
-)
+@pytest.mark.parametrize("md", MARKDOWN, ids=IDS)
 def test_package_paths_resolve(md: Path) -> None:
     assert broken_paths(md, PACKAGE_PATH) == []
 
