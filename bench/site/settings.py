@@ -11,8 +11,8 @@ Environment:
 
 import json
 import os
-from typing import Any
-from urllib.parse import unquote, urlsplit
+
+import dj_database_url
 
 from pgbinding.conf import channel_layers
 
@@ -23,21 +23,8 @@ ALLOWED_HOSTS = ["*"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 ROOT_URLCONF = "bench.site.urls"
 
-
-def database_from_url(url: str) -> dict[str, Any]:
-    parts = urlsplit(url)
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": unquote(parts.path.lstrip("/")) or "postgres",
-        "USER": unquote(parts.username or "postgres"),
-        "PASSWORD": unquote(parts.password or ""),
-        "HOST": parts.hostname or "127.0.0.1",
-        "PORT": str(parts.port or 5432),
-    }
-
-
 DATABASES = {
-    "default": database_from_url(
+    "default": dj_database_url.parse(
         os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/bench")
     )
 }

@@ -21,9 +21,7 @@ def _not_sources(directory: str, names: list[str]) -> set[str]:
     return {
         name
         for name in names
-        if name in NOT_SOURCES
-        or name.startswith(".venv")
-        or name.endswith(("_cache", ".egg-info"))
+        if name in NOT_SOURCES or name.startswith(".venv") or name.endswith(("_cache", ".egg-info"))
     }
 
 
