@@ -17,6 +17,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 WRITERS = 8
 SECONDS = 4.0
+#: Transactions committed before the writers stop, whatever the machine's speed.
+MIN_COMMITS = 150
 KEYS = [f"k{n}" for n in range(24)]
 
 
@@ -58,7 +60,12 @@ def test_concurrent_writers_with_rollbacks_exactly_once(listener, raw_conninfo):
     ]
     for t in threads:
         t.start()
-    time.sleep(SECONDS)
+    # Run for SECONDS, and on a slow (shared) machine until enough work is done to mean
+    # something: the verdict is about counts, never about speed.
+    deadline = time.monotonic() + SECONDS
+    while time.monotonic() < deadline or sum(len(c) for c in committed) < MIN_COMMITS:
+        time.sleep(0.1)
+        assert time.monotonic() < deadline + 120, "the writers could not commit at all"
     stop.set()
     for t in threads:
         t.join()
@@ -67,7 +74,6 @@ def test_concurrent_writers_with_rollbacks_exactly_once(listener, raw_conninfo):
     expected = sum(sum(c) for c in committed)
     events = counters.payloads("counters")
     positions = [e["position"] for e in events]
-    assert expected > 200, "the writers should have committed a fair amount of work"
     assert len(positions) == len(set(positions)), "a change was delivered twice"
     assert len(events) == expected, f"delivered {len(events)} of {expected} committed changes"
 
