@@ -64,6 +64,9 @@ class Command(BaseCommand):
             listener = cls.from_settings(**overrides)
         except Exception as exc:
             raise CommandError(str(exc)) from exc
+        # The checks above opened a Django connection in this thread; the listener keeps its
+        # own psycopg connections, so do not leave this one idle for the life of the process.
+        connections.close_all()
         asyncio.run(_run(listener))
 
 
