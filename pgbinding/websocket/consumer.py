@@ -226,6 +226,12 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
             await self.channel_layer.group_add(group, self.channel_name)
             self.joined.add(group)
 
+    async def pgbinding_rejoin_groups(self, message: dict[str, Any] | None = None) -> None:
+        """Join this socket's groups again (see :mod:`pgbinding.websocket.layerwatch`: the core
+        Redis layer forgets members after ``group_expiry``)."""
+        for group in list(self.joined):
+            await self.channel_layer.group_add(group, self.channel_name)
+
     async def pgbinding_layer_lost(self, message: dict[str, Any]) -> None:
         if self._closing:
             return

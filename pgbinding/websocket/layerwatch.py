@@ -15,6 +15,11 @@ answer, every pgbinding socket of the process is closed with 4012: its client re
 joins its groups again and resubscribes with ``since``, and is replayed exactly what it missed.
 A core-layer outage without a restart loses nothing (messages wait in Redis, the listener
 retries its sends), so it closes nothing.
+
+The core layer also forgets a group member ``group_expiry`` seconds (a day by default) after
+it joined, even while its socket is open and well. So the same task has every socket of the
+process join its groups again every quarter of ``group_expiry``: a socket open for a week
+still receives every change.
 """
 
 from __future__ import annotations
@@ -38,15 +43,34 @@ Callback = Callable[[str], Awaitable[None]]
 class _Watch:
     """The sockets of one event loop, and the tasks watching the layer's Redis hosts."""
 
-    def __init__(self, hosts: list[dict[str, Any]], lossy_outages: bool) -> None:
+    def __init__(
+        self, hosts: list[dict[str, Any]], lossy_outages: bool, group_expiry: float | None
+    ) -> None:
         self.hosts = hosts
         self.lossy_outages = lossy_outages
+        self.group_expiry = group_expiry
         self.sockets: weakref.WeakSet[Any] = weakref.WeakSet()
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self._watch(host)) for host in self.hosts]
+        if self.group_expiry:
+            self.tasks.append(loop.create_task(self._rejoin(self.group_expiry / 4)))
+
+    async def _rejoin(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            sockets = list(self.sockets)
+            logger.debug("Joining the groups of %d socket(s) again", len(sockets))
+            for socket in sockets:
+                try:
+                    await socket.pgbinding_rejoin_groups()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the layer is down: the next round tries again
+                    logger.info("Could not join a socket's groups again: %s", exc)
+                    break
 
     async def _watch(self, host: dict[str, Any]) -> None:
         import redis.asyncio as aioredis
@@ -112,9 +136,10 @@ class _Watch:
 _watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watch] = weakref.WeakKeyDictionary()
 
 
-def _hosts(layer: Any) -> tuple[list[dict[str, Any]], bool] | None:
-    """(the Redis hosts of a channels-redis layer, whether an outage loses messages), or None
-    for layers this cannot watch (in-memory: nothing to watch; sentinels)."""
+def _hosts(layer: Any) -> tuple[list[dict[str, Any]], bool, float | None] | None:
+    """(the Redis hosts of a channels-redis layer, whether an outage loses messages, after how
+    many seconds it forgets a group member), or None for layers this cannot watch (in-memory:
+    nothing to watch; sentinels)."""
     module = type(layer).__module__
     if not module.startswith("channels_redis"):
         return None
@@ -128,7 +153,9 @@ def _hosts(layer: Any) -> tuple[list[dict[str, Any]], bool] | None:
     decoded = [dict(h) for h in decode_hosts(hosts)]
     if any("sentinels" in h or "master_name" in h for h in decoded):
         return None
-    return decoded, module.endswith("pubsub")
+    pubsub = module.endswith("pubsub")
+    expiry = None if pubsub else getattr(layer, "group_expiry", None)
+    return decoded, pubsub, float(expiry) if expiry else None
 
 
 def _config_hosts(layer: Any) -> Any:
