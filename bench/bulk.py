@@ -317,7 +317,7 @@ def _live_once(
     conn.execute("CHECKPOINT")
     if args.quiet_cores > 0:
         common.wait_quiet(args.quiet_cores, 20)
-    pg_pid = throughput.lock_holder(conn)  # the listener's backend holds its advisory lock
+    pg_pid = throughput.lock_holder(conn)  # the listener's backend leads (holds the lease)
     others = dict(pids)
     if pg_pid:
         others["listener_pg"] = pg_pid

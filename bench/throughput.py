@@ -8,10 +8,10 @@ a subscribed WebSocket client, against the raw NOTIFY receive rate on the same m
 ``benchapp_tick`` holds ``--rows`` rows (5,000: at most what one ``subscribe`` may snapshot).
 For each layer, mode and run, on a fresh stack:
 
-1. The driver takes the listener's advisory lock (``pgbinding.listener.lock_key``), so the
+1. The driver holds the listener name's lease (``pgbinding.delivery.lease.hold``), so the
    listener (``pglisten`` for ``redis``; inside daphne for ``memory``, started by the first
    WebSocket connection) comes up *standing by*. Its Postgres backend is found in
-   ``pg_stat_activity`` by its standby query (and checked afterwards: it is the lock holder).
+   ``pg_stat_activity`` by its standby query (and checked afterwards: it then holds the lease).
 2. A WebSocket client (its own OS process, asyncio ``websockets``, no compression) connects to
    ``/pgbinding/`` and so joins group ``ticks``. Mode ``group``: that is all, one frame per
    change. Mode ``subscribe``: the same socket also ``subscribe``s to the stream with no filter,
@@ -19,7 +19,7 @@ For each layer, mode and run, on a fresh stack:
    frames per change.
 3. The backlog: ``backlog / rows`` statements ``UPDATE benchapp_tick SET value = value + 1``,
    each its own transaction (a few big transactions), written while the listener stands by.
-4. The driver releases the lock; the listener takes over within ``STANDBY_RETRY`` (1 s) and
+4. The driver releases the lease; the listener takes over within ``STANDBY_RETRY`` (1 s) and
    drains the log in batches of ``BATCH_SIZE`` (500). The client counts frames; the driver polls
    ``pgbinding_listener.position``.
 
@@ -329,12 +329,12 @@ def notify_baseline(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def standby_backend(conn: psycopg.Connection[Any], timeout: float = 30) -> int:
-    """The backend pid of the listener standing by: its last query is its lock attempt."""
+    """The backend pid of the listener standing by: its last query is its claim on the lease."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         row = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid() AND query LIKE 'SELECT pg_try_advisory_lock(%%'"
+            " AND pid <> pg_backend_pid() AND query LIKE '%%UPDATE pgbinding_listener AS l%%'"
         ).fetchall()
         if len(row) == 1:
             return int(row[0][0])
@@ -345,15 +345,10 @@ def standby_backend(conn: psycopg.Connection[Any], timeout: float = 30) -> int:
 
 
 def lock_holder(conn: psycopg.Connection[Any]) -> int | None:
-    from pgbinding.listener import lock_key
+    """The Postgres backend of the leading listener (it holds the lease)."""
+    from pgbinding.delivery.lease import leader_pid
 
-    k1, k2 = lock_key(LISTENER_NAME)
-    row = conn.execute(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = %s"
-        " AND granted",
-        [k1 & 0xFFFFFFFF, k2 & 0xFFFFFFFF],
-    ).fetchone()
-    return int(row[0]) if row else None
+    return leader_pid(conn, LISTENER_NAME)
 
 
 def load_table(dsn: str, rows: int) -> None:
@@ -370,19 +365,33 @@ def load_table(dsn: str, rows: int) -> None:
         conn.execute("VACUUM ANALYZE benchapp_tick")
 
 
+BENCH_HOLDER = "bench-throughput"
+
+
+def release_lead(conn: psycopg.Connection[Any]) -> None:
+    from pgbinding.delivery.lease import release
+
+    release(conn, LISTENER_NAME, BENCH_HOLDER)
+
+
 @contextlib.contextmanager
 def paused_stack(
     dsn: str, layer: str, logdir: Path, redis_url: str | None, lock: psycopg.Connection[Any]
 ) -> Iterator[tuple[live.Stack, subprocess.Popen[bytes] | None]]:
-    """A stack whose listener stands by behind the advisory lock held by ``lock``."""
-    from pgbinding.listener import lock_key
+    """A stack whose listener stands by: ``lock`` holds the listener name's lease
+    (:func:`release_lead` lets the listener take it)."""
+    from pgbinding.delivery.lease import hold
 
     with live.stack(dsn, layer, logdir, redis_url) as st:
         own = None
         if st.listener is not None:
-            st.listener.terminate()  # a clean stop: position saved, lock released
+            st.listener.terminate()  # a clean stop: position saved, lease released
             st.listener.wait(15)
-        lock.execute("SELECT pg_advisory_lock(%s, %s)", lock_key(LISTENER_NAME))
+        deadline = time.monotonic() + 30
+        while not hold(lock, LISTENER_NAME, BENCH_HOLDER, 3600):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"listener {LISTENER_NAME!r} keeps its lead")
+            time.sleep(0.1)
         try:
             if layer != "memory":
                 own = subprocess.Popen(
@@ -396,7 +405,7 @@ def paused_stack(
         finally:
             if own is not None:
                 live.stop([own])
-            lock.execute("SELECT pg_advisory_unlock_all()")
+            release_lead(lock)
 
 
 def drain(
@@ -457,7 +466,7 @@ def drain(
                 )
                 time.sleep(1.0)
             meter.start()
-            lock.execute("SELECT pg_advisory_unlock_all()")
+            release_lead(lock)
             released = time.monotonic()
             done_at = None
             while time.monotonic() - released < 600:
@@ -707,7 +716,7 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [
         f"A backlog of {p['backlog']:,} changes ({p['backlog'] // p['rows']} transactions, each "  # noqa: S608
         f"`UPDATE benchapp_tick SET value = value + 1` over {p['rows']:,} rows) is written "
-        "while the listener stands by (the benchmark holds its advisory lock); then the lock is "
+        "while the listener stands by (the benchmark holds its lease); then the lease is "
         "released and the listener drains the log in batches of "
         f"{p['batch_size']} to a WebSocket client of the bench site under daphne. `group`: the "
         "socket is in group `ticks` (one frame per change); `subscribe`: the same socket also "

@@ -107,4 +107,11 @@ def hold(conn: psycopg.Connection[Any], name: str, holder: str, seconds: float) 
 
 
 def release(conn: psycopg.Connection[Any], name: str, holder: str) -> None:
+    """Give up a lead taken with :func:`hold`: a standing-by listener takes it."""
     conn.execute(_RELEASE, {"me": holder, "name": name})
+
+
+def leader_pid(conn: psycopg.Connection[Any], name: str) -> int | None:
+    """The Postgres backend of whoever leads ``name`` now (a listener or a tool), if anyone."""
+    row = conn.execute(_HOLDER, [name]).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
