@@ -1,6 +1,8 @@
 """The ASGI application the end-to-end tests serve (with daphne) and drive (with
 WebsocketCommunicator)."""
 
+from typing import Any
+
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
 from django.urls import path
@@ -19,7 +21,7 @@ class ItemsDemultiplexer(Demultiplexer):
 
     consumers = {"items": ItemBinding.consumer, "itemvalues": ItemValueBinding.consumer}
 
-    def connection_groups(self, **kwargs):
+    def connection_groups(self, **kwargs: Any) -> list[str]:
         return ["items"]
 
 
@@ -28,7 +30,7 @@ class ValuesDemultiplexer(Demultiplexer):
 
     consumers = {"itemvalues": ItemValueBinding.consumer}
 
-    def connection_groups(self, **kwargs):
+    def connection_groups(self, **kwargs: Any) -> list[str]:
         return ["itemvalues"]
 
 
@@ -37,7 +39,7 @@ class CountersDemultiplexer(Demultiplexer):
 
     consumers = {"counters": CounterBinding.consumer}
 
-    def connection_groups(self, **kwargs):
+    def connection_groups(self, **kwargs: Any) -> list[str]:
         return ["counters"]
 
 
@@ -46,7 +48,7 @@ class MineDemultiplexer(Demultiplexer):
 
     consumers = {"myitems": OwnedItemBinding.consumer}
 
-    def connection_groups(self, **kwargs):
+    def connection_groups(self, **kwargs: Any) -> list[str]:
         return [OwnedItemBinding.stream_group()]
 
 
@@ -55,7 +57,7 @@ class RoomDemultiplexer(Demultiplexer):
 
     consumers = {"items": ItemBinding.consumer}
 
-    def connection_groups(self, **kwargs):
+    def connection_groups(self, **kwargs: Any) -> list[str]:
         return [f"items-status-{kwargs['status']}"]
 
 

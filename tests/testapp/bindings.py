@@ -1,6 +1,16 @@
+from typing import Any, ClassVar, cast
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser, User
+from django.db import models
+
 from pgbinding import WebsocketBinding
+from pgbinding.rules import Rule
 
 from .models import Counter, Item
+
+#: Who a binding's permission hooks are asked about: the socket's ``scope["user"]``.
+AnyUser = User | AnonymousUser
 
 
 class ItemBinding(WebsocketBinding):
@@ -9,13 +19,14 @@ class ItemBinding(WebsocketBinding):
     fields = ["name", "value", "status", "owner", "price", "due", "day", "uid", "extra", "body"]
 
     @classmethod
-    def group_names(cls, instance):
-        groups = ["items", f"items-status-{instance.status}"]
-        if instance.owner_id is not None:
-            groups.append(f"items-owner-{instance.owner_id}")
+    def group_names(cls, instance: models.Model) -> list[str]:
+        item = cast(Item, instance)  # the binding's model: Binding is not generic in it
+        groups = ["items", f"items-status-{item.status}"]
+        if item.owner_id is not None:
+            groups.append(f"items-owner-{item.owner_id}")
         return groups
 
-    def has_permission(self, user, action, pk):
+    def has_permission(self, user: AnyUser, action: str, pk: Any) -> bool:
         return user.is_staff
 
 
@@ -30,7 +41,7 @@ class ItemValueBinding(WebsocketBinding):
     send_to_everyone = True
 
     @classmethod
-    def group_names(cls, instance):
+    def group_names(cls, instance: models.Model) -> list[str]:
         return ["itemvalues"]
 
 
@@ -45,14 +56,12 @@ class CounterBinding(WebsocketBinding):
     permission_classes = [IsAuthenticatedOrReadOnly]
 
     @classmethod
-    def group_names(cls, instance):
+    def group_names(cls, instance: models.Model) -> list[str]:
         return ["counters"]
 
 
 class UserBinding(WebsocketBinding):
     """Binding a model of an app we do not own: its trigger migration lives in testapp."""
-
-    from django.contrib.auth import get_user_model
 
     model = get_user_model()
     stream = "users"
@@ -70,25 +79,25 @@ class OwnedItemBinding(WebsocketBinding):
     fields = ["name", "value", "status", "owner"]
     read_only_fields = ["owner"]
     permission_classes = [IsAuthenticated]
-    read_rule = Owner("owner")
+    read_rule: ClassVar[Rule] = Owner("owner")  # subclasses may read all rows
 
-    def has_object_permission(self, user, action, instance):
-        return instance.owner_id == user.pk
+    def has_object_permission(self, user: AnyUser, action: str, instance: models.Model) -> bool:
+        return cast(Item, instance).owner_id == user.pk
 
-    def pre_save(self, instance, action):
+    def pre_save(self, instance: models.Model, action: str) -> None:
         if action == "create":
-            instance.owner = self.user
+            cast(Item, instance).owner = self.user
 
 
-def _item_serializer():
+def _item_serializer() -> type[Any]:
     from rest_framework import serializers
 
-    class Serializer(serializers.ModelSerializer):
+    class Serializer(serializers.ModelSerializer):  # type: ignore[misc]
         class Meta:
             model = Item
             fields = ["name", "value"]
 
-        def validate_value(self, value):
+        def validate_value(self, value: int) -> int:
             if value < 0:
                 raise serializers.ValidationError("must not be negative")
             return value

@@ -1,11 +1,17 @@
 """Group transitions and serialization, from rows as the trigger logs them (no database)."""
 
+from datetime import datetime
+from typing import Any, cast
+
+from pgbinding.bindings import Binding
 from pgbinding.delivery import messages
 from pgbinding.delivery.changelog import Change
+from pgbinding.delivery.messages import Message
 from tests.testapp.bindings import ItemBinding, ItemValueBinding
+from tests.testapp.models import Item
 
 
-def row(**values):
+def row(**values: Any) -> dict[str, Any]:
     base = {
         "id": 1,
         "name": "a",
@@ -23,19 +29,19 @@ def row(**values):
     return {**base, **values}
 
 
-def events(binding, change):
+def events(binding: type[Binding], change: Change) -> list[Message]:
     """The group events of one change."""
     return messages.build(binding, change).events
 
 
-def groups_by_action(messages):
-    out = {}
+def groups_by_action(messages: list[Message]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
     for group, message in messages:
         out.setdefault(message["payload"]["action"], []).append(group)
     return out
 
 
-def test_insert_creates_in_every_group():
+def test_insert_creates_in_every_group() -> None:
     msgs = events(ItemBinding, Change(7, "testapp_item", "I", "1", None, row(), position="7"))
     assert groups_by_action(msgs) == {"create": ["items", "items-status-open"]}
     payload = msgs[0][1]["payload"]
@@ -44,7 +50,7 @@ def test_insert_creates_in_every_group():
     assert msgs[0][1]["type"] == "pgbinding.event" and msgs[0][1]["stream"] == "items"
 
 
-def test_moving_between_groups_deletes_updates_and_creates():
+def test_moving_between_groups_deletes_updates_and_creates() -> None:
     old, new = row(status="open", owner_id=3), row(status="done", owner_id=4)
     msgs = events(ItemBinding, Change(8, "testapp_item", "U", "1", old, new))
     assert groups_by_action(msgs) == {
@@ -54,7 +60,7 @@ def test_moving_between_groups_deletes_updates_and_creates():
     }
 
 
-def test_update_of_unbound_fields_sends_nothing():
+def test_update_of_unbound_fields_sends_nothing() -> None:
     old, new = row(secret="a"), row(secret="b")
     change = Change(9, "testapp_item", "U", "1", old, new)
     assert events(ItemBinding, change) == []
@@ -66,23 +72,26 @@ def test_update_of_unbound_fields_sends_nothing():
     }
 
 
-def test_delete_sends_the_row_as_it_was():
+def test_delete_sends_the_row_as_it_was() -> None:
     msgs = events(ItemBinding, Change(11, "testapp_item", "D", "1", row(), None))
     assert groups_by_action(msgs) == {"delete": ["items", "items-status-open"]}
     assert msgs[0][1]["payload"]["data"]["name"] == "a"
 
 
-def test_truncate_sends_reload_to_declared_groups():
+def test_truncate_sends_reload_to_declared_groups() -> None:
     msgs = events(ItemBinding, Change(12, "testapp_item", "T", None, None, None))
     assert [(g, m["payload"]["action"]) for g, m in msgs] == [("pgbinding.items", "reload")]
 
 
-def test_values_are_rebuilt_with_django_types():
-    instance = ItemBinding.instance_from_row(
-        row(due="2026-01-02T03:04:05.123456+01:00", day="2026-02-03", extra={"k": [1]})
+def test_values_are_rebuilt_with_django_types() -> None:
+    instance = cast(
+        Item,
+        ItemBinding.instance_from_row(
+            row(due="2026-01-02T03:04:05.123456+01:00", day="2026-02-03", extra={"k": [1]})
+        ),
     )
     # As the ORM reads a timestamptz: the same instant, in the connection's time zone (UTC).
-    assert instance.due.isoformat() == "2026-01-02T02:04:05.123456+00:00"
+    assert cast(datetime, instance.due).isoformat() == "2026-01-02T02:04:05.123456+00:00"
     assert str(instance.day) == "2026-02-03"
     assert instance.extra == {"k": [1]}
     data = ItemBinding.serialize(instance)

@@ -3,17 +3,17 @@
 from pgbinding.delivery.changelog import Change, ChangeLog, Gap, Watch
 
 
-def changes(*ids):
+def changes(*ids: int) -> list[Change]:
     return [Change(i, "t", "I", str(i), None, {"id": i}) for i in ids]
 
 
-def test_contiguous_ids_advance_the_position():
+def test_contiguous_ids_advance_the_position() -> None:
     log = ChangeLog("x")
     log._advance(changes(1, 2, 3))
     assert log.position == 3 and log.gaps == []
 
 
-def test_a_missing_id_opens_a_gap_and_a_later_read_fills_it():
+def test_a_missing_id_opens_a_gap_and_a_later_read_fills_it() -> None:
     log = ChangeLog("x")
     log._advance(changes(1, 2, 5, 6))
     assert log.position == 6
@@ -24,7 +24,7 @@ def test_a_missing_id_opens_a_gap_and_a_later_read_fills_it():
     assert log.gaps == [] and log.position == 7
 
 
-def test_a_gap_filled_in_the_middle_splits():
+def test_a_gap_filled_in_the_middle_splits() -> None:
     log = ChangeLog("x")
     log.position = 10
     log.gaps = [Gap(3, 8)]
@@ -32,7 +32,7 @@ def test_a_gap_filled_in_the_middle_splits():
     assert [(g.lo, g.hi) for g in log.gaps] == [(3, 4), (6, 8)]
 
 
-def test_a_settled_gap_is_dropped_after_the_next_read_unless_filled():
+def test_a_settled_gap_is_dropped_after_the_next_read_unless_filled() -> None:
     log = ChangeLog("x")
     log.position = 10
     log.gaps = [Gap(3, 4, Watch(frozenset()), settled=True), Gap(6, 6)]
@@ -41,7 +41,7 @@ def test_a_settled_gap_is_dropped_after_the_next_read_unless_filled():
     assert [(g.lo, g.hi) for g in log.gaps] == [(6, 6)]
 
 
-def test_a_watch_ends_when_none_of_its_writers_still_writes():
+def test_a_watch_ends_when_none_of_its_writers_still_writes() -> None:
     # Writers are pg_locks' virtual transaction ids of the log's RowExclusiveLock holders.
     watch = Watch(frozenset({"3/17", "5/2"}))
     assert not watch.finished(frozenset({"3/17", "9/1"}))
@@ -49,7 +49,7 @@ def test_a_watch_ends_when_none_of_its_writers_still_writes():
     assert watch.finished(frozenset())
 
 
-def test_gap_count_is_kept():
+def test_gap_count_is_kept() -> None:
     log = ChangeLog("x")
     log._advance(changes(2, 4, 9))
     assert log.gaps_opened == 3

@@ -2,16 +2,17 @@
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from pytest_django.fixtures import Settings as SettingsFixture
 
 from pgbinding.conf import DEFAULTS, Settings, channel_layers, pgbinding_settings
 
 
-def test_defaults_come_from_the_declaration():
+def test_defaults_come_from_the_declaration() -> None:
     assert DEFAULTS["BATCH_SIZE"] == Settings().BATCH_SIZE == 500
     assert set(DEFAULTS) == {name for name in Settings.__dataclass_fields__}
 
 
-def test_values_are_checked_with_a_message_that_quotes_them():
+def test_values_are_checked_with_a_message_that_quotes_them() -> None:
     assert Settings.load({"LEASE": 3}).LEASE == 3.0
     with pytest.raises(ImproperlyConfigured, match=r"Unknown key\(s\).*'LEASES'"):
         Settings.load({"LEASES": 3})
@@ -23,7 +24,7 @@ def test_values_are_checked_with_a_message_that_quotes_them():
         Settings.load(["LEASE"])
 
 
-def test_the_settings_object_follows_setting_changes(settings):
+def test_the_settings_object_follows_setting_changes(settings: SettingsFixture) -> None:
     settings.PGBINDING = {"MAX_REPLAY": 7}
     assert pgbinding_settings.MAX_REPLAY == 7
     assert pgbinding_settings.current.MAX_REPLAY == 7
@@ -31,7 +32,7 @@ def test_the_settings_object_follows_setting_changes(settings):
         pgbinding_settings.NOPE  # noqa: B018
 
 
-def test_channel_layers_avoid_the_known_pitfalls():
+def test_channel_layers_avoid_the_known_pitfalls() -> None:
     memory = channel_layers(None)["default"]
     assert memory["BACKEND"] == "channels.layers.InMemoryChannelLayer"
     redis = channel_layers("redis://r:6379/0")["default"]

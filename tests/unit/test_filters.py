@@ -3,6 +3,7 @@
 
 import datetime
 import decimal
+from typing import Any
 
 import pytest
 
@@ -13,11 +14,11 @@ from tests.testapp.bindings import ItemBinding
 FIELDS = ItemBinding.serialized_fields()
 
 
-def parse(spec):
+def parse(spec: Any) -> list[filters.Condition]:
     return filters.parse(spec, FIELDS)
 
 
-def test_operators_and_defaults():
+def test_operators_and_defaults() -> None:
     [c] = parse({"value__gte": "3"})
     assert (c.field.name, c.op, c.value) == ("value", "gte", 3)
     [c] = parse({"name": "a"})
@@ -25,7 +26,7 @@ def test_operators_and_defaults():
     assert parse(None) == []
 
 
-def test_values_are_converted_like_the_orm():
+def test_values_are_converted_like_the_orm() -> None:
     [c] = parse({"price__lt": "1.5"})
     assert c.value == decimal.Decimal("1.5")
     [c] = parse({"due__lt": "2030-01-01T00:00:00"})
@@ -44,14 +45,14 @@ def test_values_are_converted_like_the_orm():
         ({"name__isnull": "yes"}, "name__isnull"),
     ],
 )
-def test_bad_filters_are_400_with_the_key(spec, key):
+def test_bad_filters_are_400_with_the_key(spec: Any, key: str) -> None:
     with pytest.raises(filters.FilterError) as info:
         parse(spec)
     assert isinstance(info.value, RequestError) and info.value.status == 400
     assert key in info.value.errors
 
 
-def test_matching_follows_sql():
+def test_matching_follows_sql() -> None:
     row = {"name": "B", "value": None, "price": decimal.Decimal("NaN")}
     assert filters.matches(parse({"name__lt": "a"}), row)  # code point order, as COLLATE "C"
     assert not filters.matches(parse({"value__in": [1, 2]}), row)  # IN never matches NULL

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.interfaces import IProducer, IReactorFDSet
 
 from pgbinding.websocket.outbound import CLOSE_TOO_SLOW, OutboundQueue
 
@@ -332,7 +333,8 @@ class FakeTCPTransport(FileDescriptor):
     connected = 1
 
     def __init__(self) -> None:
-        super().__init__(reactor=object())
+        # No reactor: the methods that would use one are overridden below.
+        super().__init__(reactor=cast(IReactorFDSet, object()))
         self.wire: list[bytes] = []
         self.accept = 0  # bytes the "socket" takes on the next doWrite
 
@@ -358,7 +360,7 @@ class FakeTCPTransport(FileDescriptor):
 
     def drain(self) -> None:
         self.accept = 1 << 30
-        self.doWrite()
+        self.doWrite()  # type: ignore[no-untyped-call]  # Twisted leaves it unannotated
         self.accept = 0
 
 
@@ -410,7 +412,7 @@ class SessionWrapper:
 def daphne_shape() -> tuple[FakeTCPTransport, RecordingProducer, Any]:
     transport = FakeTCPTransport()
     channel = RecordingProducer()
-    transport.registerProducer(channel, True)
+    transport.registerProducer(cast(IProducer, channel), True)  # IPushProducer by duck typing
     send = functools.partial(FakeServer().handle_reply, FakeProtocol(transport))
     return transport, channel, send
 
@@ -473,7 +475,8 @@ async def test_daphne_connection_lost_stops_the_writer() -> None:
     for _ in range(70):
         queue.put("z" * 1000)
     await settle()
-    transport.connectionLost(None)  # calls producer.stopProducing(), drops the producer
+    # Calls producer.stopProducing(), drops the producer (Twisted leaves it unannotated).
+    transport.connectionLost(None)  # type: ignore[no-untyped-call]
     await asyncio.wait_for(queue.join(), 1)
     assert channel.calls == ["pause", "stop"]
     assert not queue.put("z")
@@ -521,7 +524,7 @@ async def test_other_shapes_fall_back_to_awaiting_send(caplog: pytest.LogCapture
     # a pull producer already registered: left alone
     transport = FakeTCPTransport()
     pull = RecordingProducer()
-    transport.registerProducer(pull, False)
+    transport.registerProducer(cast(IProducer, pull), False)  # IPullProducer by duck typing
     send = functools.partial(FakeServer().handle_reply, FakeProtocol(transport))
     queue = OutboundQueue(send, max_bytes=100)
     queue.start()

@@ -6,7 +6,7 @@ import pytest
 from pgbinding.positions import MAX_POSITION_GAPS, MAX_TOKEN_CHARS, Cursor, merge_ranges
 
 
-def test_a_cursor_covers_its_position_except_its_gaps():
+def test_a_cursor_covers_its_position_except_its_gaps() -> None:
     cursor = Cursor(10, ((3, 4), (7, 7)))
     assert [i for i in range(1, 13) if cursor.covers(i)] == [1, 2, 5, 6, 8, 9, 10]
     assert cursor.floor == 2
@@ -14,7 +14,7 @@ def test_a_cursor_covers_its_position_except_its_gaps():
     assert Cursor.decode("42") == Cursor(42) and Cursor(42).encode() == "42"
 
 
-def test_tokens_stay_bounded_whatever_the_number_of_gaps():
+def test_tokens_stay_bounded_whatever_the_number_of_gaps() -> None:
     # 1,000 open gaps (a long transaction and many rollbacks): the token merges the nearest
     # ones, so it claims less than the reader has seen, never more.
     gaps = tuple((i * 10 + 1, i * 10 + 2) for i in range(1000))
@@ -29,7 +29,7 @@ def test_tokens_stay_bounded_whatever_the_number_of_gaps():
             assert cursor.covers(change_id), change_id
 
 
-def test_merge_keeps_the_widest_separations():
+def test_merge_keeps_the_widest_separations() -> None:
     ranges = [(1, 1), (3, 3), (100, 100), (102, 102)]
     assert merge_ranges(ranges, 2) == [(1, 3), (100, 102)]
     assert merge_ranges(ranges, 4) == ranges
@@ -43,7 +43,7 @@ def test_merge_keeps_the_widest_separations():
         "5:1-2,4-4",
     ],
 )
-def test_tokens_the_server_could_have_sent_decode(token):
+def test_tokens_the_server_could_have_sent_decode(token: object) -> None:
     assert Cursor.decode(token).encode() == token
 
 
@@ -66,6 +66,6 @@ def test_tokens_the_server_could_have_sent_decode(token):
         ["1"],
     ],
 )
-def test_tokens_the_server_never_sends_are_refused(token):
+def test_tokens_the_server_never_sends_are_refused(token: object) -> None:
     with pytest.raises(ValueError, match="is not a position"):
         Cursor.decode(token)

@@ -29,17 +29,17 @@ DOCUMENTED = [
 
 
 @pytest.mark.parametrize(("module", "name"), DOCUMENTED)
-def test_documented_names_import(module, name):
+def test_documented_names_import(module: str, name: str) -> None:
     assert getattr(importlib.import_module(module), name) is not None
 
 
-def test_migration_files_keep_writing_the_stable_operation_path():
+def test_migration_files_keep_writing_the_stable_operation_path() -> None:
     from pgbinding.operations import InstallBindingTrigger
 
     assert InstallBindingTrigger.__module__ == "pgbinding.operations"
 
 
-def test_settings_files_can_import_channel_layers_before_django_is_set_up():
+def test_settings_files_can_import_channel_layers_before_django_is_set_up() -> None:
     """``from pgbinding.conf import channel_layers`` runs while settings load: it must not import
     Django's models or forms (the package's __init__ is lazy)."""
     code = (
@@ -50,7 +50,7 @@ def test_settings_files_can_import_channel_layers_before_django_is_set_up():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
-def test_the_notify_channel_is_the_one_the_released_sql_uses():
+def test_the_notify_channel_is_the_one_the_released_sql_uses() -> None:
     from pgbinding.capture.sql import NOTIFY_CHANNEL, schema_sql
 
     for version in ("v1", "v2"):

@@ -3,11 +3,11 @@
 from pgbinding.websocket.events import RECENT, RepeatFilter
 
 
-def consumer():
+def consumer() -> RepeatFilter:
     return RepeatFilter()
 
 
-def test_one_change_through_several_groups():
+def test_one_change_through_several_groups() -> None:
     c = consumer()
     # update first: after it nothing more for that change
     assert c.first_time("items", 5, "5", "update")
@@ -20,7 +20,7 @@ def test_one_change_through_several_groups():
     assert c.first_time("sub:s1", 6, "6", "any")
 
 
-def test_memory_is_bounded_and_old_repeats_are_still_dropped():
+def test_memory_is_bounded_and_old_repeats_are_still_dropped() -> None:
     c = consumer()
     for change_id in range(1, 5001):
         assert c.first_time("items", change_id, str(change_id), "update")
@@ -32,7 +32,7 @@ def test_memory_is_bounded_and_old_repeats_are_still_dropped():
     assert c.first_time("items", 5001, "5001", "update")
 
 
-def test_a_gap_filled_later_is_not_a_repeat():
+def test_a_gap_filled_later_is_not_a_repeat() -> None:
     c = consumer()
     # id 10 was still uncommitted when 11 went out: the cursor after 11 leaves it open
     assert c.first_time("items", 11, "11:10-10", "update")
