@@ -11,6 +11,7 @@ import time
 import psycopg
 import pytest
 
+from tests.conftest import ListenerHarness
 from tests.testapp.models import Counter
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -50,7 +51,9 @@ def writer(conninfo: str, seed: int, stop: threading.Event, committed: list[int]
                 conn.rollback()
 
 
-def test_concurrent_writers_with_rollbacks_exactly_once(listener, raw_conninfo):
+def test_concurrent_writers_with_rollbacks_exactly_once(
+    listener: ListenerHarness, raw_conninfo: str
+) -> None:
     counters = listener.collect("counters")
     stop = threading.Event()
     committed: list[list[int]] = [[] for _ in range(WRITERS)]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime
 import decimal
 import os
+from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 from django.db import connection
@@ -33,13 +35,13 @@ def _create_collation() -> bool:
                 " (provider = libc, locale = 'en_US.UTF-8')"
             )
             cursor.execute(f"SELECT 'a' < 'B' COLLATE \"{COLLATION}\"")
-            return bool(cursor.fetchone()[0])
+            return bool(cast(tuple[Any, ...], cursor.fetchone())[0])  # a comparison: one row
     except Exception:
         return False
 
 
 @pytest.fixture
-def linguistic_name_column():
+def linguistic_name_column() -> Iterator[None]:
     """testapp_item.name under an English collation (libc en_US.UTF-8, compiled with
     localedef when the machine lacks it and we may)."""
     if not _create_collation():
@@ -79,7 +81,7 @@ def make_rows() -> list[Item]:
     return items
 
 
-SPECS = [
+SPECS: list[dict[str, Any]] = [
     {"name": "a"},
     {"name__lt": "a"},
     {"name__lte": "B"},
@@ -116,7 +118,7 @@ SPECS = [
 @pytest.mark.parametrize(
     "spec", SPECS, ids=lambda spec: ",".join(f"{k}={v}" for k, v in spec.items())
 )
-def test_sql_and_live_evaluation_agree(linguistic_name_column, spec):
+def test_sql_and_live_evaluation_agree(linguistic_name_column: None, spec: dict[str, Any]) -> None:
     make_rows()
     items = list(Item.objects.all())  # as stored (decimals at the column's scale)
     binding = ItemBinding(user=None)
@@ -145,7 +147,7 @@ def test_sql_and_live_evaluation_agree(linguistic_name_column, spec):
         ({"extra": {}}, "not a filterable field"),
     ],
 )
-def test_filters_that_would_disagree_are_refused(spec, message):
+def test_filters_that_would_disagree_are_refused(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(filters.FilterError) as info:
         filters.parse(spec, ItemBinding.serialized_fields())
     assert message in str(info.value.errors)

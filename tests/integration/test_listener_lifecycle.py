@@ -8,7 +8,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -17,7 +19,7 @@ from django.db import connection
 from pgbinding.delivery import changelog
 from pgbinding.delivery.listener import conninfo_from_django
 from tests import servers
-from tests.conftest import RedisCollector, log_max_id, subprocess_env, wait_for
+from tests.conftest import ListenerHarness, RedisCollector, log_max_id, subprocess_env, wait_for
 from tests.testapp.models import Counter, Item
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -59,7 +61,7 @@ class Pglisten:
 
 
 @pytest.mark.redis
-def test_sigkill_and_takeover_lose_nothing(redis_url, tmp_path):
+def test_sigkill_and_takeover_lose_nothing(redis_url: str, tmp_path: Path) -> None:
     """Two pglisten processes; the active one is SIGKILLed while writes continue; the standby
     takes over within seconds; the killed one comes back as standby. Every committed change
     reaches the group; a change is sent twice only if it was in flight at the kill."""
@@ -72,7 +74,7 @@ def test_sigkill_and_takeover_lose_nothing(redis_url, tmp_path):
     start_id = log_max_id()
 
     stop = threading.Event()
-    written = []
+    written: list[int] = []
 
     def write() -> None:
         with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
@@ -115,11 +117,14 @@ def test_sigkill_and_takeover_lose_nothing(redis_url, tmp_path):
     payloads = collector.collector.payloads("counters")
     positions = [p["position"] for p in payloads]
     with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
-        logged = conn.execute(
-            "SELECT count(*) FROM pgbinding_change WHERE table_name = 'testapp_counter'"
-            " AND id > %s AND id <= %s",
-            [start_id, end_id],
-        ).fetchone()[0]
+        logged = cast(  # count(*): always one row
+            tuple[Any, ...],
+            conn.execute(
+                "SELECT count(*) FROM pgbinding_change WHERE table_name = 'testapp_counter'"
+                " AND id > %s AND id <= %s",
+                [start_id, end_id],
+            ).fetchone(),
+        )[0]
     assert logged == len(written)
     keys = {p["data"]["key"] for p in payloads}
     assert keys == {f"w{n}" for n in written}, "a committed change was lost across the kill"
@@ -130,7 +135,7 @@ def test_sigkill_and_takeover_lose_nothing(redis_url, tmp_path):
 
 
 @pytest.mark.redis
-def test_sigterm_stops_cleanly_and_saves_position(redis_url, tmp_path):
+def test_sigterm_stops_cleanly_and_saves_position(redis_url: str, tmp_path: Path) -> None:
     env = subprocess_env(redis_url)
     proc = Pglisten(env, tmp_path, "term")
     proc.wait_output("Caught up")
@@ -139,9 +144,12 @@ def test_sigterm_stops_cleanly_and_saves_position(redis_url, tmp_path):
     with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
         wait_for(
             lambda: (
-                conn.execute(
-                    "SELECT position FROM pgbinding_listener WHERE name = 'default'"
-                ).fetchone()[0]
+                cast(  # the listener's row exists once it has started
+                    tuple[Any, ...],
+                    conn.execute(
+                        "SELECT position FROM pgbinding_listener WHERE name = 'default'"
+                    ).fetchone(),
+                )[0]
                 >= target
             ),
             "the listener to save its position",
@@ -152,11 +160,12 @@ def test_sigterm_stops_cleanly_and_saves_position(redis_url, tmp_path):
     assert "Received SIGTERM" in out
     assert f"stopped at position {target}" in out
     with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
-        sleeping = conn.execute("SELECT sleeping FROM pgbinding_state").fetchone()[0]
+        state = conn.execute("SELECT sleeping FROM pgbinding_state").fetchone()
+        sleeping = cast(tuple[Any, ...], state)[0]  # pgbinding_state: always one row
     assert sleeping is False, "a stopped listener should not make writers NOTIFY"
 
 
-def test_restart_resumes_from_saved_position(make_listener):
+def test_restart_resumes_from_saved_position(make_listener: Callable[..., ListenerHarness]) -> None:
     first = make_listener()
     Item.objects.create(name="one")
     first.sync()
@@ -170,7 +179,9 @@ def test_restart_resumes_from_saved_position(make_listener):
     assert [p["data"]["name"] for p in items.payloads()] == ["while-down-1", "while-down-2"]
 
 
-def test_postgres_restart_under_the_listener(make_listener, caplog):
+def test_postgres_restart_under_the_listener(
+    make_listener: Callable[..., ListenerHarness], caplog: pytest.LogCaptureFixture
+) -> None:
     server = servers.postgres_server()
     if server is None:
         pytest.skip("needs the embedded Postgres (PGBINDING_TEST_DATABASE_URL is set)")
@@ -184,7 +195,9 @@ def test_postgres_restart_under_the_listener(make_listener, caplog):
     assert "reconnecting" in caplog.text
 
 
-def test_prune_removes_only_old_delivered_entries_without_blocking_writers(listener):
+def test_prune_removes_only_old_delivered_entries_without_blocking_writers(
+    listener: ListenerHarness,
+) -> None:
     for n in range(5):
         Item.objects.create(name=f"p{n}")
     listener.sync()
@@ -214,7 +227,9 @@ async def _prune(retention: float) -> int:
         return await changelog.prune(conn, retention)
 
 
-def test_lag_and_catch_up_are_logged(make_listener, caplog):
+def test_lag_and_catch_up_are_logged(
+    make_listener: Callable[..., ListenerHarness], caplog: pytest.LogCaptureFixture
+) -> None:
     Item.objects.bulk_create([Item(name=f"l{n}") for n in range(30)])
     harness = make_listener(lag_log_interval=0.0, batch_size=10)
     harness.sync()
@@ -224,6 +239,6 @@ def test_lag_and_catch_up_are_logged(make_listener, caplog):
     assert "Caught up at position" in text
 
 
-def test_environment_of_children_points_at_the_test_database():
+def test_environment_of_children_points_at_the_test_database() -> None:
     assert "test_" in subprocess_env()["PGBINDING_TEST_DATABASE_URL"]
     assert os.environ.get("DJANGO_SETTINGS_MODULE") == "tests.settings"

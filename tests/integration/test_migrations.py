@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -42,21 +44,21 @@ def dry_run() -> str:
 
 
 @pytest.fixture
-def restore_registry():
+def restore_registry() -> Iterator[None]:
     saved = registry.all()
     yield
     registry._bindings = saved
 
 
 @pytest.mark.django_db
-def test_no_changes_when_bindings_match_migrations():
+def test_no_changes_when_bindings_match_migrations() -> None:
     out = io.StringIO()
     call_command("makemigrations", "--check", "--dry-run", stdout=out)
     assert "No changes detected" in out.getvalue()
 
 
 @pytest.mark.django_db
-def test_new_binding_writes_an_install_operation(restore_registry):
+def test_new_binding_writes_an_install_operation(restore_registry: None) -> None:
     class NoteBinding(WebsocketBinding):
         model = Note
         stream = "notes"
@@ -71,7 +73,7 @@ def test_new_binding_writes_an_install_operation(restore_registry):
 
 
 @pytest.mark.django_db
-def test_removing_the_last_binding_writes_a_remove_operation(restore_registry):
+def test_removing_the_last_binding_writes_a_remove_operation(restore_registry: None) -> None:
     item_bindings = registry.for_model(Item)
     assert len(item_bindings) > 1
     registry.unregister(item_bindings[0])
@@ -84,7 +86,7 @@ def test_removing_the_last_binding_writes_a_remove_operation(restore_registry):
 
 
 @pytest.mark.django_db
-def test_migrate_installs_triggers_on_every_bound_table():
+def test_migrate_installs_triggers_on_every_bound_table() -> None:
     found = installed_triggers()
     for table in BOUND_TABLES:
         assert found.get(table) == sorted(sql.TRIGGER_NAMES[sql.TRIGGER_VERSION]), table
@@ -92,7 +94,7 @@ def test_migrate_installs_triggers_on_every_bound_table():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_migrate_backwards_removes_what_forwards_installed():
+def test_migrate_backwards_removes_what_forwards_installed() -> None:
     try:
         call_command("migrate", "testapp", "zero", verbosity=0)
         left = {t: n for t, n in installed_triggers().items() if t in BOUND_TABLES}
@@ -112,7 +114,7 @@ def test_migrate_backwards_removes_what_forwards_installed():
     )
 
 
-def test_pinned_sql_matches_the_versioned_template():
+def test_pinned_sql_matches_the_versioned_template() -> None:
     """The SQL in the migration files is what the versioned templates render (two install paths
     agree), for every version ever installed."""
     loader = MigrationLoader(None, ignore_no_migrations=True)
@@ -131,7 +133,7 @@ def test_pinned_sql_matches_the_versioned_template():
 
 
 @pytest.mark.django_db
-def test_installed_triggers_call_the_capture_function():
+def test_installed_triggers_call_the_capture_function() -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t"
@@ -157,14 +159,16 @@ def test_installed_triggers_call_the_capture_function():
         ({"stream": "s4", "fields": "name"}, "list of names"),
     ],
 )
-def test_binding_declaration_errors_name_the_binding(attrs, message, restore_registry):
+def test_binding_declaration_errors_name_the_binding(
+    attrs: dict[str, Any], message: str, restore_registry: None
+) -> None:
     with pytest.raises(BindingConfigError) as info:
         type("BadBinding", (WebsocketBinding,), {"model": Item, "__module__": __name__, **attrs})
     assert message in str(info.value)
     assert "BadBinding" in str(info.value)
 
 
-def test_non_postgres_database_is_an_error_at_startup(tmp_path):
+def test_non_postgres_database_is_an_error_at_startup(tmp_path: Path) -> None:
     settings = tmp_path / "sqlite_settings.py"
     settings.write_text(
         "from tests.settings import *\n"
@@ -186,7 +190,7 @@ def test_non_postgres_database_is_an_error_at_startup(tmp_path):
     assert "tests.testapp.bindings.ItemBinding" in result.stderr
 
 
-def test_the_extended_autodetector_passes_djangos_checks():
+def test_the_extended_autodetector_passes_djangos_checks() -> None:
     """pgbinding extends the autodetector of makemigrations and migrate at ready() (it does not
     override the commands); Django's checks want one class for both."""
     from django.core.management.commands import makemigrations, migrate

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from django.test import RequestFactory
 
 from devservers import free_port
 from pgbinding import metrics
-from tests.conftest import subprocess_env, wait_for
+from tests.conftest import ListenerHarness, subprocess_env, wait_for
 from tests.testapp.models import Counter, Item
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def counter_trigger_dropped():
+def counter_trigger_dropped() -> Iterator[None]:
     with connection.cursor() as cursor:
         cursor.execute("DROP TRIGGER pgbinding_update_v2 ON testapp_counter")
     yield
@@ -42,7 +43,7 @@ def counter_trigger_dropped():
         )
 
 
-def test_pglisten_refuses_an_in_process_channel_layer():
+def test_pglisten_refuses_an_in_process_channel_layer() -> None:
     with pytest.raises(CommandError) as info:
         call_command("pglisten")
     text = str(info.value)
@@ -50,21 +51,23 @@ def test_pglisten_refuses_an_in_process_channel_layer():
     assert "with_listener" in text
 
 
-def test_pglisten_refuses_a_bound_model_without_its_trigger(counter_trigger_dropped):
+def test_pglisten_refuses_a_bound_model_without_its_trigger(counter_trigger_dropped: None) -> None:
     with pytest.raises(CommandError) as info:
         call_command("pglisten", "--allow-in-memory-layer")
     assert "testapp.counter (testapp_counter): trigger missing" in str(info.value)
     assert "makemigrations" in str(info.value)
 
 
-def test_system_check_names_the_model_and_the_command(counter_trigger_dropped):
+def test_system_check_names_the_model_and_the_command(counter_trigger_dropped: None) -> None:
     with pytest.raises(SystemCheckError) as info:
         call_command("check", databases=["default"], stdout=io.StringIO())
     assert "pgbinding.E001" in str(info.value) and "testapp.counter" in str(info.value)
     call_command("check", stdout=io.StringIO())  # without --database: not a database check
 
 
-def test_an_in_process_listener_standing_by_says_its_sockets_get_nothing(make_listener, caplog):
+def test_an_in_process_listener_standing_by_says_its_sockets_get_nothing(
+    make_listener: Callable[..., ListenerHarness], caplog: pytest.LogCaptureFixture
+) -> None:
     make_listener()
     with caplog.at_level(logging.INFO, "pgbinding"):
         second = make_listener(start=False).start(wait_active=False)
@@ -73,7 +76,7 @@ def test_an_in_process_listener_standing_by_says_its_sockets_get_nothing(make_li
     assert not second.listener.active.is_set()
 
 
-def test_listener_metrics_in_process(make_listener):
+def test_listener_metrics_in_process(make_listener: Callable[..., ListenerHarness]) -> None:
     before = metrics.listener_delivered._value.get()
     harness = make_listener()
     Item.objects.create(name="m")
@@ -86,7 +89,7 @@ def test_listener_metrics_in_process(make_listener):
 
 
 @pytest.mark.redis
-def test_pglisten_serves_its_metrics(redis_url, tmp_path):
+def test_pglisten_serves_its_metrics(redis_url: str, tmp_path: Path) -> None:
     port = free_port()
     log = (tmp_path / "pglisten.log").open("w")
     proc = subprocess.Popen(
@@ -104,7 +107,8 @@ def test_pglisten_serves_its_metrics(redis_url, tmp_path):
 
         def scraped() -> str:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                return r.read().decode()
+                body: bytes = r.read()  # urlopen's response is typed Any
+                return body.decode()
 
         def delivered() -> float:
             found = re.search(r"^pgbinding_listener_delivered_total (\S+)$", scraped(), re.M)
@@ -119,7 +123,7 @@ def test_pglisten_serves_its_metrics(redis_url, tmp_path):
         proc.wait(10)
 
 
-def test_admin_pages_are_read_only():
+def test_admin_pages_are_read_only() -> None:
     from pgbinding.admin import register
     from pgbinding.models import Change, ListenerState
 
@@ -133,7 +137,9 @@ def test_admin_pages_are_read_only():
         assert not model_admin.has_delete_permission(request)
 
 
-def test_the_in_process_listener_logs_under_servers_that_configure_no_logging(monkeypatch):
+def test_the_in_process_listener_logs_under_servers_that_configure_no_logging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from pgbinding.delivery.listener import ensure_logging
 
     ours = logging.getLogger("pgbinding")

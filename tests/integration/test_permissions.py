@@ -5,6 +5,7 @@ from django.contrib.auth.models import AnonymousUser, Permission, User
 
 from pgbinding.permissions import (
     AllowAny,
+    BasePermission,
     DjangoModelPermissions,
     IsAuthenticated,
     IsAuthenticatedOrReadOnly,
@@ -16,11 +17,11 @@ pytestmark = pytest.mark.django_db
 ACTIONS = ["create", "update", "delete", "retrieve", "list", "subscribe"]
 
 
-def allowed(permission, user):
+def allowed(permission: type[BasePermission], user: User | AnonymousUser) -> list[str]:
     return [a for a in ACTIONS if permission().has_permission(user, a, ItemBinding())]
 
 
-def test_allow_any_and_authentication_classes():
+def test_allow_any_and_authentication_classes() -> None:
     user = User.objects.create(username="u")
     anonymous = AnonymousUser()
     assert allowed(AllowAny, anonymous) == ACTIONS
@@ -30,7 +31,7 @@ def test_allow_any_and_authentication_classes():
     assert allowed(IsAuthenticatedOrReadOnly, user) == ACTIONS
 
 
-def test_django_model_permissions_map_actions_to_add_change_delete_view():
+def test_django_model_permissions_map_actions_to_add_change_delete_view() -> None:
     user = User.objects.create(username="p")
     assert allowed(DjangoModelPermissions, user) == []
     user.user_permissions.add(Permission.objects.get(codename="change_item"))
@@ -42,7 +43,7 @@ def test_django_model_permissions_map_actions_to_add_change_delete_view():
     assert allowed(DjangoModelPermissions, AnonymousUser()) == []
 
 
-def test_binding_without_permissions_denies_everything():
+def test_binding_without_permissions_denies_everything() -> None:
     from tests.testapp.bindings import ItemValueBinding
 
     user = User.objects.create(username="x", is_staff=True, is_superuser=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime
 import decimal
+from collections.abc import Callable
+from typing import Any, cast
 
 import psycopg
 import psycopg.sql
@@ -21,17 +23,20 @@ from django.db.migrations.state import ModelState
 from pgbinding import rows
 from pgbinding.capture import sql
 from pgbinding.operations import MigrationAutodetector, RewriteCapturedChanges
+from tests.conftest import ListenerHarness
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def execute(statement: str, params: list[object] | None = None) -> None:
+def execute(statement: str, params: list[Any] | None = None) -> None:
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
 
 
-def test_a_rename_with_changes_pending_delivers_the_logged_values(make_listener):
+def test_a_rename_with_changes_pending_delivers_the_logged_values(
+    make_listener: Callable[..., ListenerHarness],
+) -> None:
     """Listener down; a bound column changes twice; the column is renamed (as the migration
     that makemigrations writes for a RenameField does it); listener up: the events carry the
     logged 2 and 3, not the 100 the table holds now."""
@@ -60,7 +65,9 @@ def test_a_rename_with_changes_pending_delivers_the_logged_values(make_listener)
         rows.forget_types()
 
 
-def test_a_column_missing_from_logged_rows_gets_the_default_never_a_lookup(make_listener):
+def test_a_column_missing_from_logged_rows_gets_the_default_never_a_lookup(
+    make_listener: Callable[..., ListenerHarness],
+) -> None:
     """Logged rows without a field's column (the column was added, or renamed without the
     rewrite): the field gets its default. Nothing is read from the table: the row is deleted
     by then, and a lookup would have dropped the changes (DoesNotExist)."""
@@ -90,7 +97,9 @@ def test_a_column_missing_from_logged_rows_gets_the_default_never_a_lookup(make_
         rows.forget_types()
 
 
-def test_a_deleted_row_and_a_dropped_column_with_changes_pending(make_listener):
+def test_a_deleted_row_and_a_dropped_column_with_changes_pending(
+    make_listener: Callable[..., ListenerHarness],
+) -> None:
     item = Item.objects.create(name="gone", value=1)
     make_listener().stop()
     Item.objects.filter(pk=item.pk).update(value=2)
@@ -111,7 +120,7 @@ def test_a_deleted_row_and_a_dropped_column_with_changes_pending(make_listener):
     ]
 
 
-def test_makemigrations_writes_the_log_rewrite_after_a_rename_of_a_bound_field():
+def test_makemigrations_writes_the_log_rewrite_after_a_rename_of_a_bound_field() -> None:
     loader = MigrationLoader(connection)
     before = loader.project_state()
     after = before.clone()
@@ -133,7 +142,7 @@ def test_makemigrations_writes_the_log_rewrite_after_a_rename_of_a_bound_field()
     assert [type(op).__name__ for m in plain["testapp"] for op in m.operations] == ["RenameField"]
 
 
-def test_makemigrations_moves_logged_changes_and_keeps_triggers_when_a_model_is_renamed():
+def test_makemigrations_moves_logged_changes_and_keeps_triggers_when_a_model_is_renamed() -> None:
     loader = MigrationLoader(connection)
     before = loader.project_state()
     after = before.clone()
@@ -145,7 +154,8 @@ def test_makemigrations_moves_logged_changes_and_keeps_triggers_when_a_model_is_
     changes = MigrationAutodetector(before, after, questioner).changes(graph=loader.graph)
     ops = [op for m in changes["testapp"] for op in m.operations]
     assert [type(op).__name__ for op in ops] == ["RenameModel", "RewriteCapturedChanges"]
-    assert ops[1].sql == sql.rename_table_sql("testapp_counter", "testapp_tally")[0]
+    rewrite = cast(RewriteCapturedChanges, ops[1])  # its type is checked by name just above
+    assert rewrite.sql == sql.rename_table_sql("testapp_counter", "testapp_tally")[0]
 
 
 @pytest.mark.parametrize(
@@ -155,10 +165,12 @@ def test_makemigrations_moves_logged_changes_and_keeps_triggers_when_a_model_is_
         "CREATE SCHEMA IF NOT EXISTS elsewhere; SET search_path = elsewhere",
     ],
 )
-def test_writers_with_another_search_path_are_captured(listener, raw_conninfo, session):
+def test_writers_with_another_search_path_are_captured(
+    listener: ListenerHarness, raw_conninfo: str, session: str
+) -> None:
     values = listener.collect("itemvalues")
     with psycopg.connect(raw_conninfo, autocommit=True) as conn:
-        schema = conn.execute("SELECT current_schema()").fetchone()[0]
+        schema = cast(tuple[Any, ...], conn.execute("SELECT current_schema()").fetchone())[0]
         conn.execute(session)
         table = psycopg.sql.Identifier(schema, "testapp_item")
         conn.execute(
@@ -171,7 +183,9 @@ def test_writers_with_another_search_path_are_captured(listener, raw_conninfo, s
     assert [p["data"]["value"] for p in values.payloads()] == [41]
 
 
-def test_upgrade_from_v1_with_changes_pending_delivers_everything(make_listener, raw_conninfo):
+def test_upgrade_from_v1_with_changes_pending_delivers_everything(
+    make_listener: Callable[..., ListenerHarness], raw_conninfo: str
+) -> None:
     """A database with the v1 triggers (as the previous release installed them) and changes
     logged by v1 from sessions with odd settings, the listener down; then `migrate` moves the
     triggers to v2: every pending change is delivered, with the values the ORM reads."""
@@ -182,7 +196,7 @@ def test_upgrade_from_v1_with_changes_pending_delivers_everything(make_listener,
                 "SELECT count(*) FROM pg_trigger WHERE tgname = 'pgbinding_update_v1'"
                 " AND tgrelid = 'testapp_item'::regclass"
             )
-            assert cursor.fetchone()[0] == 1
+            assert cast(tuple[Any, ...], cursor.fetchone())[0] == 1  # count(*): one row
         item = Item.objects.create(name="old", value=1)
         make_listener().stop()
         due = datetime.datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=datetime.UTC)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from tests.conftest import wait_for
+from tests.conftest import ListenerHarness, wait_for
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -30,11 +32,11 @@ def status(*args: str) -> tuple[int, str]:
 def log_count() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pgbinding_change")
-        return int(cursor.fetchone()[0])
+        return int(cast(tuple[Any, ...], cursor.fetchone())[0])  # count(*): always one row
 
 
 @pytest.fixture
-def abandoned():
+def abandoned() -> Iterator[None]:
     """A listener name nobody has run for two hours (pgbinding's tables are not flushed
     between tests: clean up after)."""
     with connection.cursor() as cursor:
@@ -47,7 +49,9 @@ def abandoned():
         cursor.execute("DELETE FROM pgbinding_listener WHERE name = 'abandoned'")
 
 
-def test_an_abandoned_listener_name_stops_holding_the_log(abandoned, make_listener, caplog):
+def test_an_abandoned_listener_name_stops_holding_the_log(
+    abandoned: None, make_listener: Callable[..., ListenerHarness], caplog: pytest.LogCaptureFixture
+) -> None:
     harness = make_listener(retention=0.5, prune_interval=0.2, stale_listener_after=60.0)
     for n in range(30):
         Item.objects.create(name=f"p{n}")
@@ -61,7 +65,9 @@ def test_an_abandoned_listener_name_stops_holding_the_log(abandoned, make_listen
     assert "Listener name 'abandoned' is stale" in text
 
 
-def test_status_says_active_caught_up_behind_and_stopped(make_listener):
+def test_status_says_active_caught_up_behind_and_stopped(
+    make_listener: Callable[..., ListenerHarness],
+) -> None:
     harness = make_listener()
     Item.objects.create(name="s")
     harness.sync()
@@ -83,7 +89,7 @@ def test_status_says_active_caught_up_behind_and_stopped(make_listener):
     assert "Listener 'default' is stopped" in text
 
 
-def test_status_flags_a_bound_model_without_its_trigger():
+def test_status_flags_a_bound_model_without_its_trigger() -> None:
     with connection.cursor() as cursor:
         cursor.execute("DROP TRIGGER pgbinding_update_v2 ON testapp_counter")
     try:

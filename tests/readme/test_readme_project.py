@@ -34,7 +34,7 @@ import textwrap
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -214,7 +214,7 @@ class Project:
     def site(self, variant: str) -> Path:
         return self.root / "sites" / variant
 
-    def env(self, variant: str, **extra: str) -> dict[str, str]:
+    def env(self, variant: str, /, **extra: str) -> dict[str, str]:
         """The environment of the project's processes: nothing of the test suite's Django."""
         env = {
             k: v
@@ -226,13 +226,13 @@ class Project:
         return {**env, **extra}
 
     def run(
-        self, variant: str, *args: str, timeout: float = 120, **env: str
+        self, variant: str, *args: str, timeout: float = 120, env: Mapping[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """``python manage.py ARGS`` in the project."""
+        """``python manage.py ARGS`` in the project (``env``: on top of ``self.env(variant)``)."""
         return subprocess.run(
             [sys.executable, "manage.py", *args],
             cwd=self.root,
-            env=self.env(variant, **env),
+            env=self.env(variant, **(env or {})),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -240,10 +240,10 @@ class Project:
         )
 
     def manage(
-        self, variant: str, *args: str, timeout: float = 120, **env: str
+        self, variant: str, *args: str, timeout: float = 120, env: Mapping[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         """``python manage.py ARGS`` in the project; fails the test on a non-zero exit."""
-        result = self.run(variant, *args, timeout=timeout, **env)
+        result = self.run(variant, *args, timeout=timeout, env=env)
         assert result.returncode == 0, (
             f"manage.py {' '.join(args)} exited with {result.returncode}:\n"
             f"{result.stdout}\n{result.stderr}"
@@ -496,7 +496,7 @@ def site(request: pytest.FixtureRequest, project: Project) -> Iterator[Site]:
             )
         asgi = procs.add(start_server(project, variant, server, env))
         name = f"{variant}-{server}"
-        made = project.manage(variant, "shell", "-c", MAKE_USERS.format(name=name), **env)
+        made = project.manage(variant, "shell", "-c", MAKE_USERS.format(name=name), env=env)
         ids = json.loads(made.stdout.strip().splitlines()[-1])
         if listener is not None:
             listener.wait_output("waiting for changes", timeout=30)
