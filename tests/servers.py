@@ -15,8 +15,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import pytest
+
+if TYPE_CHECKING:
+    from devservers import EmbeddedPostgres
 
 _state: dict[str, object] = {}
 
@@ -52,9 +56,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(root, ignore_errors=True)  # type: ignore[arg-type]
 
 
-def postgres_server() -> object | None:
+def postgres_server() -> EmbeddedPostgres | None:
     """The private server, when the tests started one (for restart and crash tests)."""
-    return _state.get("postgres")
+    return cast("EmbeddedPostgres | None", _state.get("postgres"))  # set in pytest_configure
 
 
 @pytest.fixture(scope="session")

@@ -330,7 +330,7 @@ class Stack:
     def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run SQL as another program would (psycopg, autocommit); return the rows, if any."""
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
-            cursor = conn.execute(query, params)  # type: ignore[arg-type]
+            cursor = conn.execute(query, params)
             return cursor.fetchall() if cursor.description else []
 
     def manage(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from tests.deploy.conftest import (
     UVICORN_UNIT,
@@ -65,14 +66,15 @@ def directive(block: str, name: str) -> list[str]:
 
 def open_socket(stack: Stack, **options: Any) -> ClientConnection:
     """A WebSocket through nginx (wss), sending the Origin a browser on the site would."""
-    return connect(
+    ws: ClientConnection = connect(  # (Any: mypy cannot pick an overload for **options)
         stack.ws_url,
         ssl=stack.ssl_context(),
-        origin=stack.origin,  # type: ignore[arg-type]
+        origin=Origin(stack.origin),
         proxy=None,
         open_timeout=10,
         **options,
     )
+    return ws
 
 
 def new_counter(stack: Stack, key: str, n: int = 0) -> int:
@@ -296,7 +298,11 @@ def test_a_stopped_server_is_skipped_and_its_clients_resume_on_the_other(stack: 
             before = connects(stack)
             ws = opened.enter_context(open_socket(stack))
             position = subscribe(ws)["data"]["position"]
-            wait_until(lambda b=before: sum(connects(stack)) > sum(b), "the handshake's log line")
+
+            def handshake_logged(before: list[int] = before) -> bool:
+                return sum(connects(stack)) > sum(before)
+
+            wait_until(handshake_logged, "the handshake's log line")
             [server] = [
                 i for i, (a, b) in enumerate(zip(connects(stack), before, strict=True)) if a > b
             ]

@@ -82,7 +82,9 @@ def table_counts(keys: list[str]) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Commit:
-    key: str
+    #: The counter's key (a str, as Writers record it), or a row's pk (int: test_decimal),
+    #: whichever the verdict keys its events by.
+    key: Any
     n: int
     #: When the commit returned (or, for an uncertain one, when the connection died).
     t: float

@@ -5,6 +5,7 @@ Decimal, pglisten exits 1 on the first such change and every restart crashes on 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +15,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from pgbinding.delivery.listener import conninfo_from_django
-from tests.faults.conftest import Commit, Report, judge, received, report_exits, windows_of
+from tests.faults.conftest import Commit, Report, Stack, judge, received, report_exits, windows_of
 from tests.support.processes import wait_until
 from tests.testapp.models import Item
 
@@ -32,7 +33,7 @@ def _value(payload: dict[str, Any]) -> Any:
     return (payload.get("data") or {}).get("value")
 
 
-def test_decimal_row_change_with_a_live_subscription(make_stack):
+def test_decimal_row_change_with_a_live_subscription(make_stack: Callable[..., Stack]) -> None:
     """Stream ``items`` (``testapp.Item``: ``price`` is a DecimalField; the stream is staff-only,
     so the sockets carry a staff user's session cookie). A subscriber on ``/all/`` holds a live
     subscription to ``items`` and a group socket on ``/binding/`` is in group ``items``; then 3

@@ -29,7 +29,7 @@ def client(
     return made
 
 
-def test_exact_sequence_passes_and_every_kind_of_fault_is_named():
+def test_exact_sequence_passes_and_every_kind_of_fault_is_named() -> None:
     committed = {"k00": commits("k00", [1, 2, 3, 4, 5])}
     ok = client([(20 + n, 0, event(n)) for n in [1, 2, 3, 4, 5]], [Connection(0, 0.0)])
     assert judge(received(ok), committed, exact=True) == []
@@ -45,7 +45,7 @@ def test_exact_sequence_passes_and_every_kind_of_fault_is_named():
     assert "never committed" in problems and str(5 + ROLLBACK_DELTA) in problems
 
 
-def test_group_loss_counts_only_commits_while_connected():
+def test_group_loss_counts_only_commits_while_connected() -> None:
     # Commits at t = 11 .. 20; connected 0 - 14.5 (closed by the server), then 17 - end.
     committed = {"k00": commits("k00", list(range(1, 11)))}
     conns = [Connection(0, 0.0, closed=14.5, code=1011), Connection(1, 17.0)]
@@ -57,7 +57,7 @@ def test_group_loss_counts_only_commits_while_connected():
     assert "k00: n=2,8" in problems
 
 
-def test_a_replay_cut_off_before_its_reply_is_not_counted():
+def test_a_replay_cut_off_before_its_reply_is_not_counted() -> None:
     committed = {"k00": commits("k00", [1, 2, 3])}
     reply = {
         "stream": "counters",
@@ -80,14 +80,14 @@ def test_a_replay_cut_off_before_its_reply_is_not_counted():
     assert judge(got, committed, exact=True) == []
 
 
-def test_ranges():
+def test_ranges() -> None:
     assert ranges([7, 1, 2, 3, 9, 10]) == "1-3,7,9-10"
     assert ranges(list(range(0, 40, 2)), most=2) == "0,2,... (18 more runs)"
 
 
-def test_a_refused_subscribe_counts_only_if_the_socket_is_left_open():
+def test_a_refused_subscribe_counts_only_if_the_socket_is_left_open() -> None:
     committed = {"k00": commits("k00", [1])}
-    refusal = {
+    refusal: dict[str, Any] = {
         "stream": "counters",
         "payload": {"request_id": "s1", "status": 503, "errors": {"__all__": ["later"]}},
     }

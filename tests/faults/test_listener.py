@@ -4,12 +4,14 @@ for a while and started again, while writers keep committing."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 
 from tests.faults.conftest import (
     POSITION_BOUND,
     Report,
+    Stack,
     counter_keys,
     delivered_at,
     judge_counters,
@@ -26,7 +28,7 @@ STANDBY_RETRY = 0.5
 TAKEOVER_SLACK = 8.0 - LEASE - STANDBY_RETRY
 
 
-def test_stalled_leader_is_replaced_by_the_standby(make_stack):
+def test_stalled_leader_is_replaced_by_the_standby(make_stack: Callable[..., Stack]) -> None:
     """The active pglisten is SIGSTOPped for 15 s while a standby runs (``LEASE`` 3 s,
     ``STANDBY_RETRY`` 0.5 s) and writers commit throughout; then it gets SIGCONT.
 
@@ -79,7 +81,7 @@ def test_stalled_leader_is_replaced_by_the_standby(make_stack):
     report.check()
 
 
-def test_listener_outage_catch_up(make_stack):
+def test_listener_outage_catch_up(make_stack: Callable[..., Stack]) -> None:
     """pglisten is stopped (SIGTERM) for 15 s while writers keep committing, 10 % of their
     transactions rolled back, then started again.
 

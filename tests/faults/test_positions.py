@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -15,6 +16,7 @@ from tests.faults.conftest import (
     POSITION_BOUND,
     Commit,
     Report,
+    Stack,
     closes,
     counter_keys,
     judge_counters,
@@ -22,7 +24,7 @@ from tests.faults.conftest import (
     received,
     settle,
 )
-from tests.support.processes import wait_until
+from tests.support.processes import WsClient, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
@@ -52,7 +54,9 @@ def resume_status(url: str, since: str, timeout: float = 30) -> tuple[int | None
     return None, "no reply"
 
 
-def test_positions_stay_bounded_with_a_long_transaction_and_many_rollbacks(make_stack):
+def test_positions_stay_bounded_with_a_long_transaction_and_many_rollbacks(
+    make_stack: Callable[..., Stack],
+) -> None:
     """A transaction that inserted a counter row stays open, uncommitted, for the whole test;
     meanwhile 1,000 transactions roll back, interleaved with committed ones (so each leaves its
     own hole in the log ids), and other writers commit.
@@ -119,7 +123,7 @@ def test_positions_stay_bounded_with_a_long_transaction_and_many_rollbacks(make_
         long.commit()
         committed_long = Commit("long", 0, time.monotonic())
 
-    def has_long(client):
+    def has_long(client: WsClient) -> bool:
         return 0 in [n for n, _, _ in received(client).per_key.get("long", [])]
 
     try:

@@ -4,17 +4,18 @@ cut, crash recovery on start) while writers commit."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 from django.db import connection
 
 from tests import servers
-from tests.faults.conftest import Report, counter_keys, judge_counters, report_exits, settle
+from tests.faults.conftest import Report, Stack, counter_keys, judge_counters, report_exits, settle
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
 
-def test_postgres_immediate_restart(make_stack):
+def test_postgres_immediate_restart(make_stack: Callable[..., Stack]) -> None:
     """The embedded Postgres is restarted with ``mode="immediate"`` while writers commit (with
     ``synchronous_commit = on``, so a commit Postgres reported survives). Writers reconnect
     and carry on; a commit whose outcome is unknown (the connection died during COMMIT) is
@@ -36,10 +37,10 @@ def test_postgres_immediate_restart(make_stack):
     time.sleep(3)
     started = time.monotonic()
     try:
-        server.restart(mode="immediate")  # type: ignore[attr-defined]
+        server.restart(mode="immediate")
     finally:
-        if not server.is_running():  # type: ignore[attr-defined]
-            server.start()  # type: ignore[attr-defined]
+        if not server.is_running():
+            server.start()
         connection.close()  # Django's own connection died with the server
     restart = time.monotonic() - started
     time.sleep(6)

@@ -4,16 +4,17 @@ port, or frozen (SIGSTOP) and thawed, while writers keep committing."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 
-from tests.faults.conftest import Report, counter_keys, judge_counters, report_exits, settle
+from tests.faults.conftest import Report, Stack, counter_keys, judge_counters, report_exits, settle
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
 
 @pytest.mark.parametrize("layer", ["core", "pubsub"])
-def test_redis_killed_and_restarted(make_stack, layer):
+def test_redis_killed_and_restarted(make_stack: Callable[..., Stack], layer: str) -> None:
     """Redis is SIGKILLed and, 2.5 s later, started again (empty: nothing is persisted) on the
     same port, with two pglisten processes (active and standby) and writers running throughout.
 
@@ -45,7 +46,7 @@ def test_redis_killed_and_restarted(make_stack, layer):
     report.check()
 
 
-def test_redis_paused(make_stack):
+def test_redis_paused(make_stack: Callable[..., Stack]) -> None:
     """Redis is frozen with SIGSTOP for 10 s, then SIGCONT, writers running throughout (one
     pglisten). Connections stay open while it is frozen; nothing may be lost, duplicated or
     reordered (same judgement as the kill test), and pglisten must not exit."""

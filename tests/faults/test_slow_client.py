@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import psutil
 import psycopg
@@ -18,7 +19,7 @@ import pytest
 
 from pgbinding.delivery.listener import conninfo_from_django
 from tests.conftest import wait_for
-from tests.faults.conftest import Report, counter_keys, insert_counters
+from tests.faults.conftest import Report, Stack, counter_keys, insert_counters
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
@@ -53,7 +54,9 @@ def subscribe_and_stop_reading(port: int) -> socket.socket:
     return sock
 
 
-def test_a_client_that_never_reads_is_dropped_and_the_server_stays_bounded(make_stack):
+def test_a_client_that_never_reads_is_dropped_and_the_server_stays_bounded(
+    make_stack: Callable[..., Stack],
+) -> None:
     """2,000 rows updated by whole-table statements (~18 MB of events to every subscriber):
     the never-reading socket is dropped once MAX_OUTBOUND_BYTES (512 KiB here) wait for it,
     daphne's memory stays bounded, and the reading subscriber on the same server gets every

@@ -1,5 +1,7 @@
 """One binding per fidelity model: every concrete field, one group per model, readable by all."""
 
+from django.db.models import Model
+
 from pgbinding import WebsocketBinding
 from pgbinding.permissions import AllowAny
 
@@ -13,11 +15,11 @@ class _FidelityBinding(WebsocketBinding):
     permission_classes = [AllowAny]
 
     @classmethod
-    def group_names(cls, instance):
+    def group_names(cls, instance: Model) -> list[str]:
         return [group_for(cls.model)]
 
 
-def group_for(model) -> str:
+def group_for(model: type[Model]) -> str:
     return f"fidelity-{model._meta.model_name}"
 
 

@@ -47,7 +47,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -793,7 +793,7 @@ def orm_oracle(model: type[models.Model], pk: Any) -> tuple[dict[str, Any], dict
         pass
     good: dict[str, Any] = {}
     bad: dict[str, str] = {}
-    pk_name = model._meta.pk.name  # type: ignore[union-attr]
+    pk_name = model._meta.pk.name
     for name in names:
         if name == pk_name:
             good[name] = _json(pk)
@@ -951,13 +951,13 @@ def _table(model: type[models.Model]) -> sql.Composable:
 
 def _pk_column(model: type[models.Model]) -> str:
     assert model._meta.pk is not None
-    return model._meta.pk.column
+    return cast(str, model._meta.pk.column)  # a concrete field's column is set
 
 
 def _copy_columns(model: type[models.Model]) -> list[str]:
     """Columns a raw copy writes: not the primary key, generated or unique ones (left NULL)."""
     return [
-        f.column
+        cast(str, f.column)  # a concrete field's column is set
         for f in model._meta.concrete_fields
         if not f.primary_key and not f.generated and not f.unique
     ]
@@ -979,7 +979,7 @@ def insert_statement(model: type[models.Model], values: dict[str, str]) -> sql.C
     return sql.SQL("INSERT INTO {t} ({c}) VALUES ({v}) RETURNING {pk}").format(
         t=_table(model),
         c=sql.SQL(", ").join(map(sql.Identifier, values)),
-        v=sql.SQL(", ").join(sql.SQL(v) for v in values.values()),  # type: ignore[arg-type]
+        v=sql.SQL(", ").join(sql.SQL(v) for v in values.values()),
         pk=pk,
     )
 
@@ -987,7 +987,7 @@ def insert_statement(model: type[models.Model], values: dict[str, str]) -> sql.C
 def session(name: str) -> psycopg.Connection[Any]:
     conn = psycopg.connect(conninfo_from_django(), autocommit=True)
     for statement in SESSIONS[name]:
-        conn.execute(statement)  # type: ignore[arg-type]
+        conn.execute(statement)
     return conn
 
 
@@ -1118,7 +1118,7 @@ def _write(write: Write) -> Outcome:
     return outcome
 
 
-def _run_sql(session_name: str, statement: sql.Composable, params: list[Any]) -> None:
+def _run_sql(session_name: str, statement: sql.Composed, params: list[Any]) -> None:
     conn = _sessions.get(session_name)
     if conn is None:
         conn = _sessions[session_name] = session(session_name)
@@ -1141,7 +1141,7 @@ def _lifecycles() -> dict[str, Outcome]:
                 statement = sql.SQL("UPDATE {t} SET {s} WHERE {pk} = %s").format(
                     t=_table(model),
                     s=sql.SQL(lc.update),
-                    pk=pk_col,  # type: ignore[arg-type]
+                    pk=pk_col,
                 )
                 _run_sql(lc.update_session, statement, [pk])
         except Exception as exc:
@@ -1354,7 +1354,7 @@ def _redis_model(
         outcome.listener_errors = errors.about(model, outcome.pk)
         outcome.crash = crash
         if len(mine) > 1 and crash:
-            outcome.crash += " (in a batch of all this model's cases)"
+            outcome.crash = crash + " (in a batch of all this model's cases)"
         out[outcome.label] = outcome
     kinds = [msg.get("type") for msg in messages]
     summary = RedisModelRun(

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from devservers import free_port, redis_server_executable
 
@@ -552,14 +552,21 @@ class WsClient:
                 self.position = payload["position"]
 
 
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_Closable = TypeVar("_Closable", bound=Closable)
+
+
 @dataclass
 class ProcessGroup:
     """Everything a test started, closed in reverse order by ``close()`` (even if some of it
     crashed or is paused)."""
 
-    items: list[Any] = field(default_factory=list)
+    items: list[Closable] = field(default_factory=list)
 
-    def add(self, item: Any) -> Any:
+    def add(self, item: _Closable) -> _Closable:
         self.items.append(item)
         return item
 
