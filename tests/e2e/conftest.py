@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
 
 from pgbinding.delivery.listener import Listener
 from tests.conftest import log_max_id
-from tests.routing import URLRouter, websocket_urls
+from tests.routing import websocket_urls
 
 
 class Live:
@@ -88,7 +89,8 @@ class Socket:
         while True:
             frame = await self.c.receive_json_from(timeout=10)
             if frame["payload"].get("request_id") == rid:
-                return frame["payload"]
+                reply: dict[str, Any] = frame["payload"]
+                return reply
             self.pending.append(frame)
 
     async def events(self, quiet: float = 0.3) -> list[dict[str, Any]]:
@@ -102,7 +104,8 @@ class Socket:
 
     async def raw(self, text: str) -> dict[str, Any]:
         await self.c.send_to(text_data=text)
-        return (await self.c.receive_json_from(timeout=10))["payload"]
+        reply: dict[str, Any] = (await self.c.receive_json_from(timeout=10))["payload"]
+        return reply
 
 
 @pytest.fixture

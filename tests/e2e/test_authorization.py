@@ -3,6 +3,9 @@ group events, live subscriptions and replays alike; and the declarations that wo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any, cast
+
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
@@ -10,6 +13,7 @@ from django.contrib.auth.models import User
 from pgbinding import WebsocketBinding
 from pgbinding.exceptions import BindingConfigError
 from pgbinding.registry import registry
+from tests.e2e.conftest import Live
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -21,12 +25,12 @@ def make_user(name: str, staff: bool = False) -> User:
 
 
 @sync_to_async
-def make_item(**kwargs) -> Item:
+def make_item(**kwargs: Any) -> Item:
     return Item.objects.create(**kwargs)
 
 
 @sync_to_async
-def update(pk: int, **values) -> None:
+def update(pk: int, **values: Any) -> None:
     Item.objects.filter(pk=pk).update(**values)
 
 
@@ -35,7 +39,7 @@ def delete(pk: int) -> None:
     Item.objects.filter(pk=pk).delete()
 
 
-def actions(frames, stream=None):
+def actions(frames: list[dict[str, Any]], stream: str | None = None) -> list[tuple[str, Any]]:
     return [
         (f["payload"]["action"], f["payload"].get("pk"))
         for f in frames
@@ -43,7 +47,7 @@ def actions(frames, stream=None):
     ]
 
 
-async def test_group_events_are_default_deny(live):
+async def test_group_events_are_default_deny(live: Live) -> None:
     """The README's shape: a staff-only binding whose consumer joins its group on connect. A
     signed-out socket (403 on every action) receives none of its rows; staff does; a binding
     that opts in with send_to_everyone reaches everyone."""
@@ -63,7 +67,7 @@ async def test_group_events_are_default_deny(live):
     assert [(f["stream"], f["payload"]["data"]) for f in frames] == [("itemvalues", {"value": 3})]
 
 
-async def test_group_events_follow_the_read_rule_on_the_logged_rows(live):
+async def test_group_events_follow_the_read_rule_on_the_logged_rows(live: Live) -> None:
     """Every socket of /mine/ joins the same group; each gets only its own rows, and a row
     handed from bob to alice is a delete for bob and a create for alice."""
     alice, bob = await make_user("alice"), await make_user("bob")
@@ -85,7 +89,7 @@ async def test_group_events_follow_the_read_rule_on_the_logged_rows(live):
     assert await anon.events() == []
 
 
-async def test_live_subscription_judges_the_row_as_it_was_logged(live):
+async def test_live_subscription_judges_the_row_as_it_was_logged(live: Live) -> None:
     """Written while bob owned it, read after alice got it: alice never sees bob's text."""
     alice, bob = await make_user("alice"), await make_user("bob")
     socket = await live.connect("/all/", user=alice)
@@ -102,7 +106,7 @@ async def test_live_subscription_judges_the_row_as_it_was_logged(live):
     ]
 
 
-async def test_replay_judges_each_logged_change_for_the_user(live):
+async def test_replay_judges_each_logged_change_for_the_user(live: Live) -> None:
     """Alice resumes after missing: bob writing a row, giving it to her, and deleting another
     of his rows. She is replayed the row from the moment it became hers, never bob's earlier
     text, and no delete carrying the pk of bob's row."""
@@ -129,7 +133,7 @@ async def test_replay_judges_each_logged_change_for_the_user(live):
     assert reply["data"]["replayed"] == 1
 
 
-async def test_subscribing_to_rows_of_another_user_shows_nothing(live):
+async def test_subscribing_to_rows_of_another_user_shows_nothing(live: Live) -> None:
     alice, bob = await make_user("alice"), await make_user("bob")
     bobs = await make_item(name="bob's", owner=bob)
     socket = await live.connect("/all/", user=alice)
@@ -145,7 +149,7 @@ async def test_subscribing_to_rows_of_another_user_shows_nothing(live):
     assert actions(await socket.events()) == []
 
 
-async def test_owner_is_not_writable_by_clients(live):
+async def test_owner_is_not_writable_by_clients(live: Live) -> None:
     """The README's pattern: the server sets the owner; a client cannot give its row away or
     take one."""
     alice, bob = await make_user("alice"), await make_user("bob")
@@ -160,7 +164,7 @@ async def test_owner_is_not_writable_by_clients(live):
     assert owner == alice.pk
 
 
-async def test_connection_groups_get_the_routes_kwargs(live):
+async def test_connection_groups_get_the_routes_kwargs(live: Live) -> None:
     staff = await make_user("staff", staff=True)
     socket = await live.connect("/status/done/", user=staff)
     item = await make_item(name="x", status="open")
@@ -168,18 +172,19 @@ async def test_connection_groups_get_the_routes_kwargs(live):
     assert actions(await socket.events()) == [("create", item.pk)]
 
 
-def _declare(**attrs):
-    return type("Declared", (WebsocketBinding,), {"__module__": __name__, **attrs})
+def _declare(**attrs: Any) -> type[WebsocketBinding]:
+    declared = type("Declared", (WebsocketBinding,), {"__module__": __name__, **attrs})
+    return cast(type[WebsocketBinding], declared)  # type() is typed as returning a bare type
 
 
 @pytest.fixture
-def restore_registry():
+def restore_registry() -> Iterator[None]:
     saved = registry.all()
     yield
     registry._bindings = saved
 
 
-def test_a_user_models_password_is_never_bound(restore_registry):
+def test_a_user_models_password_is_never_bound(restore_registry: None) -> None:
     everything = _declare(model=User, stream="u1", fields=["__all__"])
     assert "password" not in {f.name for f in everything.serialized_fields()}
     excluded = _declare(model=User, stream="u2", exclude=["email"])
@@ -198,14 +203,16 @@ def test_a_user_models_password_is_never_bound(restore_registry):
         ("delete", "has_object_permission"),
     ],
 )
-def test_channels_1x_hooks_pgbinding_would_ignore_are_refused(restore_registry, hook, instead):
+def test_channels_1x_hooks_pgbinding_would_ignore_are_refused(
+    restore_registry: None, hook: str, instead: str
+) -> None:
     with pytest.raises(BindingConfigError) as info:
         _declare(model=Item, stream="hooked", fields=["name"], **{hook: lambda self, *a: None})
     assert f"defines {hook}()" in str(info.value) and instead in str(info.value)
     assert "Declared" in str(info.value)
 
 
-def test_a_get_queryset_without_a_read_rule_is_refused(restore_registry):
+def test_a_get_queryset_without_a_read_rule_is_refused(restore_registry: None) -> None:
     with pytest.raises(BindingConfigError, match="cannot evaluate on the logged row"):
         _declare(
             model=Item,

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
+from pytest_django.fixtures import Settings as SettingsFixture
 
+from tests.e2e.conftest import Live
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -19,7 +23,7 @@ def make_user(name: str, staff: bool = False) -> User:
 
 
 @sync_to_async
-def make_item(**kwargs) -> Item:
+def make_item(**kwargs: Any) -> Item:
     return Item.objects.create(**kwargs)
 
 
@@ -29,11 +33,11 @@ def get_item(pk: int) -> Item:
 
 
 @sync_to_async
-def update_items(pks, **values) -> int:
+def update_items(pks: Iterable[int], **values: Any) -> int:
     return Item.objects.filter(pk__in=pks).update(**values)
 
 
-async def test_one_clients_update_reaches_the_other(live):
+async def test_one_clients_update_reaches_the_other(live: Live) -> None:
     staff = await make_user("staff", staff=True)
     other = await make_user("other-staff", staff=True)
     item = await make_item(name="a", value=1)
@@ -49,7 +53,7 @@ async def test_one_clients_update_reaches_the_other(live):
     assert frames[0]["payload"]["data"]["value"] == 5
 
 
-async def test_permission_denied_is_an_error_and_the_row_is_unchanged(live):
+async def test_permission_denied_is_an_error_and_the_row_is_unchanged(live: Live) -> None:
     user = await make_user("nobody")
     item = await make_item(name="a", value=1)
     socket = await live.connect(user=user)
@@ -62,7 +66,7 @@ async def test_permission_denied_is_an_error_and_the_row_is_unchanged(live):
     assert reply["status"] == 403
 
 
-async def test_create_and_delete_with_replies(live):
+async def test_create_and_delete_with_replies(live: Live) -> None:
     staff = await make_user("staff", staff=True)
     socket = await live.connect(user=staff)
     reply = await socket.request("items", "create", data={"name": "new", "value": 3})
@@ -75,7 +79,7 @@ async def test_create_and_delete_with_replies(live):
     assert actions == ["create", "delete"]
 
 
-async def test_filtered_subscription_sees_move_in_and_move_out(live):
+async def test_filtered_subscription_sees_move_in_and_move_out(live: Live) -> None:
     staff = await make_user("staff", staff=True)
     a = await make_item(name="a", status="open")
     b = await make_item(name="b", status="done")
@@ -98,7 +102,7 @@ async def test_filtered_subscription_sees_move_in_and_move_out(live):
     assert frames[2]["data"]["value"] == 8
 
 
-async def test_user_never_receives_a_row_they_cannot_retrieve(live):
+async def test_user_never_receives_a_row_they_cannot_retrieve(live: Live) -> None:
     alice = await make_user("alice")
     bob = await make_user("bob")
     socket = await live.connect("/all/", user=alice)
@@ -117,7 +121,7 @@ async def test_user_never_receives_a_row_they_cannot_retrieve(live):
     assert reply["status"] == 404
 
 
-async def test_resume_after_disconnect_gets_exactly_the_missed_changes(live):
+async def test_resume_after_disconnect_gets_exactly_the_missed_changes(live: Live) -> None:
     staff = await make_user("staff", staff=True)
     a = await make_item(name="a", value=0)
     await live.settle()
@@ -152,19 +156,19 @@ async def test_resume_after_disconnect_gets_exactly_the_missed_changes(live):
     assert [(p["action"], p["pk"]) for p in frames] == [("update", b.pk)]
 
 
-async def test_resume_from_a_pruned_position_is_told_to_resync(live):
+async def test_resume_from_a_pruned_position_is_told_to_resync(live: Live) -> None:
     from django.db import connection
 
     staff = await make_user("staff", staff=True)
     await make_item(name="a")
 
     @sync_to_async
-    def prune_everything():
+    def prune_everything() -> None:
         with connection.cursor() as cursor:
             cursor.execute("UPDATE pgbinding_state SET pruned_through = 1000000")
 
     @sync_to_async
-    def unprune():
+    def unprune() -> None:
         with connection.cursor() as cursor:
             cursor.execute("UPDATE pgbinding_state SET pruned_through = 0")
 
@@ -178,7 +182,7 @@ async def test_resume_from_a_pruned_position_is_told_to_resync(live):
         await unprune()
 
 
-async def test_list_paginates_orders_and_filters(live):
+async def test_list_paginates_orders_and_filters(live: Live) -> None:
     staff = await make_user("staff", staff=True)
     for n in range(12):
         await make_item(name=f"i{n:02}", value=n, status="open" if n % 2 else "done")
@@ -205,7 +209,7 @@ async def test_list_paginates_orders_and_filters(live):
     assert reply["data"] == first
 
 
-async def test_channels_1x_frames_work_unchanged(live):
+async def test_channels_1x_frames_work_unchanged(live: Live) -> None:
     """The frames of the Channels 1.x data binding docs: no request_id, no reply on success,
     and the outbound event shape {"stream", "payload": {"action", "pk", "model", "data"}}."""
     staff = await make_user("staff", staff=True)
@@ -252,7 +256,9 @@ BAD_FRAMES = [
 
 
 @pytest.mark.parametrize(("text", "status", "message"), BAD_FRAMES)
-async def test_bad_frames_get_clear_errors_and_the_socket_stays_open(live, text, status, message):
+async def test_bad_frames_get_clear_errors_and_the_socket_stays_open(
+    live: Live, text: str, status: int, message: str
+) -> None:
     staff = await make_user("staff", staff=True)
     socket = await live.connect(user=staff)
     reply = await socket.raw(text)
@@ -281,7 +287,9 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize(("action", "payload", "status", "key"), BAD_REQUESTS)
-async def test_bad_requests_leave_the_database_unchanged(live, action, payload, status, key):
+async def test_bad_requests_leave_the_database_unchanged(
+    live: Live, action: str, payload: dict[str, Any], status: int, key: str
+) -> None:
     staff = await make_user("staff", staff=True)
     item = await make_item(name="a", value=1, secret="s")
     payload = {k: (item.pk if v == "ITEM" else v) for k, v in payload.items()}
@@ -295,7 +303,9 @@ async def test_bad_requests_leave_the_database_unchanged(live, action, payload, 
     assert (await socket.request("items", "list"))["status"] == 200
 
 
-async def test_oversized_frames_get_413_or_close_4009(live, settings):
+async def test_oversized_frames_get_413_or_close_4009(
+    live: Live, settings: SettingsFixture
+) -> None:
     settings.PGBINDING = {**settings.PGBINDING, "MAX_FRAME_BYTES": 1000, "CLOSE_FRAME_BYTES": 5000}
     staff = await make_user("staff", staff=True)
     socket = await live.connect(user=staff)
@@ -308,7 +318,7 @@ async def test_oversized_frames_get_413_or_close_4009(live, settings):
     assert closed == {"type": "websocket.close", "code": 4009}
 
 
-async def test_a_flood_of_requests_is_rate_limited(live, settings):
+async def test_a_flood_of_requests_is_rate_limited(live: Live, settings: SettingsFixture) -> None:
     settings.PGBINDING = {**settings.PGBINDING, "RATE_LIMIT": 1.0, "RATE_BURST": 5.0}
     staff = await make_user("staff", staff=True)
     socket = await live.connect(user=staff)
@@ -320,7 +330,7 @@ async def test_a_flood_of_requests_is_rate_limited(live, settings):
     assert statuses.count(200) == 5 and statuses.count(429) == 3
 
 
-async def test_a_socket_in_several_groups_gets_each_change_once(live):
+async def test_a_socket_in_several_groups_gets_each_change_once(live: Live) -> None:
     """ItemsDemultiplexer joins "items"; subscribe to the stream too: one create each way,
     but never two of the same from overlapping groups."""
     staff = await make_user("staff", staff=True)
@@ -337,7 +347,7 @@ async def test_a_socket_in_several_groups_gets_each_change_once(live):
     assert [(p["action"], p["pk"]) for p in frames] == [("create", item.pk)]
 
 
-async def test_object_permission_is_checked_on_the_stored_row(live):
+async def test_object_permission_is_checked_on_the_stored_row(live: Live) -> None:
     """Sending owner=<me> in an update must not pass an owner check: the row as stored is
     what update and delete are checked against."""
     from pgbinding.registry import registry
@@ -368,7 +378,7 @@ async def test_object_permission_is_checked_on_the_stored_row(live):
         registry.unregister(SeesAll)
 
 
-async def test_pre_save_sets_server_side_fields(live):
+async def test_pre_save_sets_server_side_fields(live: Live) -> None:
     alice = await make_user("alice")
     socket = await live.connect("/all/", user=alice)
     reply = await socket.request("myitems", "create", data={"name": "auto-owned"})
@@ -376,7 +386,7 @@ async def test_pre_save_sets_server_side_fields(live):
     assert reply["data"]["data"]["owner"] == alice.pk
 
 
-async def test_resumed_subscription_never_sees_rows_of_others(live):
+async def test_resumed_subscription_never_sees_rows_of_others(live: Live) -> None:
     alice = await make_user("alice")
     bob = await make_user("bob")
     bobs = await make_item(name="bobs", owner=bob)
@@ -399,7 +409,7 @@ async def test_resumed_subscription_never_sees_rows_of_others(live):
     assert mine.pk
 
 
-async def test_json_numbers_and_naive_datetime_filters(live):
+async def test_json_numbers_and_naive_datetime_filters(live: Live) -> None:
     """Floats inside a JSON field reach clients as numbers (not Decimal, which would break
     the socket), and a naive datetime filter means the same in the snapshot and live."""
     import datetime
@@ -418,7 +428,7 @@ async def test_json_numbers_and_naive_datetime_filters(live):
     ]
 
 
-async def test_drf_serializer_validates_and_unknown_fields_can_be_ignored(live):
+async def test_drf_serializer_validates_and_unknown_fields_can_be_ignored(live: Live) -> None:
     user = await make_user("writer")
     socket = await live.connect("/all/", user=user)
     reply = await socket.request("serialized", "create", data={"name": "s", "value": -1})
@@ -433,7 +443,7 @@ async def test_drf_serializer_validates_and_unknown_fields_can_be_ignored(live):
     assert (await get_item(pk)).value == 5
 
 
-async def test_subscribe_to_one_row(live):
+async def test_subscribe_to_one_row(live: Live) -> None:
     staff = await make_user("staff", staff=True)
     a = await make_item(name="a")
     b = await make_item(name="b")
@@ -450,7 +460,9 @@ async def test_subscribe_to_one_row(live):
     assert await socket.events() == []
 
 
-async def test_no_change_between_snapshot_and_subscription_is_lost_or_doubled(live, raw_conninfo):
+async def test_no_change_between_snapshot_and_subscription_is_lost_or_doubled(
+    live: Live, raw_conninfo: str
+) -> None:
     """Writers increment rows while a client subscribes: the snapshot value of each row, then
     its events, must count up by exactly one (a lost change skips a number, a doubled one
     repeats it), ending at the row's final value."""
@@ -494,7 +506,7 @@ async def test_no_change_between_snapshot_and_subscription_is_lost_or_doubled(li
         assert len(values) > 1, "writes should have happened after the snapshot"
 
 
-async def test_one_statement_of_many_rows_arrives_whole_and_in_order(live):
+async def test_one_statement_of_many_rows_arrives_whole_and_in_order(live: Live) -> None:
     """The listener sends a batch's events to one group as a few big channel-layer messages
     (dispatch.coalesce); every socket still gets one frame per row, in log order."""
     staff = await make_user("staff", staff=True)
@@ -506,7 +518,7 @@ async def test_one_statement_of_many_rows_arrives_whole_and_in_order(live):
     assert reply["status"] == 200 and len(reply["data"]["results"]) == 250
     await update_items(list(pks), value=1)
 
-    def check(frames, stream):
+    def check(frames: list[dict[str, Any]], stream: str) -> None:
         payloads = [f["payload"] for f in frames]
         assert all(f["stream"] == stream for f in frames)
         assert [p["action"] for p in payloads] == ["update"] * 250

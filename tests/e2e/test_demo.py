@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from devservers import EmbeddedPostgres, free_port
 from tests.demo_process import start_demo
@@ -33,7 +34,7 @@ def request(ws: ClientConnection, action: str, request_id: str, **payload: Any) 
     frame = {"stream": "items", "payload": {"action": action, "request_id": request_id, **payload}}
     ws.send(json.dumps(frame))
     while True:
-        reply = json.loads(ws.recv(timeout=10))["payload"]
+        reply: dict[str, Any] = json.loads(ws.recv(timeout=10))["payload"]
         if reply.get("request_id") == request_id:
             return reply
 
@@ -44,7 +45,7 @@ def events(ws: ClientConnection, count: int) -> list[dict[str, Any]]:
     return [f["payload"] for f in frames]
 
 
-def sign_in(base: str, username: str, password: str) -> str:
+def sign_in(base: str, username: str, password: str) -> str | None:
     """Sign in through Django's login form; return the session cookie."""
     jar = CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
@@ -121,10 +122,10 @@ def test_demo_serves_live_updates_and_stops_cleanly(tmp_path: Path) -> None:
                 assert response.headers["Content-Type"].startswith("image/svg+xml"), url
 
         ws_url = f"ws://127.0.0.1:{port}/binding/"
-        origin = f"http://127.0.0.1:{port}"
+        origin = Origin(f"http://127.0.0.1:{port}")
         # Another site's page may not use the visitor's session on our socket.
         with pytest.raises(InvalidStatus):
-            connect(ws_url, origin="http://evil.example", open_timeout=10).close()
+            connect(ws_url, origin=Origin("http://evil.example"), open_timeout=10).close()
 
         with connect(ws_url, origin=origin, open_timeout=10) as watcher:
             reply = request(watcher, "subscribe", "s1")
@@ -199,7 +200,11 @@ def test_demo_production_shape_pglisten_redis_two_servers(tmp_path: Path) -> Non
         assert "manage.py pglisten" in output.text and "Redis on" in output.text
         database_url = output.wait_for(r"psql (postgresql://\S+) -c", proc)
         sockets = [
-            connect(f"ws://127.0.0.1:{p}/binding/", origin=f"http://127.0.0.1:{p}", open_timeout=10)
+            connect(
+                f"ws://127.0.0.1:{p}/binding/",
+                origin=Origin(f"http://127.0.0.1:{p}"),
+                open_timeout=10,
+            )
             for p in (port, port + 1)
         ]
         try:
@@ -250,7 +255,7 @@ def test_stopping_a_demo_keeps_the_postgres_another_demo_uses(tmp_path: Path) ->
         with urllib.request.urlopen(base, timeout=10) as response:
             assert response.status == 200
             assert "Liveboard" in response.read().decode()
-        origin = f"http://127.0.0.1:{first_port}"
+        origin = Origin(f"http://127.0.0.1:{first_port}")
         with connect(f"ws://127.0.0.1:{first_port}/binding/", origin=origin) as watcher:
             reply = request(watcher, "subscribe", "s1")
             assert reply["status"] == 200, reply

@@ -15,6 +15,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 
+from tests.e2e.conftest import Live
 from tests.testapp.models import Item
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
@@ -39,7 +40,9 @@ def short_lived_groups(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Itera
     yield layer
 
 
-async def test_a_socket_open_past_group_expiry_still_receives_changes(short_lived_groups, live):
+async def test_a_socket_open_past_group_expiry_still_receives_changes(
+    short_lived_groups: Any, live: Live
+) -> None:
     assert live.layer is short_lived_groups
     staff = await sync_to_async(User.objects.create)(username="staff", is_staff=True)
     item = await sync_to_async(Item.objects.create)(name="a", value=1)

@@ -5,16 +5,18 @@ and the database is as it was. Specific cases first, then a property-based fuzz 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.routing import URLRouter, websocket_urls
+from tests.e2e.conftest import Live
+from tests.routing import websocket_urls
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -59,7 +61,9 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize(("text", "status", "message"), HOSTILE)
-async def test_hostile_frames_get_4xx_and_change_nothing(live, text, status, message):
+async def test_hostile_frames_get_4xx_and_change_nothing(
+    live: Live, text: str, status: int, message: str
+) -> None:
     staff = await sync_to_async(User.objects.create)(username="staff", is_staff=True)
     item = await sync_to_async(Item.objects.create)(name="a", value=1)
     socket = await live.connect("/all/", user=staff)
@@ -71,7 +75,7 @@ async def test_hostile_frames_get_4xx_and_change_nothing(live, text, status, mes
     assert (await socket.request("items", "list"))["status"] == 200
 
 
-async def test_a_wide_since_range_is_answered_at_once(live):
+async def test_a_wide_since_range_is_answered_at_once(live: Live) -> None:
     """A token with a huge gap range used to make the server expand it id by id (tens of
     seconds, or never); it is checked against the log and answered with a resync."""
     staff = await sync_to_async(User.objects.create)(username="staff", is_staff=True)
@@ -134,7 +138,7 @@ frames = st.one_of(
 
 
 @pytest.fixture
-def world(transactional_db):
+def world(transactional_db: None) -> dict[str, User | AnonymousUser]:
     alice = User.objects.create(username="alice")
     bob = User.objects.create(username="bob")
     Item.objects.create(name="bob's", value=1, owner=bob, secret="s")
@@ -143,7 +147,7 @@ def world(transactional_db):
     return {"alice": alice, "anonymous": AnonymousUser()}
 
 
-def protected_rows(alice: User) -> list[tuple[Any, ...]]:
+def protected_rows(alice: User) -> list[tuple[Any, ...] | int]:
     """Everything alice may not write: other users' and ownerless rows, and every row's
     fields outside the binding she may write through (myitems: name, value, status)."""
     others = Item.objects.exclude(owner=alice).order_by("pk")
@@ -161,8 +165,10 @@ def protected_rows(alice: User) -> list[tuple[Any, ...]]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(batch=st.lists(frames, min_size=1, max_size=6), who=st.sampled_from(["alice", "anonymous"]))
-def test_fuzzed_frames_never_500_never_leak_never_write_what_was_refused(world, batch, who):
-    alice = world["alice"]
+def test_fuzzed_frames_never_500_never_leak_never_write_what_was_refused(
+    world: dict[str, User | AnonymousUser], batch: list[str], who: str
+) -> None:
+    alice = cast(User, world["alice"])  # "anonymous" is the only AnonymousUser
     before = protected_rows(alice)
 
     async def run() -> list[dict[str, Any]]:

@@ -6,11 +6,12 @@ import pytest
 from django.test import RequestFactory
 
 from pgbinding import metrics
+from tests.e2e.conftest import Live
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def test_server_metrics_view(live):
+async def test_server_metrics_view(live: Live) -> None:
     from asgiref.sync import sync_to_async
     from django.contrib.auth.models import User
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from websockets.sync.client import connect
@@ -16,7 +17,7 @@ from tests.testapp.models import Item
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
 
-def test_listener_and_two_asgi_servers_through_redis(redis_url, tmp_path):
+def test_listener_and_two_asgi_servers_through_redis(redis_url: str, tmp_path: Path) -> None:
     env = subprocess_env(redis_url)
     procs = ProcessGroup()
     try:

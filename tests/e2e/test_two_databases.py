@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
+from pytest_django.fixtures import Settings as SettingsFixture
 
+from tests.e2e.conftest import Live
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "replica"])
@@ -29,7 +31,7 @@ class ReadsFromReplica:
 
 
 @pytest.fixture
-def replica_router(settings):
+def replica_router(settings: SettingsFixture) -> None:
     settings.DATABASE_ROUTERS = [ReadsFromReplica()]
 
 
@@ -44,7 +46,9 @@ def setup_rows() -> tuple[User, Item]:
     return staff, item
 
 
-async def test_snapshot_list_and_writes_use_pgbindings_database(live, replica_router):
+async def test_snapshot_list_and_writes_use_pgbindings_database(
+    live: Live, replica_router: None
+) -> None:
     staff, item = await setup_rows()
     await live.settle()
     socket = await live.connect("/all/", user=staff)
