@@ -13,12 +13,13 @@ from django.contrib.auth.models import User
 from django.db import connection, transaction
 
 from devservers import postgres_bin_dir
+from tests.conftest import ListenerHarness
 from tests.testapp.models import Counter, Item
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_save_create_update_delete(listener):
+def test_save_create_update_delete(listener: ListenerHarness) -> None:
     items = listener.collect("items")
     values = listener.collect("itemvalues")
     item = Item.objects.create(name="a", value=1)
@@ -41,7 +42,7 @@ def test_save_create_update_delete(listener):
     assert [a for a, _ in values.actions("itemvalues")] == ["create", "delete"]
 
 
-def test_queryset_update_and_delete(listener):
+def test_queryset_update_and_delete(listener: ListenerHarness) -> None:
     Item.objects.bulk_create([Item(name=f"i{n}", value=n) for n in range(20)])
     listener.sync()
     items = listener.collect("items")
@@ -56,7 +57,7 @@ def test_queryset_update_and_delete(listener):
     assert [a for a, _ in items.actions()] == ["delete"] * 20
 
 
-def test_bulk_create_and_bulk_update(listener):
+def test_bulk_create_and_bulk_update(listener: ListenerHarness) -> None:
     items = listener.collect("items")
     created = Item.objects.bulk_create([Item(name=f"b{n}") for n in range(50)])
     listener.sync()
@@ -69,7 +70,7 @@ def test_bulk_create_and_bulk_update(listener):
     assert [a for a, _ in items.actions()] == ["update"] * 50
 
 
-def test_raw_sql_through_django_cursor(listener):
+def test_raw_sql_through_django_cursor(listener: ListenerHarness) -> None:
     items = listener.collect("items")
     with connection.cursor() as cursor:
         cursor.execute(
@@ -81,7 +82,9 @@ def test_raw_sql_through_django_cursor(listener):
     assert items.payloads()[0]["data"]["name"] == "raw"
 
 
-def test_write_from_a_program_that_never_imports_django(listener, raw_conninfo):
+def test_write_from_a_program_that_never_imports_django(
+    listener: ListenerHarness, raw_conninfo: str
+) -> None:
     """psql, the real client binary, writes; the listener delivers."""
     items = listener.collect("items")
     item = Item.objects.create(name="outside", value=1)
@@ -107,7 +110,7 @@ def test_write_from_a_program_that_never_imports_django(listener, raw_conninfo):
     assert items.payloads()[0]["data"]["value"] == 2
 
 
-def test_rolled_back_transaction_is_never_delivered(listener):
+def test_rolled_back_transaction_is_never_delivered(listener: ListenerHarness) -> None:
     items = listener.collect("items")
     with pytest.raises(RuntimeError), transaction.atomic():
         Item.objects.create(name="ghost")
@@ -117,7 +120,7 @@ def test_rolled_back_transaction_is_never_delivered(listener):
     assert items.actions() == [("create", kept.pk)]
 
 
-def test_nothing_before_commit(listener, raw_conninfo):
+def test_nothing_before_commit(listener: ListenerHarness, raw_conninfo: str) -> None:
     items = listener.collect("items")
     with psycopg.connect(raw_conninfo) as conn:
         conn.execute(
@@ -132,7 +135,7 @@ def test_nothing_before_commit(listener, raw_conninfo):
     assert [a for a, _ in items.actions()] == ["create"]
 
 
-def test_rolled_back_savepoint_sends_only_what_survived(listener):
+def test_rolled_back_savepoint_sends_only_what_survived(listener: ListenerHarness) -> None:
     items = listener.collect("items")
     with transaction.atomic():
         kept = Item.objects.create(name="kept")
@@ -146,7 +149,7 @@ def test_rolled_back_savepoint_sends_only_what_survived(listener):
     assert items.actions() == [("create", kept.pk)]
 
 
-def test_row_larger_than_notify_limit_is_delivered_whole(listener):
+def test_row_larger_than_notify_limit_is_delivered_whole(listener: ListenerHarness) -> None:
     items = listener.collect("items")
     body = "x" * 100_000
     item = Item.objects.create(name="big", body=body)
@@ -155,7 +158,7 @@ def test_row_larger_than_notify_limit_is_delivered_whole(listener):
     assert items.payloads()[0]["data"]["body"] == body
 
 
-def test_group_transitions(listener):
+def test_group_transitions(listener: ListenerHarness) -> None:
     alice = User.objects.create(username="alice")
     bob = User.objects.create(username="bob")
     item = Item.objects.create(name="t", status="open", owner=alice)
@@ -178,7 +181,7 @@ def test_group_transitions(listener):
     assert closed.payloads()[0]["data"]["status"] == "closed"
 
 
-def test_update_touching_no_bound_field_sends_nothing(listener):
+def test_update_touching_no_bound_field_sends_nothing(listener: ListenerHarness) -> None:
     item = Item.objects.create(name="quiet")
     listener.sync()
     items = listener.collect("items", "itemvalues")
@@ -188,7 +191,7 @@ def test_update_touching_no_bound_field_sends_nothing(listener):
     assert items.messages == []
 
 
-def test_values_serialized_as_django_serializes_them(listener):
+def test_values_serialized_as_django_serializes_them(listener: ListenerHarness) -> None:
     items = listener.collect("items")
     due = datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.UTC)
     uid = uuid.uuid4()
@@ -214,7 +217,7 @@ def test_values_serialized_as_django_serializes_them(listener):
     assert items.payloads()[0]["pk"] == item.pk
 
 
-def test_two_updates_of_one_row_arrive_in_commit_order(listener):
+def test_two_updates_of_one_row_arrive_in_commit_order(listener: ListenerHarness) -> None:
     item = Item.objects.create(name="o", value=0)
     listener.sync()
     values = listener.collect("itemvalues")
@@ -224,7 +227,7 @@ def test_two_updates_of_one_row_arrive_in_commit_order(listener):
     assert [p["data"]["value"] for p in values.payloads()] == list(range(1, 51))
 
 
-def test_truncate_tells_groups_to_reload(listener):
+def test_truncate_tells_groups_to_reload(listener: ListenerHarness) -> None:
     Item.objects.create(name="t", status="open")
     listener.sync()
     everyone = listener.collect("items")
@@ -238,7 +241,7 @@ def test_truncate_tells_groups_to_reload(listener):
     assert everyone.payloads()[0]["reason"] == "truncate"
 
 
-def test_binding_of_a_model_from_an_app_we_do_not_own(listener):
+def test_binding_of_a_model_from_an_app_we_do_not_own(listener: ListenerHarness) -> None:
     users = listener.collect("pgbinding.users")
     user = User.objects.create(username="carol", is_staff=True)
     listener.sync()
@@ -246,7 +249,7 @@ def test_binding_of_a_model_from_an_app_we_do_not_own(listener):
     assert users.payloads()[0]["data"] == {"username": "carol", "is_staff": True}
 
 
-def test_counter_binding_with_exclude(listener):
+def test_counter_binding_with_exclude(listener: ListenerHarness) -> None:
     counters = listener.collect("counters")
     c = Counter.objects.create(key="k", n=1)
     listener.sync()

@@ -5,7 +5,7 @@ from pgbinding.exceptions import InvalidIdentifier
 
 
 @pytest.mark.parametrize("name", ["items", "_x", "Item2", "a$b"])
-def test_valid_identifiers_pass(name):
+def test_valid_identifiers_pass(name: str) -> None:
     assert sql.validate_identifier(name) == name
 
 
@@ -19,7 +19,7 @@ def test_valid_identifiers_pass(name):
         ("x" * 64, "64 bytes long"),
     ],
 )
-def test_invalid_identifiers_are_refused_with_the_name_quoted(name, message):
+def test_invalid_identifiers_are_refused_with_the_name_quoted(name: str, message: str) -> None:
     with pytest.raises(InvalidIdentifier) as info:
         sql.validate_identifier(name, "table name")
     assert message in str(info.value)
@@ -27,7 +27,7 @@ def test_invalid_identifiers_are_refused_with_the_name_quoted(name, message):
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-def test_trigger_sql_quotes_the_table_and_passes_the_pk_as_a_literal(version):
+def test_trigger_sql_quotes_the_table_and_passes_the_pk_as_a_literal(version: str) -> None:
     forward, reverse = sql.trigger_sql("MyTable", "id", version)
     assert len(forward) == 4 and len(reverse) == 4
     assert all('ON "MyTable"' in s for s in forward + reverse)
@@ -36,20 +36,20 @@ def test_trigger_sql_quotes_the_table_and_passes_the_pk_as_a_literal(version):
     assert "REFERENCING OLD TABLE AS pgbinding_old NEW TABLE AS pgbinding_new" in forward[1]
 
 
-def test_new_migrations_install_the_current_version():
+def test_new_migrations_install_the_current_version() -> None:
     assert sql.TRIGGER_VERSION == "v2" and sql.SCHEMA_VERSION == "v2"
     forward, _ = sql.trigger_sql("t", "id")
     assert "pgbinding_capture_v2('id')" in forward[0]
 
 
-def test_trigger_sql_refuses_bad_names():
+def test_trigger_sql_refuses_bad_names() -> None:
     with pytest.raises(InvalidIdentifier):
         sql.trigger_sql('x"; DROP TABLE y; --', "id")
     with pytest.raises(InvalidIdentifier):
         sql.trigger_sql("items", "id'); DROP TABLE y; --")
 
 
-def test_templates_are_versioned_files():
+def test_templates_are_versioned_files() -> None:
     forward, reverse = sql.schema_sql("v1")
     assert "CREATE FUNCTION pgbinding_capture_v1()" in forward
     assert "DROP FUNCTION IF EXISTS pgbinding_capture_v1()" in reverse
