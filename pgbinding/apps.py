@@ -22,6 +22,11 @@ class PgBindingConfig(AppConfig):
         from .registry import registry
 
         install()
+        from django.db.models.signals import pre_migrate
+
+        from .capture.logical_ops import create_slots
+
+        pre_migrate.connect(create_slots, sender=self)  # logical capture's slot, before migrating
         from . import checks  # noqa: F401 (registers the system checks)
 
         autodiscover_modules("bindings")

@@ -8,6 +8,7 @@ an error at first use, and the values are re-read when a test changes the settin
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -92,6 +93,28 @@ class Settings:
     #: Register read-only Django admin pages for the listeners' state and the recent change log
     #: (off by default: the log holds whole rows).
     ADMIN: bool = False
+    #: How changes are captured. "trigger": statement-level triggers write every change into
+    #: the log inside the writer's transaction (any Postgres >= 13). "logical": logical
+    #: decoding; the listener reads a replication slot (pgoutput) and writes the log itself,
+    #: off the writers' path (needs wal_level = logical). makemigrations writes the migration
+    #: that moves the bound tables from one to the other (README, "Logical capture").
+    CAPTURE: str = "trigger"
+    #: Logical capture: the replication slot the listener reads (lower-case letters, digits,
+    #: underscores). A slot nobody reads keeps WAL until the disk is full: see README.
+    SLOT_NAME: str = "pgbinding"
+    #: Logical capture: the publication of the bound tables (what the slot's decoding sends).
+    PUBLICATION_NAME: str = "pgbinding"
+    #: Logical capture: warn in the listener's log (and flag in `status`) once the slot retains
+    #: more WAL than this many bytes.
+    SLOT_WAL_WARNING_BYTES: int = 1024**3
+    #: Logical capture: how often (seconds) the listener looks for new WAL while changes flow
+    #: (the look runs inside Postgres, in pgbinding_wait_wal, not as a round trip).
+    LOGICAL_POLL_INTERVAL: float = 0.001
+    #: Logical capture: after LOGICAL_IDLE_AFTER seconds without a change, look this often
+    #: instead (the first change after a quiet spell waits up to this long; less CPU while
+    #: idle: docs/design-notes.md, "Logical capture").
+    LOGICAL_IDLE_POLL_INTERVAL: float = 0.01
+    LOGICAL_IDLE_AFTER: float = 1.0
 
     @classmethod
     def load(cls, user: Any) -> Settings:
@@ -125,6 +148,11 @@ class Settings:
                 ok = ok and value >= 0
                 expected = "a number of seconds >= 0" if name not in _RATES else "a number >= 0"
                 value = float(value) if ok else value
+            if ok and name in _CHOICES:
+                ok, expected = value in _CHOICES[name], " or ".join(map(repr, _CHOICES[name]))
+            elif ok and name in _SLOT_NAMES:
+                ok = bool(re.fullmatch(r"[a-z0-9_]{1,63}", value))
+                expected = "lower-case letters, digits and underscores (at most 63)"
             if not ok:
                 raise ImproperlyConfigured(
                     f"settings.PGBINDING[{name!r}] is {value!r}; expected {expected}."
@@ -135,6 +163,10 @@ class Settings:
 
 #: Settings that are rates, not durations (for error messages).
 _RATES = frozenset({"RATE_LIMIT", "RATE_BURST"})
+#: Settings with a fixed set of values.
+_CHOICES = {"CAPTURE": ("trigger", "logical")}
+#: Settings that name a replication slot or a publication (stored unquoted by Postgres).
+_SLOT_NAMES = frozenset({"SLOT_NAME", "PUBLICATION_NAME"})
 #: Every key and its default (read-only view; the defaults are declared in :class:`Settings`).
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings)}
 

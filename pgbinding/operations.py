@@ -2,6 +2,7 @@
 its siblings are written into every project's migrations, so this path stays for good. The
 operations live in :mod:`pgbinding.capture.operations`."""
 
+from .capture.logical_ops import InstallLogicalCapture, RemoveLogicalCapture
 from .capture.operations import (
     InstallBindingTrigger,
     MigrationAutodetector,
@@ -11,7 +12,9 @@ from .capture.operations import (
 
 __all__ = [
     "InstallBindingTrigger",
+    "InstallLogicalCapture",
     "MigrationAutodetector",
     "RemoveBindingTrigger",
+    "RemoveLogicalCapture",
     "RewriteCapturedChanges",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.db import connections
 
-from .capture import sql
+from .capture import logical, sql
 from .conf import pgbinding_settings
 from .registry import registry
 
@@ -51,6 +51,10 @@ class Report:
     retention: float = 0.0
     channel_layer: str = ""
     channel_layer_ok: bool = True
+    #: "trigger" or "logical" (PGBINDING["CAPTURE"]), and the replication slot if there is one
+    #: (its retained_bytes: WAL Postgres keeps for it, pg_current_wal_lsn() - restart_lsn).
+    capture: str = "trigger"
+    slot: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -64,6 +68,9 @@ def triggers(alias: str | None = None) -> list[TriggerStatus]:
     with connections[alias].cursor() as cursor:
         for model in registry.models():
             table = model._meta.db_table
+            if pgbinding_settings.CAPTURE == "logical":
+                out.append(_logical_status(cursor, model._meta.label_lower, table))
+                continue
             cursor.execute(
                 "SELECT t.tgname FROM pg_trigger t WHERE t.tgrelid = to_regclass(quote_ident(%s))"
                 " AND t.tgname LIKE 'pgbinding\\_%%'",
@@ -84,12 +91,28 @@ def triggers(alias: str | None = None) -> list[TriggerStatus]:
     return out
 
 
+def _logical_status(cursor: Any, model: str, table: str) -> TriggerStatus:
+    """Logical capture: the table must be published with REPLICA IDENTITY FULL, and have no
+    capture trigger left (it would log every change twice)."""
+    state = logical.table_state(cursor, table, str(pgbinding_settings.PUBLICATION_NAME))
+    cursor.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(quote_ident(%s))"
+        " AND tgname LIKE 'pgbinding\\_%%'",
+        [table],
+    )
+    if state == "installed" and cursor.fetchone()[0]:
+        state = "outdated"
+    return TriggerStatus(model, table, state, logical.VERSION if state != "missing" else None)
+
+
 def report(max_lag: float = 60.0, check_layer: bool = True) -> Report:
     """Everything :class:`Report` holds, with ``problems`` saying in words what is wrong."""
     s = pgbinding_settings
     alias = str(s.DATABASE)
-    out = Report(retention=float(s.RETENTION))
+    out = Report(retention=float(s.RETENTION), capture=str(s.CAPTURE))
     with connections[alias].cursor() as cursor:
+        found_slot = logical.slot_info(cursor, str(s.SLOT_NAME))
+        out.slot = asdict(found_slot) if found_slot is not None else None
         cursor.execute(
             "SELECT coalesce(max(id), 0), count(*),"
             " extract(epoch FROM now() - min(created_at))::float8 FROM pgbinding_change"
@@ -189,5 +212,35 @@ def _problems(out: Report, max_lag: float) -> None:
                 f"{f' (version {trigger.version})' if trigger.version else ''}; run "
                 "`manage.py makemigrations` and `manage.py migrate`."
             )
+    _slot_problems(out)
     if not out.channel_layer_ok:
         out.problems.append(f"Channel layer: {out.channel_layer}.")
+
+
+def _slot_problems(out: Report) -> None:
+    s = pgbinding_settings
+    slot = out.slot
+    if out.capture == "logical" and slot is None:
+        out.problems.append(
+            f"Replication slot {s.SLOT_NAME!r} does not exist: nothing is captured. Run "
+            "`manage.py migrate` (it creates it), or restart the listener."
+        )
+    if slot is None:
+        return
+    retained = f"{slot['retained_bytes'] / 1e6:.1f} MB of WAL"
+    if out.capture != "logical":
+        out.problems.append(
+            f"Replication slot {slot['name']!r} exists but CAPTURE is {out.capture!r}: it "
+            f"retains {retained} until it is dropped (`manage.py pgbinding drop-slot`)."
+        )
+    elif slot["wal_status"] == "lost":
+        out.problems.append(
+            f"Replication slot {slot['name']!r} lost WAL it needed (max_slot_wal_keep_size = "
+            f"{slot['max_slot_wal_keep_size']}): changes were lost; drop it and migrate again."
+        )
+    elif slot["retained_bytes"] > int(s.SLOT_WAL_WARNING_BYTES):
+        out.problems.append(
+            f"Replication slot {slot['name']!r} retains {retained} (more than "
+            f"SLOT_WAL_WARNING_BYTES): is the listener running? A slot nobody reads keeps WAL "
+            "until the disk is full; see max_slot_wal_keep_size."
+        )

@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -98,6 +98,13 @@ class ListenerHarness:
     def sync(self, timeout: float = 20) -> None:
         """Wait until every change committed so far has been delivered to the channel layer."""
         with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
+            pump = self.listener.pump  # logical capture: first into the log
+            if pump is not None:
+                lsn = cast(  # a function call: always one row
+                    tuple[Any, ...],
+                    conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'").fetchone(),
+                )
+                self.wait(lambda: pump.decoded_upto >= int(lsn[0]), "the pump", timeout)
             row = conn.execute("SELECT coalesce(max(id), 0) FROM pgbinding_change").fetchone()
         target = int(row[0]) if row else 0
         log, listener = self.listener.log, self.listener

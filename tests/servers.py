@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from devservers import EmbeddedPostgres
 
 _state: dict[str, object] = {}
+#: Settings of the private Postgres beyond devservers' defaults.
+LOGICAL_SETTINGS = {
+    "wal_level": "logical",
+    "max_replication_slots": "10",
+    "max_wal_senders": "10",
+    "wal_writer_delay": "10ms",
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -31,7 +38,10 @@ def pytest_configure(config: pytest.Config) -> None:
     from devservers import EmbeddedPostgres
 
     root = Path(tempfile.mkdtemp(prefix="pgbinding-tests-"))
-    server = EmbeddedPostgres(root / "pgdata")
+    # wal_level = logical for the logical capture backend's tests (tests/support/capture.py);
+    # a short wal_writer_delay, as the server's commits are asynchronous and logical decoding
+    # reads only flushed WAL.
+    server = EmbeddedPostgres(root / "pgdata", settings=LOGICAL_SETTINGS)
     server.start()
     _state["postgres"], _state["root"] = server, root
     url = server.dsn("pgbinding")

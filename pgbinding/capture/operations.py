@@ -28,9 +28,13 @@ from django.db.migrations.autodetector import (
 from django.db.migrations.operations.base import Operation, OperationCategory
 from django.db.migrations.state import ProjectState
 
+from ..conf import pgbinding_settings
 from ..registry import registry
 from . import sql
 
+#: What must match between the installed and the wanted capture of a model (the logical
+#: backend adds its publication and slot).
+_COMPARED = ("version", "pk", "publication", "slot")
 #: The key under which a model state records its installed trigger.
 # Leading underscore: rendered model states ignore it (Options drops private Meta attributes).
 STATE_KEY = "_pgbinding_trigger"
@@ -239,6 +243,10 @@ def desired_triggers() -> dict[tuple[str, str], dict[str, str]]:
             "pk": str(meta.pk.column),
             "app": owner.label if owner is not None else meta.app_label,
         }
+        if pgbinding_settings.CAPTURE == "logical":  # capture/logical_ops.py
+            wanted[key]["version"] = "logical_v1"
+            wanted[key]["publication"] = str(pgbinding_settings.PUBLICATION_NAME)
+            wanted[key]["slot"] = str(pgbinding_settings.SLOT_NAME)
     return wanted
 
 
@@ -299,7 +307,7 @@ class AutodetectorMixin(DjangoAutodetector):
             installed = old_state.options.get(STATE_KEY) if old_state is not None else None
             want = wanted.get(key) if key in self.to_state.models else None
             if want is not None and installed is not None:
-                same = (want["version"], want["pk"]) == (installed["version"], installed["pk"])
+                same = all(want.get(k) == installed.get(k) for k in _COMPARED)
                 if same:
                     continue
             if installed is not None and key in self.to_state.models:
@@ -313,14 +321,21 @@ class AutodetectorMixin(DjangoAutodetector):
         app_label, model_name = key
         state = self.to_state.models[key]
         table = state.options.get("db_table") or f"{app_label}_{model_name}"
-        forward, reverse = sql.trigger_sql(table, spec["pk"], spec["version"])
-        op = op_class(
-            model=f"{app_label}.{model_name}",
-            sql=forward,
-            reverse_sql=reverse,
-            version=spec["version"],
-            pk_column=spec["pk"],
-        )
+        op: _Toggle
+        if spec["version"].startswith("logical_"):
+            from .logical_ops import make_operation
+
+            installs = op_class is InstallBindingTrigger
+            op = make_operation(installs, f"{app_label}.{model_name}", table, spec)
+        else:
+            forward, reverse = sql.trigger_sql(table, spec["pk"], spec["version"])
+            op = op_class(
+                model=f"{app_label}.{model_name}",
+                sql=forward,
+                reverse_sql=reverse,
+                version=spec["version"],
+                pk_column=spec["pk"],
+            )
         deps: list[Any] = [
             OperationDependency(app_label, model_name, None, OperationDependency.Type.CREATE),
             OperationDependency("pgbinding", "__first__", None, OperationDependency.Type.CREATE),

@@ -41,6 +41,7 @@ from . import changelog
 from .changelog import LostLead
 from .dispatch import Dispatcher, coalesce
 from .lease import Lease
+from .pump import Pump
 from .retry import Backoff
 from .sender import Sender, Stopping
 
@@ -108,6 +109,9 @@ class Listener:
             dispatcher.channel_layer, self.settings.SEND_TIMEOUT, self._sleep, lambda: self.stopping
         )
         self.log.leader = self.id
+        #: The logical capture backend's pump (delivery/pump.py), which fills the log itself.
+        self.pump = Pump(self.settings) if self.settings.CAPTURE == "logical" else None
+        self._flag_cleared = False
         self._stop = asyncio.Event()
         #: Set while this listener leads and has loaded its position.
         self.active = asyncio.Event()
@@ -261,6 +265,8 @@ class Listener:
         # flush: a position lost in a server crash only means changes are sent again, which
         # consumers drop by position. Writers' commits are not affected.
         await conn.execute("SET synchronous_commit = off")
+        if self.pump is not None:
+            await self.pump.start(conn)
         self._delivered = self._saved_cursor = self.log.cursor()
         self.saved_position = self.log.position
         behind, age = await self.log.behind(conn)
@@ -296,6 +302,8 @@ class Listener:
         self._gap_wait = self.settings.GAP_POLL_INTERVAL
         self._dry_since: float | None = None
         while not self.stopping:
+            if self.pump is not None:
+                await self.pump.round(conn)
             changes = await self.log.read(conn)
             now = time.monotonic()
             if self.log.gaps and now - self._last_gap_check >= self.settings.GAP_POLL_INTERVAL:
@@ -406,7 +414,13 @@ class Listener:
         metrics.listener_position.set(cursor.position)
 
     async def _set_sleeping(self, conn: psycopg.AsyncConnection[Any], sleeping: bool) -> None:
-        await conn.execute("UPDATE pgbinding_state SET sleeping = %s", [sleeping])
+        if self.pump is None:
+            await conn.execute("UPDATE pgbinding_state SET sleeping = %s", [sleeping])
+        elif not self._flag_cleared:
+            # Logical capture waits for WAL, not NOTIFY: writers never need to notify (and a
+            # write here would only wake the pump).
+            await conn.execute("UPDATE pgbinding_state SET sleeping = false")
+            self._flag_cleared = True
         self._sleeping = sleeping
         if not sleeping:
             self._guard = None
@@ -420,6 +434,10 @@ class Listener:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
+            if self.pump is not None:
+                if await self.pump.wait(conn, min(remaining, 0.25)):
+                    return
+                continue
             async for _ in conn.notifies(timeout=min(remaining, 0.25), stop_after=1):
                 return
 

@@ -1,4 +1,5 @@
-"""Every write path reaches the groups, only after commit, with the right group transitions."""
+"""Every write path reaches the groups, only after commit, with the right group transitions,
+under both capture backends (triggers, and logical decoding: tests/support/capture.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import datetime
 import decimal
 import subprocess
 import uuid
+from collections.abc import Iterator
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -14,9 +17,20 @@ from django.db import connection, transaction
 
 from devservers import postgres_bin_dir
 from tests.conftest import ListenerHarness
+from tests.support.capture import BACKENDS, capture_backend
 from tests.testapp.models import Counter, Item
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(params=BACKENDS)
+def listener(request: pytest.FixtureRequest, raw_conninfo: str) -> Iterator[ListenerHarness]:
+    with capture_backend(request.param, raw_conninfo):
+        harness = ListenerHarness(capture=request.param).start()
+        try:
+            yield harness
+        finally:
+            harness.close()
 
 
 def test_save_create_update_delete(listener: ListenerHarness) -> None:
@@ -254,3 +268,28 @@ def test_counter_binding_with_exclude(listener: ListenerHarness) -> None:
     c = Counter.objects.create(key="k", n=1)
     listener.sync()
     assert counters.payloads()[0]["data"] == {"id": c.pk, "key": "k", "n": 1}
+
+
+def test_logical_capture_writes_the_log_itself(listener: ListenerHarness) -> None:
+    """Under the logical backend no trigger is left on the bound tables: the listener's pump
+    wrote every row of the log (the same shape as the trigger's)."""
+    item = Item.objects.create(name="pumped", value=1)
+    listener.sync()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'testapp_item'::regclass"
+            " AND tgname LIKE 'pgbinding%%'"
+        )
+        triggers = cast(tuple[Any, ...], cursor.fetchone())[0]  # count(*): one row
+        cursor.execute(
+            "SELECT op, pk, new ->> 'name' FROM pgbinding_change"
+            " WHERE table_name = 'testapp_item' AND pk = %s",
+            [str(item.pk)],
+        )
+        logged = cursor.fetchall()
+    pump = listener.listener.pump
+    if pump is None:
+        assert triggers == 4
+    else:
+        assert triggers == 0 and pump.written == 1
+    assert logged == [("I", str(item.pk), "pumped")]

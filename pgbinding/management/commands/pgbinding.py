@@ -31,8 +31,16 @@ class Command(BaseCommand):
             help="seconds of lag over which a listener counts as a problem (default 60)",
         )
         show.add_argument("--no-layer", action="store_true", help="do not check the channel layer")
+        sub.add_parser("create-slot", help="create the logical capture's replication slot")
+        drop = sub.add_parser("drop-slot", help="drop the logical capture's replication slot")
+        drop.add_argument("--force", action="store_true", help="even while tables use it")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["what"] in ("create-slot", "drop-slot"):
+            from pgbinding.capture import slots
+
+            self.stdout.write(slots.command(options["what"], force=options.get("force", False)))
+            return
         if options["what"] != "status":
             raise CommandError(f"Unknown subcommand {options['what']!r}; try 'status'.")
         found = status.report(options["max_lag"], check_layer=not options["no_layer"])
@@ -70,6 +78,10 @@ def render(found: status.Report) -> str:
     for trigger in found.triggers:
         version = f" {trigger.version}" if trigger.version else ""
         lines.append(f"  {trigger.model} ({trigger.table}): {trigger.state}{version}")
+    if found.slot is not None or found.capture == "logical":
+        from pgbinding.capture import slots
+
+        lines.append(slots.describe(found.capture, found.slot))
     if found.channel_layer:
         lines.append(f"Channel layer: {found.channel_layer}")
     if found.problems:

@@ -1,0 +1,218 @@
+"""The logical capture backend's own machinery: switching a database between the backends by
+migration (both ways, with writers running), the slot in ``status``, the retained-WAL warning,
+``pgbinding drop-slot``, and restarts that neither lose nor repeat a change."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from django.apps import apps
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+from django.db.migrations import Migration
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.state import ProjectState
+from django.db.migrations.writer import MigrationWriter
+from pytest_django.fixtures import Settings as SettingsFixture
+
+from pgbinding import status
+from pgbinding.capture import logical
+from pgbinding.capture.logical_ops import create_slots
+from pgbinding.capture.operations import MigrationAutodetector
+from tests.conftest import ListenerHarness
+from tests.support.capture import PUBLICATION, SLOT, capture_backend, require_logical
+from tests.testapp.models import Counter, Item
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def logical_settings(settings: SettingsFixture) -> SettingsFixture:
+    settings.PGBINDING = {**settings.PGBINDING, "CAPTURE": "logical"}
+    return settings
+
+
+@pytest.fixture
+def logical_db(raw_conninfo: str) -> Iterator[str]:
+    with capture_backend("logical", raw_conninfo):
+        yield raw_conninfo
+
+
+class Writers:
+    """Threads that each increment their own counter row, recording every committed n."""
+
+    def __init__(self, conninfo: str, keys: list[str]) -> None:
+        self.committed: dict[str, list[int]] = defaultdict(list)
+        self._stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._run, args=(conninfo, key), daemon=True) for key in keys
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, conninfo: str, key: str) -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            while not self._stop.is_set():
+                row = conn.execute(
+                    "UPDATE testapp_counter SET n = n + 1 WHERE key = %s RETURNING n", [key]
+                ).fetchone()
+                assert row is not None
+                self.committed[key].append(int(row[0]))
+                time.sleep(0.002)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self.threads:
+            thread.join(10)
+
+
+def switch_migrations() -> list[Migration]:
+    """What makemigrations writes with CAPTURE = "logical" (on top of the test apps' own)."""
+    loader = MigrationLoader(connection)
+    detector = MigrationAutodetector(loader.project_state(), ProjectState.from_apps(apps))
+    changes = detector.changes(graph=loader.graph)
+    return [m for app in sorted(changes) for m in changes[app]]
+
+
+def test_switching_backends_by_migration_both_ways_with_changes_flowing(
+    logical_settings: SettingsFixture, raw_conninfo: str
+) -> None:
+    with psycopg.connect(raw_conninfo, autocommit=True) as conn:
+        require_logical(conn)
+    migrations = switch_migrations()
+    written = "\n".join(MigrationWriter(m).as_string() for m in migrations)
+    assert "pgbinding.operations.RemoveBindingTrigger(" in written
+    assert "pgbinding.operations.InstallLogicalCapture(" in written
+    assert "REPLICA IDENTITY FULL" in written and f"slot='{SLOT}'" in written
+    keys = [f"w{i}" for i in range(4)]
+    Counter.objects.bulk_create([Counter(key=k, n=0) for k in keys])
+    harness = ListenerHarness(capture="logical").start()
+    events = harness.collect("counters")
+    writers = Writers(raw_conninfo, keys)
+    try:
+        time.sleep(0.3)  # triggers capture
+        loader = MigrationLoader(connection)
+        state = loader.project_state()
+        create_slots(apps.get_app_config("pgbinding"), "default", [(m, False) for m in migrations])
+        states = [state]
+        with connection.schema_editor(atomic=True) as editor:
+            for migration in migrations:
+                state = migration.apply(state, editor)
+                states.append(state)
+        assert status.triggers() and all(t.state == "installed" for t in status.triggers())
+        time.sleep(0.5)  # the slot captures
+        with connection.schema_editor(atomic=True) as editor:
+            for migration, before in zip(reversed(migrations), reversed(states[:-1]), strict=True):
+                migration.unapply(before, editor)
+        time.sleep(0.3)  # triggers again
+    finally:
+        writers.stop()
+    harness.sync()
+    harness.close()
+    got: dict[str, list[int]] = defaultdict(list)
+    for payload in events.payloads("counters"):
+        got[payload["data"]["key"]].append(payload["data"]["n"])
+    for key in keys:
+        assert len(writers.committed[key]) > 50
+        assert got[key] == writers.committed[key], f"{key}: lost, repeated or out of order"
+    with connection.cursor() as cursor:
+        assert logical.table_state(cursor, "testapp_counter", PUBLICATION) == "missing"
+        logical.drop_slot(cursor, SLOT)
+
+
+def test_status_shows_the_slot_and_its_retained_wal(
+    logical_settings: SettingsFixture, logical_db: str
+) -> None:
+    harness = ListenerHarness(capture="logical").start()
+    try:
+        Item.objects.create(name="s")
+        harness.sync()
+        found = status.report(check_layer=False)
+    finally:
+        harness.close()
+    assert found.capture == "logical"
+    assert found.slot is not None and found.slot["name"] == SLOT
+    assert found.slot["plugin"] == "pgoutput" and found.slot["retained_bytes"] >= 0
+    assert {t.state for t in found.triggers} == {"installed"}
+    assert {t.version for t in found.triggers} == {logical.VERSION}
+    assert not [p for p in found.problems if "slot" in p.lower()]
+    out = io.StringIO()
+    with pytest.raises(SystemExit):  # the listener has stopped: a problem
+        call_command("pgbinding", "status", "--no-layer", stdout=out)
+    assert f"Capture: logical; replication slot '{SLOT}'" in out.getvalue()
+    assert "MB of WAL" in out.getvalue()
+
+
+def test_retained_wal_past_the_threshold_is_a_problem_and_a_warning(
+    logical_settings: SettingsFixture, logical_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    logical_settings.PGBINDING = {**logical_settings.PGBINDING, "SLOT_WAL_WARNING_BYTES": 0}
+    Item.objects.create(name="w")  # WAL past the slot's restart point
+    found = status.report(check_layer=False)
+    assert any("retains" in p and "SLOT_WAL_WARNING_BYTES" in p for p in found.problems)
+    harness = ListenerHarness(capture="logical", slot_wal_warning_bytes=0)
+    with caplog.at_level(logging.WARNING, logger="pgbinding.listener"):
+        harness.start()
+        harness.close()
+    assert any("retains" in r.getMessage() for r in caplog.records)
+
+
+def test_a_slot_left_under_trigger_capture_is_a_problem(raw_conninfo: str) -> None:
+    with psycopg.connect(raw_conninfo, autocommit=True) as conn, conn.cursor() as cursor:
+        require_logical(conn)
+        logical.ensure_slot(cursor, SLOT)
+    try:
+        found = status.report(check_layer=False)
+        assert any("drop-slot" in p for p in found.problems)
+    finally:
+        call_command("pgbinding", "drop-slot", stdout=io.StringIO())
+    assert status.report(check_layer=False).slot is None
+
+
+def test_drop_slot_refuses_while_tables_use_it_unless_forced(
+    logical_settings: SettingsFixture, logical_db: str
+) -> None:
+    with pytest.raises(CommandError, match="Dropping it loses the changes"):
+        call_command("pgbinding", "drop-slot", stdout=io.StringIO())
+    out = io.StringIO()
+    call_command("pgbinding", "drop-slot", "--force", stdout=out)
+    assert f"Dropped replication slot '{SLOT}'" in out.getvalue()
+    with connection.cursor() as cursor:
+        assert logical.slot_info(cursor, SLOT) is None
+    call_command("pgbinding", "create-slot", stdout=io.StringIO())  # for the fixture's teardown
+
+
+def test_restart_resumes_without_loss_or_repeat(logical_db: str) -> None:
+    """The pump stores its position with the rows it writes: a listener stopped at any point
+    (here: after writing, before delivering) neither loses nor logs a change twice."""
+    first = ListenerHarness(capture="logical").start()
+    items = [Item.objects.create(name=f"r{i}") for i in range(5)]
+    first.sync()
+    first.close()
+    more = [Item.objects.create(name=f"s{i}") for i in range(5)]
+    Item.objects.filter(pk=items[0].pk).update(name="changed")
+    second = ListenerHarness(capture="logical")
+    events = second.collect("items")
+    second.start()
+    try:
+        second.sync()
+    finally:
+        second.close()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pk, op, count(*) FROM pgbinding_change WHERE table_name = 'testapp_item'"
+            " AND pk = ANY(%s) GROUP BY 1, 2",
+            [[str(i.pk) for i in items + more]],
+        )
+        counts = {(pk, op): n for pk, op, n in cursor.fetchall()}
+    assert all(n == 1 for n in counts.values()), counts
+    assert len(counts) == 11
+    assert [a for a, _ in events.actions("items")] == ["create"] * 5 + ["update"]
