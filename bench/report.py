@@ -1,6 +1,6 @@
 """The benchmark report: run every benchmark, then write docs/benchmarks.md with its plots.
 
-    scripts/bench                      # everything, default lengths (about 75 min on 2 cores)
+    scripts/bench                      # everything, default lengths (about 85 min on 2 cores)
     scripts/bench --quick              # smoke run of everything (about 10 min)
     scripts/bench --only latency,memory
     scripts/bench --render-only        # rewrite the document from the last run's JSON
@@ -10,8 +10,10 @@ Each benchmark is a module of this package run as its own process (``python -m b
 starts itself, so no two measurements share the machine. The console output of each run is kept
 in ``bench/out/NAME.txt``. The document is rebuilt from those JSON files: each module's
 ``markdown(data)`` gives its section, ``plots(data, outdir)`` its PNGs, and ``targets(data)``
-its rows of the summary table. ``bench/analysis.md`` (hand-written: profiles, before/after of the
-fixes, why a missed target is missed) is appended as it is.
+its rows of the summary table; a benchmark with no JSON here (bench/out is not versioned) keeps
+its section and its targets rows from the document as it was, marked as kept. ``bench/analysis.md``
+(hand-written: profiles, before/after of the fixes, why a missed target is missed) is appended as
+it is.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import datetime as dt
 import importlib
 import json
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -56,7 +59,21 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
     ("latency", "4. Latency", ["--writes", "500,300,60"], ["--quick"]),
     ("memory", "5. Memory per connection", [], ["--quick"]),
     ("peers", "6. Peers, same workload, same run", [], ["--quick"]),
+    ("fanout", "7. Authorized fan-out", [], ["--quick"]),
+    ("replay", "8. Resume replay", [], ["--quick"]),
 ]
+
+#: How the "what" of each benchmark's rows in the targets table begins: a section kept from the
+#: previous document (its JSON is not here, see ``kept_sections``) keeps its rows by this.
+TARGET_PREFIXES: dict[str, tuple[str, ...]] = {
+    "write_path": ("write path",),
+    "bulk": ("bulk ",),
+    "latency": ("latency,",),
+    "memory": ("memory per ",),
+    "peers": ("changes delivered by pgbinding",),
+    "fanout": ("fan-out,",),
+    "replay": ("resume replay", "other sockets' "),
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -125,14 +142,52 @@ def git_commit() -> str:
         return "unknown"
 
 
+KEPT_NOTE = "*Kept from the previous document"
+_WRITTEN = re.compile(r"Written by `[^`]*` \(bench/report\.py\) on (.+? UTC), from commit (.+?)\. ")
+
+
+def kept_sections(doc: str) -> tuple[dict[str, str], list[tuple[str, str, str, bool]]]:
+    """The sections of an existing docs/benchmarks.md by title (up to the next ``## ``), each
+    saying where it comes from, and the rows of its targets table."""
+    sections: dict[str, str] = {}
+    rows: list[tuple[str, str, str, bool]] = []
+    written = _WRITTEN.search(doc)
+    origin = f", written on {written[1]} from commit {written[2]}" if written else ""
+    parts = doc.split("\n## ")
+    for part in parts[1:]:
+        title, _, body = part.partition("\n")
+        body = body.strip("\n")
+        if not body.startswith(KEPT_NOTE):
+            note = f"{KEPT_NOTE}{origin}: its JSON was not in bench/out when this was written.*"
+            body = f"{note}\n\n{body}"
+        sections[title.strip()] = f"## {title}\n\n{body}\n"
+        if title.strip() == "Targets":
+            for line in body.splitlines():
+                cells = [c.strip() for c in line.strip().strip("|").split("|")]
+                if len(cells) == 4 and cells[0] not in ("what", "---"):
+                    rows.append((cells[0], cells[1], cells[2], cells[3] == "yes"))
+    return sections, rows
+
+
 def render(args: argparse.Namespace, timings: dict[str, float], failed: list[str]) -> None:
     IMG.mkdir(parents=True, exist_ok=True)
     sections: list[str] = []
     target_rows: list[tuple[str, str, str, bool]] = []
     machine: list[str] = []
+    # A benchmark whose JSON is not here (bench/out is not versioned: another checkout ran it)
+    # keeps its section and its targets rows from the document as it is, rather than losing
+    # them to "Not run".
+    old_sections, old_rows = kept_sections(DOC.read_text()) if DOC.exists() else ({}, [])
+    kept: list[str] = []
     for name, title, _, _ in BENCHMARKS:
         path = OUT / f"{name}.json"
         if not path.exists():
+            if title in old_sections:
+                sections.append(old_sections[title])
+                prefixes = TARGET_PREFIXES.get(name, ())
+                target_rows += [r for r in old_rows if prefixes and r[0].startswith(prefixes)]
+                kept.append(name)
+                continue
             sections.append(f"## {title}\n\nNot run (no `bench/out/{name}.json`).\n")
             continue
         data: dict[str, Any] = json.loads(path.read_text())
@@ -161,14 +216,20 @@ def render(args: argparse.Namespace, timings: dict[str, float], failed: list[str
         "Every figure is a median of several runs; where there is a baseline it was measured "
         "in the same run, interleaved, and the ratio is given next to the absolute number. "
         "The machine is shared with other work, so only differences well above the per-run "
-        "spread mean anything.",
+        "spread mean anything."
+        + (
+            f" Sections {', '.join(kept)} are kept from the previous document (each says when "
+            "it was written): their JSON was not in bench/out."
+            if kept
+            else ""
+        ),
         "",
         "**Machine:**",
         "",
         *[f"    {line}" for line in machine],
         f"    Python {platform.python_version()}",
         "",
-        "Rerun: `scripts/bench` (all, about 75 min on this machine), `scripts/bench --quick` "
+        "Rerun: `scripts/bench` (all, about 85 min on this machine), `scripts/bench --quick` "
         "(smoke run), `scripts/bench --only NAME`; each benchmark also runs alone as "
         "`PYTHONPATH=. .venv-bench/bin/python -m bench.NAME --help`. bench/README.md explains "
         "the suite: what each benchmark does, how the load generators are kept apart, noise.",

@@ -1,6 +1,8 @@
 """The benchmarks' ASGI application.
 
-``/pgbinding/``: pgbinding's Demultiplexer, joined to the ``ticks`` group.
+``/pgbinding/``: pgbinding's Demultiplexer for stream ``ticks``, joined to the ``ticks`` group.
+``/users/``: every binding, no groups, behind ``AuthMiddlewareStack``: the socket's user comes
+from the ``sessionid`` cookie of its handshake, as a browser's would (bench/fanout, bench/replay).
 ``/signal/`` and ``/dcrf/``: the peers (bench/site/benchapp/peers.py); ``/dcrf/`` only when
 djangochannelsrestframework is installed (the benchmark environment has it) and ``BENCH_PEERS``
 allows it.
@@ -14,22 +16,27 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.site.settings")
 django.setup()
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from bench.site.benchapp import peers  # noqa: E402
+from bench.site.benchapp.bindings import TickBinding  # noqa: E402
 from pgbinding.asgi import with_listener  # noqa: E402
 from pgbinding.consumers import Demultiplexer  # noqa: E402
 
 
 class TicksDemultiplexer(Demultiplexer):
+    consumers = {"ticks": TickBinding}
+
     def connection_groups(self, **kwargs):
         return ["ticks"]
 
 
 routes = [
     path("pgbinding/", TicksDemultiplexer.as_asgi()),
+    path("users/", AuthMiddlewareStack(Demultiplexer.as_asgi())),
     path("signal/", peers.SignalConsumer.as_asgi()),
 ]
 if peers.DCRF and "dcrf" in peers.enabled():

@@ -1,4 +1,4 @@
-"""Django settings of the benchmarks' site: one model, bound by pgbinding and watched by peers.
+"""Django settings of the benchmarks' site: its models, bound by pgbinding and watched by peers.
 
 Environment:
 
@@ -29,9 +29,16 @@ DATABASES = {
     )
 }
 
+# BENCH_CONN_MAX_AGE: Django's CONN_MAX_AGE (unset: Django's default, 0, a new connection for
+# every database_sync_to_async call). bench/fanout sets it to speed up connecting and
+# subscribing 1,000 sockets; the events it measures touch no database.
+if os.environ.get("BENCH_CONN_MAX_AGE"):
+    DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ["BENCH_CONN_MAX_AGE"])
+
 INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.contenttypes",
+    "django.contrib.sessions",  # signed-in sockets (bench/fanout): the sessionid cookie
     "channels",
     "pgbinding",
     "bench.site.benchapp",

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 
 
@@ -7,3 +8,11 @@ class Tick(models.Model):
 
     value = models.BigIntegerField(default=0)
     note = models.CharField(max_length=200, default="")
+
+
+class Owned(models.Model):
+    """What bench/fanout writes: one row per user, seen only by its ``owner`` under the per-user
+    read rule (``OwnedBinding``)."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    value = models.BigIntegerField(default=0)
