@@ -86,6 +86,10 @@ class Settings:
     #: Seconds a snapshot or replay query may run before Postgres cancels it (the client is
     #: asked to retry, or told to resync).
     REPLAY_TIMEOUT: float = 5.0
+    #: Threads each process runs pgbinding's ORM work in (the sockets' snapshots, replays,
+    #: actions and per-user judging; the listener's message building): a long replay holds
+    #: one, the others keep serving. Each may hold a database connection (CONN_MAX_AGE).
+    DATABASE_THREADS: int = 4
     #: Bytes of outbound frames a socket may have waiting because its client does not read
     #: fast enough; past it the socket is closed with code 4008 and the client resumes with
     #: `since`.

@@ -1,6 +1,6 @@
 """Inbound actions: what a client may ask of a binding over the socket.
 
-Each function runs synchronously (the consumer calls it through ``database_sync_to_async``),
+Each function runs synchronously (the consumer runs it on its database threads, :mod:`.threads`),
 checks permissions before touching a row, validates with a ModelForm (or the binding's
 ``form_class``), writes inside ``transaction.atomic`` on pgbinding's database (``DATABASE``:
 reads, locks and writes of one request all use it, whatever the routers say), and returns the

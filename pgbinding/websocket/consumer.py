@@ -19,7 +19,6 @@ import time
 from typing import Any, ClassVar
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
@@ -39,6 +38,7 @@ from ..protocol import (
     reply,
 )
 from ..registry import registry
+from ..threads import in_thread
 from . import actions, layerwatch
 from .events import RepeatFilter, evaluate_all, judge_all
 from .frames import check_request_id, parse_frame
@@ -115,8 +115,8 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
         # Channels runs close_old_connections in a thread before every handler: a thread trip
         # per event, a fifth of the server's CPU when fanning out to 1,000 sockets (py-spy,
         # docs/benchmarks.md). Events from the listener do not touch the database, and the
-        # subscription code that does goes through database_sync_to_async, which closes old
-        # connections itself.
+        # subscription code that does runs on pgbinding.threads, which closes old connections
+        # itself.
         if message.get("type") in LISTENER_TYPES:
             await getattr(self, get_handler_name(message))(message)
             return
@@ -138,7 +138,7 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
         )
         self._closing = False
         #: Streams whose group events this socket may receive (default deny).
-        self.readable: dict[str, bool] = await database_sync_to_async(self._readable)()
+        self.readable: dict[str, bool] = await in_thread(self._readable)()
         kwargs = self.scope.get("url_route", {}).get("kwargs", {})
         for group in self.connection_groups(**kwargs):
             await self._join(group)
@@ -325,7 +325,7 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
                 status, data = await self.unsubscribe(payload)
             else:
                 run = actions.HANDLERS[action]
-                status, data = await database_sync_to_async(run)(binding, payload)
+                status, data = await in_thread(run)(binding, payload)
         except RequestError as exc:
             await self.send_frame(reply(stream, action, request_id, exc.status, errors=exc.errors))
             if isinstance(exc, LayerUnavailable):
@@ -364,7 +364,7 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
         if not todo:
             return
         if any(type(b).judges_in_thread() for b, e in todo if "rows" in e):
-            judged = await database_sync_to_async(judge_all)(todo)
+            judged = await in_thread(judge_all)(todo)
         else:
             judged = judge_all(todo)
         for event, payload in judged:
@@ -396,7 +396,7 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
         if not todo:
             return
         if any(type(sub.binding).judges_in_thread() for sub, _ in todo):
-            frames = await database_sync_to_async(evaluate_all)(todo)
+            frames = await in_thread(evaluate_all)(todo)
         else:
             frames = evaluate_all(todo)
         for stream, payload in frames:

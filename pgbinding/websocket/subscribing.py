@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from channels.db import database_sync_to_async
-
 from .. import metrics
 from ..bindings import Binding
 from ..conf import pgbinding_settings
 from ..exceptions import RequestError
 from ..positions import Cursor
 from ..serialize import json_value
+from ..threads import in_thread
 from . import actions, subscriptions
 from .subscriptions import Subscription
 
@@ -78,14 +77,14 @@ class Subscribing:
                 pk_json = json_value(pk_field, clean)
             return Subscription(sub_id, stream, binding, where, clean, Cursor(0), pk_json)
 
-        sub = await database_sync_to_async(prepare)()
+        sub = await in_thread(prepare)()
         # Join first: every change committed after the snapshot below reaches us.
         try:
             for group in self._change_groups(binding):
                 await self._join(group)
         except Exception as exc:
             raise LayerUnavailable(f"{type(exc).__name__}: {exc}") from None
-        snap = await database_sync_to_async(subscriptions.snapshot)(sub, since)
+        snap = await in_thread(subscriptions.snapshot)(sub, since)
         sub.cursor = snap.cursor
         self.subscriptions[sub_id] = sub
         metrics.subscriptions.inc()

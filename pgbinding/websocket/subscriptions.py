@@ -193,7 +193,7 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 def snapshot(sub: Subscription, since: Cursor | None) -> Snapshot:
     """Read the subscription's rows (or, resuming, the retained changes after ``since``, judged
     for it) and the cursor of the same database snapshot, so live events can skip what it
-    already shows. Runs in a thread (the consumer calls it through database_sync_to_async)."""
+    already shows. Runs on the consumer's database threads (:mod:`pgbinding.threads`)."""
     db = _db()
     timeout_ms = max(1, int(pgbinding_settings.current.REPLAY_TIMEOUT * 1000))
     try:
