@@ -18,25 +18,11 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
 from . import live
 from .latency import WsConnection
-
-
-def migrate(dsn: str) -> None:
-    """``live.migrate`` with ``--skip-checks``: since pgbinding.E001 (a capture trigger
-    missing), ``migrate`` on a fresh database stops at its system checks, before the migrations
-    that install the triggers run (reported; ``check --database`` passes once they ran)."""
-    subprocess.run(
-        [sys.executable, "-m", "django", "migrate", "-v", "0", "--skip-checks"],
-        cwd=live.ROOT,
-        env=live.site_env(dsn),
-        check=True,
-    )
 
 
 class Connection(WsConnection):

@@ -78,7 +78,7 @@ from typing import Any
 
 import psycopg
 
-from . import clients, common, live
+from . import common, live
 from .clients import Pool
 from .latency import CpuWindow, cdf, percentile
 from .throughput import profile_top
@@ -599,7 +599,7 @@ def main(argv: list[str] | None = None) -> None:
     with common.server(args.dsn) as dsn, contextlib.ExitStack() as stack:
         with psycopg.connect(dsn, autocommit=True) as conn:
             machine = common.announce_server(conn)
-        clients.migrate(dsn)
+        live.migrate(dsn)
         users = make_users(dsn, args.users)
         redis_url = None
         if any(layer != "memory" for layer in args.layer_list):

@@ -49,7 +49,7 @@ from typing import Any
 
 import psycopg
 
-from . import clients, common, live
+from . import common, live
 from .clients import ClientProcess
 from .latency import percentile, prepare_table
 
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     with common.server(args.dsn) as dsn, contextlib.ExitStack() as stack:
         with psycopg.connect(dsn, autocommit=True) as conn:
             machine = common.announce_server(conn)
-        clients.migrate(dsn)
+        live.migrate(dsn)
         prepare_table(dsn, args.rows)
         redis_url = stack.enter_context(live.redis()) if args.layer != "memory" else None
         probes = ClientProcess()
