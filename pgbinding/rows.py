@@ -290,32 +290,73 @@ def _warn_once(table: str, column: str, raw: Any, reason: str) -> None:
 
 def field_value(field: Field[Any, Any], ctype: ColumnType | None, raw: Any, table: str) -> Any:
     """What the ORM would give for ``field`` from one logged value."""
+    connection = _connection()
+    return _Column(field, ctype, table, connection).value(raw, connection)
+
+
+def _connection() -> Any:
     from django.db import connections
 
     from .conf import pgbinding_settings
 
-    if raw is None:
-        return None
-    if ctype is None:
-        # Not a column of the table now (dropped or renamed since): best effort.
-        return _fallback_python(field, raw)
-    problems: list[str] = []
-    try:
-        value = load_value(ctype, raw, problems)
-    except Unrepresentable as exc:
-        _warn_once(table, str(field.column), raw, str(exc))
-        return exc.fallback
-    if problems:
-        _warn_once(table, str(field.column), raw, problems[0])
-    connection = connections[pgbinding_settings.DATABASE]
-    expression = field.get_col(table)
-    try:
-        for converter in field.get_db_converters(connection):
-            value = converter(value, expression, connection)
-    except Exception as exc:
-        _warn_once(table, str(field.column), raw, str(exc))
-        return plain_json(raw)
-    return value
+    return connections[pgbinding_settings.DATABASE]
+
+
+class _Column:
+    """How one field of one table is read from the log: its column type, and the converters
+    the ORM applies (looked up once per table and catalog state, not once per value)."""
+
+    __slots__ = ("attname", "column", "converters", "ctype", "expression", "field", "table")
+
+    def __init__(
+        self, field: Field[Any, Any], ctype: ColumnType | None, table: str, connection: Any
+    ) -> None:
+        self.field = field
+        self.attname = str(field.attname)
+        self.column = str(field.column)
+        self.ctype = ctype
+        self.table = table
+        self.expression = field.get_col(table)
+        self.converters = field.get_db_converters(connection)
+
+    def value(self, raw: Any, connection: Any) -> Any:
+        if raw is None:
+            return None
+        if self.ctype is None:
+            # Not a column of the table now (dropped or renamed since): best effort.
+            return _fallback_python(self.field, raw)
+        problems: list[str] = []
+        try:
+            value = load_value(self.ctype, raw, problems)
+        except Unrepresentable as exc:
+            _warn_once(self.table, self.column, raw, str(exc))
+            return exc.fallback
+        if problems:
+            _warn_once(self.table, self.column, raw, problems[0])
+        try:
+            for converter in self.converters:
+                value = converter(value, self.expression, connection)
+        except Exception as exc:
+            _warn_once(self.table, self.column, raw, str(exc))
+            return plain_json(raw)
+        return value
+
+
+#: (model, table) -> (the catalog types it was built with, its columns).
+_plans: dict[tuple[type[models.Model], str], tuple[Any, list[_Column]]] = {}
+
+
+def _plan(model: type[models.Model], table: str, connection: Any) -> list[_Column]:
+    types = _types.get(table)
+    found = _plans.get((model, table))
+    if found is not None and found[0] is types:
+        return found[1]
+    known = types or {}
+    columns = [
+        _Column(f, known.get(str(f.column)), table, connection) for f in model._meta.concrete_fields
+    ]
+    _plans[(model, table)] = (types, columns)
+    return columns
 
 
 def _fallback_python(field: Field[Any, Any], raw: Any) -> Any:
@@ -338,14 +379,13 @@ def row_values(model: type[models.Model], row: Mapping[str, Any], table: str) ->
     A column missing from the row (added after the change was logged) gets the field's default;
     nothing is ever read from the table itself.
     """
-    types = _types.get(table) or {}
+    connection = _connection()
     values: dict[str, Any] = {}
-    for field in model._meta.concrete_fields:
-        column = str(field.column)
-        if column in row:
-            values[field.attname] = field_value(field, types.get(column), row[column], table)
+    for column in _plan(model, table, connection):
+        if column.column in row:
+            values[column.attname] = column.value(row[column.column], connection)
         else:
-            values[field.attname] = field.get_default()
+            values[column.attname] = column.field.get_default()
     return values
 
 
