@@ -74,7 +74,7 @@ async def test_database_work_leaves_no_connection_open(live: Live) -> None:
     """Each call on the database threads closes its connection (CONN_MAX_AGE = 0 here)."""
     import psycopg
 
-    from tests.conftest import conninfo_from_django
+    from pgbinding.delivery.listener import conninfo_from_django
 
     def others() -> dict[int, str]:
         """Sessions other than the listener's and this one: pid -> last query."""
