@@ -45,17 +45,16 @@ PEEK_SQL = (
     "SELECT data FROM pg_logical_slot_peek_binary_changes(%(slot)s, %(upto)s::pg_lsn,"
     " %(limit)s, 'proto_version', '1', 'publication_names', %(publication)s)"
 )
+#: The flush position (first column of every row), and the changes committed before it.
+PEEK_AT_FLUSH_SQL = (
+    "SELECT (f.lsn - '0/0'::pg_lsn)::bigint, p.data"
+    " FROM (SELECT pg_current_wal_flush_lsn() AS lsn) f"
+    " LEFT JOIN LATERAL pg_logical_slot_peek_binary_changes(%(slot)s, f.lsn, %(limit)s,"
+    " 'proto_version', '1', 'publication_names', %(publication)s) p ON true"
+)
 FLUSH_SQL = (
     "SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint,"
     " (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
-)
-#: Flush the WAL written so far. Decoding reads up to the flush position and, when that falls
-#: inside a record (the WAL writer flushes whole pages), waits until the rest is flushed: with
-#: nobody committing, that can take seconds. A non-transactional message with flush = true
-#: (Postgres >= 17; pgoutput does not send messages) flushes it; older servers skip it.
-FLUSH_WAL_SQL = (
-    "SELECT CASE WHEN current_setting('server_version_num')::integer >= 170000"
-    " THEN pg_logical_emit_message(false, 'pgbinding', '', true) END"
 )
 ENSURE_ROW_SQL = "INSERT INTO pgbinding_slot (name) VALUES (%(slot)s) ON CONFLICT (name) DO NOTHING"
 #: Serializes writers of one slot's changes (the pump, a migration draining the slot) and
@@ -68,13 +67,37 @@ CONFIRM_SQL = (
     "UPDATE pgbinding_slot SET confirmed_lsn = greatest(confirmed_lsn, %(lsn)s::pg_lsn),"
     " updated_at = now() WHERE name = %(slot)s"
 )
-#: One statement for a whole round's rows; ids are drawn in the ORDER BY's order.
+#: One statement for a whole round's rows, in commit order (ids are drawn in the ORDER BY's
+#: order), leaving out the transactions written before (end LSN <= confirmed_lsn, which it
+#: locks: writers of one slot's changes take turns).
 INSERT_SQL = (
-    "INSERT INTO pgbinding_change (created_at, table_name, op, pk, old, new)"
-    " SELECT created_at, table_name, op, pk, old, new FROM unnest(%(created_at)s::timestamptz[],"
-    ' %(table_name)s::text[], %(op)s::text[]::"char"[], %(pk)s::text[],'
-    " %(old)s::text[]::jsonb[], %(new)s::text[]::jsonb[]) WITH ORDINALITY"
-    " AS u(created_at, table_name, op, pk, old, new, n) ORDER BY n"
+    "WITH slot AS (SELECT confirmed_lsn FROM pgbinding_slot WHERE name = %(slot)s FOR UPDATE)"
+    " INSERT INTO pgbinding_change (created_at, table_name, op, pk, old, new)"
+    " SELECT u.created_at, u.table_name, u.op, u.pk, u.old, u.new"
+    " FROM unnest(%(created_at)s::timestamptz[], %(table_name)s::text[],"
+    ' %(op)s::text[]::"char"[], %(pk)s::text[], %(old)s::text[]::jsonb[],'
+    " %(new)s::text[]::jsonb[], %(end_lsn)s::text[]::pg_lsn[]) WITH ORDINALITY"
+    " AS u(created_at, table_name, op, pk, old, new, end_lsn, n), slot"
+    " WHERE u.end_lsn > slot.confirmed_lsn ORDER BY u.n"
+)
+#: The pump's write, as one statement (its own transaction: one round trip): committed
+#: durably whatever the session's synchronous_commit; the rows of :data:`INSERT_SQL`, and the
+#: slot's confirmed_lsn moved to %(lsn)s. Returns how many rows it wrote.
+WRITE_SQL = (
+    "WITH durable AS (SELECT set_config('synchronous_commit', 'on', true)),"
+    " slot AS (SELECT s.confirmed_lsn FROM pgbinding_slot s, durable WHERE s.name = %(slot)s"
+    "  FOR UPDATE OF s),"
+    " ins AS (INSERT INTO pgbinding_change (created_at, table_name, op, pk, old, new)"
+    "  SELECT u.created_at, u.table_name, u.op, u.pk, u.old, u.new"
+    "  FROM unnest(%(created_at)s::timestamptz[], %(table_name)s::text[],"
+    '  %(op)s::text[]::"char"[], %(pk)s::text[], %(old)s::text[]::jsonb[],'
+    "  %(new)s::text[]::jsonb[], %(end_lsn)s::text[]::pg_lsn[]) WITH ORDINALITY"
+    "  AS u(created_at, table_name, op, pk, old, new, end_lsn, n), slot"
+    "  WHERE u.end_lsn > slot.confirmed_lsn ORDER BY u.n RETURNING 1),"
+    " upd AS (UPDATE pgbinding_slot SET updated_at = now(),"
+    "  confirmed_lsn = greatest(confirmed_lsn, %(lsn)s::pg_lsn)"
+    "  WHERE name = %(slot)s AND EXISTS (SELECT FROM slot) RETURNING 1)"
+    " SELECT (SELECT count(*) FROM ins)::integer, (SELECT count(*) FROM upd)::integer"
 )
 ADVANCE_SQL = (
     "SELECT pg_replication_slot_advance(slot_name, %(lsn)s::pg_lsn) FROM pg_replication_slots"
@@ -107,6 +130,20 @@ class CaptureError(PgBindingError):
 
 def lsn_text(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def flush_wal_sql(server_version: int) -> str | None:
+    """A statement that flushes the WAL written so far when some is not flushed yet, or None
+    (Postgres < 17). Decoding reads up to the flush position and, when that falls inside a
+    record (the WAL writer flushes whole pages), waits until the rest is flushed: with nobody
+    committing, that can take seconds. A non-transactional message with flush = true flushes
+    it (pgoutput does not send messages)."""
+    if server_version < 170000:
+        return None
+    return (
+        "SELECT pg_logical_emit_message(false, 'pgbinding', '', true)"
+        " WHERE pg_current_wal_insert_lsn() > pg_current_wal_flush_lsn()"
+    )
 
 
 # -- the SQL a migration pins ------------------------------------------------------------------
@@ -242,8 +279,9 @@ def table_state(cursor: Any, table: str, publication: str) -> str:
 
 # -- decoded transactions -> log rows ----------------------------------------------------------
 
-#: (created_at, table_name, op, pk, old, new): one pgbinding_change row (old/new as JSON text).
-LogRow = tuple[datetime.datetime, str, str, str | None, str | None, str | None]
+#: (created_at, table_name, op, pk, old, new, end LSN of its transaction): one
+#: pgbinding_change row (old and new as JSON text).
+LogRow = tuple[datetime.datetime, str, str, str | None, str | None, str | None, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,11 +332,11 @@ class Converter:
     def rows(self, transactions: Iterable[pgoutput.Transaction]) -> list[LogRow]:
         out: list[LogRow] = []
         for tx in transactions:
-            at = tx.begin.commit_time
+            at, end = tx.begin.commit_time, tx.end_lsn
             for change in tx.changes:
                 rel = change.relation
                 if change.op == "T":
-                    out.append((at, rel.name, "T", None, None, None))
+                    out.append((at, rel.name, "T", None, None, None, end))
                     continue
                 info = self.infos[rel.relid]
                 old, new = change.old, change.new
@@ -306,15 +344,16 @@ class Converter:
                     if old == new:
                         continue
                     if info.pk is not None and old.get(info.pk) != new.get(info.pk):
-                        out.append(self._row(at, rel.name, "D", info, old, None))
-                        out.append(self._row(at, rel.name, "I", info, None, new))
+                        out.append(self._row(at, end, rel.name, "D", info, old, None))
+                        out.append(self._row(at, end, rel.name, "I", info, None, new))
                         continue
-                out.append(self._row(at, rel.name, change.op, info, old, new))
+                out.append(self._row(at, end, rel.name, change.op, info, old, new))
         return out
 
     def _row(
         self,
         at: datetime.datetime,
+        end: int,
         table: str,
         op: str,
         info: RelationInfo,
@@ -323,7 +362,7 @@ class Converter:
     ) -> LogRow:
         key_row = new if new is not None else old
         pk = key_row.get(info.pk) if key_row is not None and info.pk is not None else None
-        return (at, table, op, pk, _json(old, info), _json(new, info))
+        return (at, table, op, pk, _json(old, info), _json(new, info), end)
 
 
 def _json(row: dict[str, str | None] | None, info: RelationInfo) -> str | None:
@@ -414,9 +453,11 @@ def parse_array(text: str) -> list[Any]:
     return result
 
 
-def insert_params(rows: Sequence[LogRow]) -> dict[str, list[Any]]:
+def insert_params(slot: str, rows: Sequence[LogRow]) -> dict[str, Any]:
     """Parameters of :data:`INSERT_SQL` for ``rows``."""
     return {
+        "slot": slot,
+        "end_lsn": [lsn_text(r[6]) for r in rows],
         "created_at": [r[0] for r in rows],
         "table_name": [r[1] for r in rows],
         "op": [r[2] for r in rows],

@@ -154,6 +154,8 @@ def drain(cursor: Any, slot: str, publication: str) -> int:
     cursor.execute(logical.ENSURE_ROW_SQL, {"slot": slot})
     cursor.execute(logical.LOCK_SQL, {"slot": slot})
     stored = int(cursor.fetchone()[0])
+    cursor.execute("SELECT current_setting('server_version_num')::integer")
+    flush_wal = logical.flush_wal_sql(int(cursor.fetchone()[0]))
     names = list(logical.SESSION_SETTINGS)
     cursor.execute("SELECT " + ", ".join(f"current_setting('{n}')" for n in names))
     before = dict(zip(names, cursor.fetchone(), strict=True))
@@ -162,8 +164,9 @@ def drain(cursor: Any, slot: str, publication: str) -> int:
     try:
         # This transaction's WAL (its ALTER TABLEs) is not flushed, and decoding waits for the
         # record it is in the middle of: flush it (Postgres >= 17; older ones wait for the WAL
-        # writer). The message is not transactional, and pgoutput does not send messages.
-        cursor.execute(logical.FLUSH_WAL_SQL)
+        # writer).
+        if flush_wal is not None:
+            cursor.execute(flush_wal)
         cursor.execute(logical.FLUSH_SQL)
         upto = int(cursor.fetchone()[0])
         params = {"slot": slot, "upto": logical.lsn_text(upto), "publication": publication}
@@ -178,7 +181,7 @@ def drain(cursor: Any, slot: str, publication: str) -> int:
         converter.learn(relid, cursor.fetchall())
     rows = converter.rows(transactions)
     if rows:
-        cursor.execute(logical.INSERT_SQL, logical.insert_params(rows))
+        cursor.execute(logical.INSERT_SQL, logical.insert_params(slot, rows))
     cursor.execute(logical.CONFIRM_SQL, {"slot": slot, "lsn": logical.lsn_text(upto)})
     if rows:
         logger.info("Wrote %d change(s) left in replication slot %r into the log", len(rows), slot)

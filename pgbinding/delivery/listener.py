@@ -324,6 +324,8 @@ class Listener:
             coalesce(messages), lambda: self.lease.keep(conn), self._delivered.position
         )
         self._delivered = self.log.cursor()
+        if self.pump is not None:
+            await self.pump.sent(conn)  # the slot moves only after sending
         if self._sleeping:
             # After sending, not before: the round trip is not on the way to the clients, and
             # writers NOTIFYing a little longer is harmless.
@@ -360,7 +362,7 @@ class Listener:
     async def _when_dry(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Nothing new to read: linger, then sleep until a writer's NOTIFY (after making sure
         no writer that saw us awake is still running)."""
-        if not self._sleeping:
+        if not self._sleeping and self.pump is None:
             # Dry while awake: poll a little longer before marking ourselves asleep, or a
             # steady trickle of writes would flip the flag (and make writers NOTIFY) for every
             # change.
@@ -373,11 +375,12 @@ class Listener:
         self._last_save = time.monotonic()
         if not self._sleeping:
             await self._set_sleeping(conn, True)
-            # A writer that read "awake" before we flipped the flag will not NOTIFY; it holds
-            # the log's lock until it ends, so wait for every writer of this moment, then read
-            # once more.
-            self._guard = await changelog.watch_writers(conn)
-            return
+            if self.pump is None:  # (logical capture: no NOTIFY to miss, no linger either)
+                # A writer that read "awake" before we flipped the flag will not NOTIFY; it
+                # holds the log's lock until it ends, so wait for every writer of this moment,
+                # then read once more.
+                self._guard = await changelog.watch_writers(conn)
+                return
         if self._guard is not None and self._guard.finished(await changelog.writers(conn)):
             self._guard = None
             return

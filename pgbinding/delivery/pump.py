@@ -13,7 +13,9 @@ listener does, in front of its usual loop. Each :meth:`Pump.round`:
    migration that drained the slot), inserts the rest in commit order with one statement
    (the log ids follow commit order, so these rows open no gaps), and stores ``L`` (or the last
    transaction's end, for a partial peek) as ``confirmed_lsn``;
-4. only then advances the slot to it (``pg_replication_slot_advance``).
+4. only after that transaction committed, and the listener sent what it read, advances the
+   slot to it (``pg_replication_slot_advance``, :meth:`Pump.sent`): not on the way from
+   commit to client (and at least every ``ADVANCE_INTERVAL`` during a long catch-up).
 
 A crash anywhere loses nothing (the slot still holds what was not committed in step 3) and
 writes nothing twice (step 3 skips it). The log reader, positions and ``since``, dispatch and
@@ -43,6 +45,9 @@ logger = logging.getLogger("pgbinding.listener")
 SLOT_CHECK_INTERVAL = 30.0
 #: Seconds between repeats of the same complaint (a missing slot, a slot in use).
 COMPLAINT_INTERVAL = 60.0
+#: The slot is advanced before the listener waits, and at least this often (seconds) while
+#: it is too busy to wait.
+ADVANCE_INTERVAL = 1.0
 
 _WAIT_SQL = (
     "SELECT (pgbinding_wait_wal(%s::pg_lsn, %s::float8, %s::float8) - '0/0'::pg_lsn)::bigint"
@@ -71,6 +76,15 @@ class Pump:
         self.peeks = 0
         self.converter = logical.Converter()
         self._last_change = 0.0
+        #: The slot has been advanced to this LSN (and when).
+        self._advanced = 0
+        self._advanced_at = 0.0
+        #: wait() saw WAL past decoded_upto: the next round peeks without looking first.
+        self._moved = False
+        self._flush_wal: str | None = None
+        self._log_snapshot = False
+        #: This pump's transactions up to this LSN are in the log (pgbinding_slot's value).
+        self._confirmed = 0
         self._last_slot_check = 0.0
         self._complained: dict[str, float] = {}
 
@@ -81,7 +95,17 @@ class Pump:
         exists (creating it, with a warning, when bound tables are published without one)."""
         for statement in logical.pin_settings_sql():
             await conn.execute(statement)
-        self.decoded_upto = 0
+        self.decoded_upto = self._advanced = 0
+        self._moved = True
+        self._flush_wal = logical.flush_wal_sql(conn.info.server_version)
+        self._log_snapshot = conn.info.server_version >= 160000
+        await conn.execute(logical.ENSURE_ROW_SQL, {"slot": self.slot})
+        cur = await conn.execute(
+            "SELECT (confirmed_lsn - '0/0'::pg_lsn)::bigint FROM pgbinding_slot WHERE name = %s",
+            [self.slot],
+        )
+        row = await cur.fetchone()
+        self._confirmed = int(row[0]) if row else 0
         cur = await conn.execute(logical.SLOT_SQL, [self.slot])
         if await cur.fetchone() is not None:
             return
@@ -109,26 +133,20 @@ class Pump:
     async def round(self, conn: psycopg.AsyncConnection[Any]) -> int:
         """Write every change committed since the last round into the log; how many rows."""
         self.rounds += 1
-        cur = await conn.execute(logical.FLUSH_SQL)
-        row = await cur.fetchone()
-        flush, written = (int(row[0]), int(row[1])) if row else (0, 0)
-        if written > flush > self.decoded_upto:
-            # WAL in flight: flush it first, or the peek may wait for the record the flush
-            # position falls into (see logical.FLUSH_WAL_SQL).
-            await conn.execute(logical.FLUSH_WAL_SQL)
-            cur = await conn.execute(logical.FLUSH_SQL)
-            row = await cur.fetchone()
-            flush = int(row[0]) if row else flush
         now = time.monotonic()
         if now - self._last_slot_check >= SLOT_CHECK_INTERVAL:
             self._last_slot_check = now
             await self.check_slot(conn)
-        if flush <= self.decoded_upto:
-            return 0
+        if not self._moved:  # not just woken by wait(): look whether WAL moved first
+            cur = await conn.execute(logical.FLUSH_SQL)
+            row = await cur.fetchone()
+            if row is None or int(row[0]) <= self.decoded_upto:
+                return 0
+        self._moved = False
         total = 0
         while True:
             try:
-                written, upto, complete = await self._step(conn, flush)
+                written, complete = await self._step(conn)
             except errors.ObjectInUse as exc:  # a migration or a command reads the slot now
                 self._complain("in use", "Logical capture: %s; retrying", str(exc).strip())
                 return total
@@ -140,56 +158,101 @@ class Pump:
                     self.slot,
                     str(exc).strip(),
                 )
-                self.decoded_upto = flush
+                cur = await conn.execute(logical.FLUSH_SQL)
+                row = await cur.fetchone()
+                self.decoded_upto = int(row[0]) if row else self.decoded_upto
                 return total
             total += written
-            self.decoded_upto = max(self.decoded_upto, upto)
             if complete:
                 return total
+            try:
+                await self._advance(conn)  # or the next peek returns the same transactions
+            except errors.ObjectInUse:
+                return total
 
-    async def _step(self, conn: psycopg.AsyncConnection[Any], flush: int) -> tuple[int, int, bool]:
-        """One peek, its rows written and the slot advanced: (rows, LSN reached, reached L)."""
-        params = {
-            "slot": self.slot,
-            "upto": logical.lsn_text(flush),
-            "limit": self.peek_limit,
-            "publication": self.publication,
-        }
+    async def _step(self, conn: psycopg.AsyncConnection[Any]) -> tuple[int, bool]:
+        """One peek up to the flush position, its rows written: (rows, reached the position).
+        One round trip to peek and one to write (one statement); the slot is advanced later
+        (:meth:`_advance`), off the way from commit to client."""
+        params = {"slot": self.slot, "limit": self.peek_limit, "publication": self.publication}
         self.peeks += 1
-        cur = await conn.execute(logical.PEEK_SQL, params)
+        async with conn.pipeline():
+            if self._flush_wal is not None:
+                await conn.execute(self._flush_wal)
+            cur = await conn.execute(logical.PEEK_AT_FLUSH_SQL, params)
         data = await cur.fetchall()
-        transactions = pgoutput.Transactions().feed(pgoutput.parse(bytes(r[0])) for r in data)
-        complete = len(data) < self.peek_limit or not transactions
-        upto = flush if complete else transactions[-1].end_lsn
-        rows: list[logical.LogRow] = []
+        flush = int(data[0][0])
+        messages = [pgoutput.parse(bytes(r[1])) for r in data if r[1] is not None]
+        decoded = pgoutput.Transactions().feed(messages)
+        complete = len(messages) < self.peek_limit or not decoded
+        upto = flush if complete else decoded[-1].end_lsn
+        # What this pump wrote already (the slot is advanced after sending): not again.
+        transactions = [t for t in decoded if t.end_lsn > self._confirmed]
+        written = 0
         if transactions:
-            async with conn.transaction():
-                # Durable before the slot moves past it, whatever the session's setting.
-                await conn.execute("SET LOCAL synchronous_commit = on")
+            for relid in self.converter.missing(transactions):
+                cur = await conn.execute(logical.RELATION_SQL, [relid])
+                self.converter.learn(relid, await cur.fetchall())
+            rows = self.converter.rows(transactions)
+            params = {**logical.insert_params(self.slot, rows), "lsn": logical.lsn_text(upto)}
+            cur = await conn.execute(logical.WRITE_SQL, params)
+            result = await cur.fetchone()
+            if result is None or result[1] != 1:  # its row was deleted (drop-slot): again
                 await conn.execute(logical.ENSURE_ROW_SQL, {"slot": self.slot})
-                cur = await conn.execute(logical.LOCK_SQL, {"slot": self.slot})
-                stored_row = await cur.fetchone()
-                stored = int(stored_row[0]) if stored_row else 0
-                new = [t for t in transactions if t.end_lsn > stored]
-                for relid in self.converter.missing(new):
-                    cur = await conn.execute(logical.RELATION_SQL, [relid])
-                    self.converter.learn(relid, await cur.fetchall())
-                rows = self.converter.rows(new)
-                if rows:
-                    await conn.execute(logical.INSERT_SQL, logical.insert_params(rows))
-                if new:
-                    lsn = {"slot": self.slot, "lsn": logical.lsn_text(upto)}
-                    await conn.execute(logical.CONFIRM_SQL, lsn)
-            if rows:
-                self.written += len(rows)
+                cur = await conn.execute(logical.WRITE_SQL, params)
+                result = await cur.fetchone()
+            written = int(result[0]) if result else 0
+            self._confirmed = max(self._confirmed, upto)
+            if written:
+                self.written += written
                 self._last_change = time.monotonic()
-        await conn.execute(logical.ADVANCE_SQL, {"slot": self.slot, "lsn": logical.lsn_text(upto)})
-        return len(rows), upto, complete
+        self.decoded_upto = max(self.decoded_upto, upto)
+        return written, complete
+
+    async def _advance(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Let the slot go of what is in the log (WAL Postgres may then remove).
+
+        Each peek and advance decodes from the slot's restart_lsn, which Postgres moves only
+        to a snapshot of running transactions in the WAL (the background writer logs one every
+        15 s): without more of them every round would read up to 15 s of WAL again. So the
+        pump logs one itself after advancing (pg_log_standby_snapshot, Postgres >= 16, which
+        needs EXECUTE on it), and the next advance moves restart_lsn up to it.
+        """
+        if self.decoded_upto <= self._advanced:
+            return
+        lsn = {"slot": self.slot, "lsn": logical.lsn_text(self.decoded_upto)}
+        await conn.execute(logical.ADVANCE_SQL, lsn)
+        self._advanced, self._advanced_at = self.decoded_upto, time.monotonic()
+        if self._log_snapshot:
+            try:
+                await conn.execute("SELECT pg_log_standby_snapshot()")
+            except errors.InsufficientPrivilege as exc:
+                self._log_snapshot = False
+                logger.warning(
+                    "Logical capture: cannot log running-transaction snapshots (%s), so each "
+                    "round decodes up to 15 s of WAL again; GRANT EXECUTE ON FUNCTION "
+                    "pg_log_standby_snapshot() to the listener's role to avoid it",
+                    str(exc).strip(),
+                )
+
+    async def sent(self, conn: psycopg.AsyncConnection[Any], now: bool = False) -> None:
+        """The listener sent what it read: advance the slot past what is in the log (``now``,
+        or if it was last advanced ADVANCE_INTERVAL ago: an advance costs a decoding pass and
+        a write of the slot's state, and the next peek skips what is written anyway)."""
+        if not now and time.monotonic() - self._advanced_at < ADVANCE_INTERVAL:
+            return
+        try:
+            await self._advance(conn)
+        except (errors.ObjectInUse, errors.UndefinedObject) as exc:
+            self._complain("advance", "Logical capture: cannot advance the slot: %s", exc)
 
     # -- waiting -----------------------------------------------------------------------------
 
     async def wait(self, conn: psycopg.AsyncConnection[Any], seconds: float) -> bool:
-        """Wait up to ``seconds`` for WAL past what was decoded; True if there is some."""
+        """Wait up to ``seconds`` for WAL past what was decoded; True if there is some (the
+        next :meth:`round` then peeks at once). The slot is advanced first if it was not for
+        ADVANCE_INTERVAL (the waits come in slices of at most 0.25 s)."""
+        await self.sent(conn)
         quiet = time.monotonic() - self._last_change >= self.settings.LOGICAL_IDLE_AFTER
         step = (
             self.settings.LOGICAL_IDLE_POLL_INTERVAL
@@ -200,7 +263,8 @@ class Pump:
             _WAIT_SQL, [logical.lsn_text(self.decoded_upto), seconds, max(step, 0.0001)]
         )
         row = await cur.fetchone()
-        return bool(row and int(row[0]) > self.decoded_upto)
+        self._moved = bool(row and int(row[0]) > self.decoded_upto)
+        return self._moved
 
     # -- the slot's health -------------------------------------------------------------------
 

@@ -64,6 +64,7 @@ from pgbinding.delivery.listener import Listener, conninfo_from_django
 from tests.conftest import ListenerHarness, RedisCollector, log_max_id
 from tests.fidelity import bindings
 from tests.fidelity import models as m
+from tests.support.capture import capture_backend
 
 # The rows are written once per module (fixtures below, committed, outside any test's
 # transaction); the mark only makes pytest-django set the test database up.
@@ -1035,23 +1036,28 @@ def _delivered(
     return frames(index.get((stream, action, _canon(_json(pk))), []))
 
 
-@pytest.fixture(scope="module")
-def fidelity_tables(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
-    """Empty fidelity tables with the reference rows, for the module; emptied again after."""
+def _empty_tables(reference_rows: bool = True) -> None:
+    """Empty the fidelity tables, then write the reference rows (with ``reference_rows``)."""
     tables = sql.SQL(", ").join(sql.Identifier(model._meta.db_table) for model in MODELS.values())
-    with django_db_blocker.unblock():
-        with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
-            conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY").format(tables))
+    with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
+        conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY").format(tables))
+    if reference_rows:
         m.Target.objects.bulk_create(
             [m.Target(id=t, name="ref") for t in (REF_TARGET_1, REF_TARGET_2, REF_TARGET_3)]
         )
         m.Code.objects.create(code=REF_CODE, label="ref")
         m.Numbers.objects.create(id=REF_NUMBER)
+
+
+@pytest.fixture(scope="module")
+def fidelity_tables(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """Empty fidelity tables with the reference rows, for the module; emptied again after."""
+    with django_db_blocker.unblock():
+        _empty_tables()
         try:
             yield
         finally:
-            with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
-                conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY").format(tables))
+            _empty_tables(reference_rows=False)
 
 
 @dataclass
@@ -1064,24 +1070,43 @@ class Run:
 def memory_run(fidelity_tables: None, django_db_blocker: Any) -> Iterator[Run]:
     """Every write and lifecycle, delivered by one listener run on the in-memory layer."""
     with django_db_blocker.unblock():
-        errors = ListenerErrors()
-        logging.getLogger("pgbinding").addHandler(errors)
-        harness = ListenerHarness().start()
+        yield from _delivery_run()
+
+
+@pytest.fixture(scope="module")
+def logical_run(fidelity_tables: None, django_db_blocker: Any) -> Iterator[Run]:
+    """The same under the logical capture backend (tests/support/capture.py), on tables
+    emptied first, by a listener of its own name (the trigger run's may still lead)."""
+    with django_db_blocker.unblock():
+        _empty_tables()
+        _templates.clear()
         try:
-            groups = [bindings.group_for(model) for model in MODELS.values()]
-            collector = harness.collect(*groups)
-            outcomes = {w.id: _write(w) for w in WRITES}
-            steps = _lifecycles()
-            harness.sync(timeout=60)
-            index = _events_by(collector.messages)
-            for outcome in [*outcomes.values(), *steps.values()]:
-                if outcome.pk is not None:
-                    outcome.events = _delivered(index, outcome.model, outcome.action, outcome.pk)
-                    outcome.listener_errors = errors.about(outcome.model, outcome.pk)
-            yield Run(outcomes, steps)
+            with capture_backend("logical", conninfo_from_django()):
+                yield from _delivery_run(capture="logical", name="fidelity_logical")
         finally:
-            harness.close()
-            logging.getLogger("pgbinding").removeHandler(errors)
+            _empty_tables()
+
+
+def _delivery_run(**listener_options: Any) -> Iterator[Run]:
+    """Write every case and lifecycle, and deliver them with one listener."""
+    errors = ListenerErrors()
+    logging.getLogger("pgbinding").addHandler(errors)
+    harness = ListenerHarness(**listener_options).start()
+    try:
+        groups = [bindings.group_for(model) for model in MODELS.values()]
+        collector = harness.collect(*groups)
+        outcomes = {w.id: _write(w) for w in WRITES}
+        steps = _lifecycles()
+        harness.sync(timeout=60)
+        index = _events_by(collector.messages)
+        for outcome in [*outcomes.values(), *steps.values()]:
+            if outcome.pk is not None:
+                outcome.events = _delivered(index, outcome.model, outcome.action, outcome.pk)
+                outcome.listener_errors = errors.about(outcome.model, outcome.pk)
+        yield Run(outcomes, steps)
+    finally:
+        harness.close()
+        logging.getLogger("pgbinding").removeHandler(errors)
 
 
 #: The raw-SQL writers' connections, one per session, and the ORM-written rows' pks by case.
@@ -1384,3 +1409,18 @@ def test_redis_listener_survives_a_subscribed_stream(redis_run: RedisRun, model_
     ]
     if any(problems):
         pytest.fail("; ".join(p for p in problems if p), pytrace=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tests: the logical capture backend (in-memory layer), after the others
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("write_id", [w.id for w in WRITES])
+def test_logical_create_event_matches_orm(logical_run: Run, write_id: str) -> None:
+    logical_run.writes[write_id].check()
+
+
+@pytest.mark.parametrize("step", LIFECYCLE_STEPS)
+def test_logical_update_and_delete_events_match_orm(logical_run: Run, step: str) -> None:
+    logical_run.lifecycle[step].check()
