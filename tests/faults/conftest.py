@@ -39,6 +39,7 @@ from django.db import connection
 
 from pgbinding.delivery.listener import conninfo_from_django
 from tests.conftest import subprocess_env
+from tests.support.capture import capture_backend
 from tests.support.processes import (
     Daphne,
     Pglisten,
@@ -250,9 +251,13 @@ class Stack:
     ``manage.py pglisten`` processes, daphne servers and WebSocket clients, all closed (even
     paused or crashed ones) by ``close()``."""
 
-    def __init__(self, tmp_path: Path, layer: str = "core") -> None:
+    def __init__(self, tmp_path: Path, layer: str = "core", capture: str = "trigger") -> None:
         self.dir = tmp_path
         self.layer = layer
+        #: The capture backend (tests/support/capture.py); every pglisten runs with it.
+        self.capture = capture
+        self._backend = capture_backend(capture, conninfo_from_django())
+        self._backend.__enter__()
         self.group = ProcessGroup()
         self.redis = self.group.add(RedisServer(tmp_path))
         self.redis.start()
@@ -270,6 +275,7 @@ class Stack:
         self._closing = threading.Event()
 
     def pglisten(self, name: str, settings: dict[str, Any] | None = None) -> Pglisten:
+        settings = {"CAPTURE": self.capture, **(settings or {})}
         proc = self.group.add(Pglisten(self.env, self.dir, name, settings))
         self.listeners.append(proc)
         return proc
@@ -345,6 +351,7 @@ class Stack:
             self.group.close()
         finally:
             self.dump()
+            self._backend.__exit__(None, None, None)
 
     def dump(self) -> None:
         """Write what each client received (``<name>-frames.jsonl``: time, connection, frame)
@@ -362,8 +369,8 @@ class Stack:
 def make_stack(tmp_path: Path, transactional_db: None) -> Iterator[Callable[..., Stack]]:
     made: list[Stack] = []
 
-    def make(layer: str = "core") -> Stack:
-        stack = Stack(tmp_path, layer)
+    def make(layer: str = "core", capture: str = "trigger") -> Stack:
+        stack = Stack(tmp_path, layer, capture)
         made.append(stack)
         return stack
 

@@ -18,6 +18,7 @@ from tests.faults.conftest import (
     positions,
     settle,
 )
+from tests.support.capture import BACKENDS
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
@@ -28,7 +29,10 @@ STANDBY_RETRY = 0.5
 TAKEOVER_SLACK = 8.0 - LEASE - STANDBY_RETRY
 
 
-def test_stalled_leader_is_replaced_by_the_standby(make_stack: Callable[..., Stack]) -> None:
+@pytest.mark.parametrize("capture", BACKENDS)
+def test_stalled_leader_is_replaced_by_the_standby(
+    make_stack: Callable[..., Stack], capture: str
+) -> None:
     """The active pglisten is SIGSTOPped for 15 s while a standby runs (``LEASE`` 3 s,
     ``STANDBY_RETRY`` 0.5 s) and writers commit throughout; then it gets SIGCONT.
 
@@ -38,7 +42,7 @@ def test_stalled_leader_is_replaced_by_the_standby(make_stack: Callable[..., Sta
     exactly the committed sequence of every row, the group socket no change twice or out of
     order and none lost while it was connected (server closes are listed; commits within GRACE
     s before a close are not required)."""
-    stack = make_stack()
+    stack = make_stack(capture=capture)
     keys = counter_keys(16)
     settings = {"LEASE": LEASE, "STANDBY_RETRY": STANDBY_RETRY}
     group, subscriber = stack.counters(keys, listeners=2, settings=settings)
@@ -81,7 +85,8 @@ def test_stalled_leader_is_replaced_by_the_standby(make_stack: Callable[..., Sta
     report.check()
 
 
-def test_listener_outage_catch_up(make_stack: Callable[..., Stack]) -> None:
+@pytest.mark.parametrize("capture", BACKENDS)
+def test_listener_outage_catch_up(make_stack: Callable[..., Stack], capture: str) -> None:
     """pglisten is stopped (SIGTERM) for 15 s while writers keep committing, 10 % of their
     transactions rolled back, then started again.
 
@@ -90,7 +95,7 @@ def test_listener_outage_catch_up(make_stack: Callable[..., Stack]) -> None:
     resume with ``since`` if its socket were closed) gets exactly the committed sequence of
     every row; the group socket, connected all along unless the server closes it (closes are
     listed), no change twice, out of order or lost while connected."""
-    stack = make_stack()
+    stack = make_stack(capture=capture)
     keys = counter_keys(16)
     group, subscriber = stack.counters(keys)
     writers = stack.write(keys, rollback_share=0.1)

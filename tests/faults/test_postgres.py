@@ -11,11 +11,13 @@ from django.db import connection
 
 from tests import servers
 from tests.faults.conftest import Report, Stack, counter_keys, judge_counters, report_exits, settle
+from tests.support.capture import BACKENDS
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
 
-def test_postgres_immediate_restart(make_stack: Callable[..., Stack]) -> None:
+@pytest.mark.parametrize("capture", BACKENDS)
+def test_postgres_immediate_restart(make_stack: Callable[..., Stack], capture: str) -> None:
     """The embedded Postgres is restarted with ``mode="immediate"`` while writers commit (with
     ``synchronous_commit = on``, so a commit Postgres reported survives). Writers reconnect
     and carry on; a commit whose outcome is unknown (the connection died during COMMIT) is
@@ -28,7 +30,7 @@ def test_postgres_immediate_restart(make_stack: Callable[..., Stack]) -> None:
     server = servers.postgres_server()
     if server is None:
         pytest.skip("needs the embedded Postgres (PGBINDING_TEST_DATABASE_URL is set)")
-    stack = make_stack()
+    stack = make_stack(capture=capture)
     keys = counter_keys(16)
     group, subscriber = stack.counters(keys)
     stack.supervise()

@@ -9,12 +9,16 @@ from collections.abc import Callable
 import pytest
 
 from tests.faults.conftest import Report, Stack, counter_keys, judge_counters, report_exits, settle
+from tests.support.capture import BACKENDS
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
 
 @pytest.mark.parametrize("layer", ["core", "pubsub"])
-def test_redis_killed_and_restarted(make_stack: Callable[..., Stack], layer: str) -> None:
+@pytest.mark.parametrize("capture", BACKENDS)
+def test_redis_killed_and_restarted(
+    make_stack: Callable[..., Stack], capture: str, layer: str
+) -> None:
     """Redis is SIGKILLed and, 2.5 s later, started again (empty: nothing is persisted) on the
     same port, with two pglisten processes (active and standby) and writers running throughout.
 
@@ -24,7 +28,7 @@ def test_redis_killed_and_restarted(make_stack: Callable[..., Stack], layer: str
     of every row; the group socket gets no change twice or out of order and loses none committed
     while it was connected (commits within GRACE s before a server close are not required; the
     socket's closes are listed in the failure message)."""
-    stack = make_stack(layer)
+    stack = make_stack(layer, capture=capture)
     keys = counter_keys(16)
     group, subscriber = stack.counters(keys, listeners=2)
     stack.supervise()
@@ -46,11 +50,12 @@ def test_redis_killed_and_restarted(make_stack: Callable[..., Stack], layer: str
     report.check()
 
 
-def test_redis_paused(make_stack: Callable[..., Stack]) -> None:
+@pytest.mark.parametrize("capture", BACKENDS)
+def test_redis_paused(make_stack: Callable[..., Stack], capture: str) -> None:
     """Redis is frozen with SIGSTOP for 10 s, then SIGCONT, writers running throughout (one
     pglisten). Connections stay open while it is frozen; nothing may be lost, duplicated or
     reordered (same judgement as the kill test), and pglisten must not exit."""
-    stack = make_stack()
+    stack = make_stack(capture=capture)
     keys = counter_keys(16)
     group, subscriber = stack.counters(keys)
     stack.supervise()
