@@ -38,3 +38,14 @@ def test_channel_layers_avoid_the_known_pitfalls() -> None:
     redis = channel_layers("redis://r:6379/0")["default"]
     assert redis["CONFIG"]["hosts"] == [{"address": "redis://r:6379/0", "socket_timeout": None}]
     assert redis["CONFIG"]["capacity"] >= 100_000
+
+
+def test_capture_backend_and_slot_names_are_checked() -> None:
+    assert Settings().CAPTURE == "trigger"
+    assert Settings.load({"CAPTURE": "logical", "SLOT_NAME": "app_1"}).SLOT_NAME == "app_1"
+    with pytest.raises(ImproperlyConfigured, match=r"'CAPTURE'\] is 'wal'; expected 'trigger'"):
+        Settings.load({"CAPTURE": "wal"})
+    with pytest.raises(ImproperlyConfigured, match=r"'SLOT_NAME'\] is 'My-Slot'; expected lower"):
+        Settings.load({"SLOT_NAME": "My-Slot"})
+    with pytest.raises(ImproperlyConfigured, match=r"'PUBLICATION_NAME'\] is 'x y'"):
+        Settings.load({"PUBLICATION_NAME": "x y"})

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from pgbinding.capture import logical, pgoutput
+from pgbinding.exceptions import InvalidIdentifier
 from tests.unit.test_pgoutput import BODY, transactions
 
 #: RELATION_SQL's answer for the fixture's tables: name, type, is array, element, in the pk.
@@ -118,3 +119,21 @@ def test_an_update_that_changes_nothing_is_not_logged() -> None:
 )
 def test_one_value(text: str, kind: str, expected: Any) -> None:
     assert json.loads(logical._value(text, kind)) == expected
+
+
+def test_capture_sql_quotes_names_and_keeps_each_statement_whole() -> None:
+    forward, reverse = logical.capture_sql("MyTable", "pub")
+    assert forward[0] == 'ALTER TABLE "MyTable" REPLICA IDENTITY FULL;'
+    assert len(forward) == 2 and forward[1].startswith("DO $do$") and forward[1].endswith("$do$;")
+    assert "pubname = 'pub'" in forward[1] and "quote_ident('MyTable')" in forward[1]
+    assert "publish_generated_columns = stored" in forward[1]
+    assert len(reverse) == 2 and reverse[1] == 'ALTER TABLE "MyTable" REPLICA IDENTITY DEFAULT;'
+    with pytest.raises(InvalidIdentifier):
+        logical.capture_sql('x"; DROP TABLE y; --', "pub")
+    with pytest.raises(InvalidIdentifier):
+        logical.capture_sql("t", "p'ub")
+
+
+def test_lsn_text_is_postgres_notation() -> None:
+    assert logical.lsn_text(0) == "0/0"
+    assert logical.lsn_text((0x1A << 32) | 0x2B3C) == "1A/2B3C"
