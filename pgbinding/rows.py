@@ -306,7 +306,16 @@ class _Column:
     """How one field of one table is read from the log: its column type, and the converters
     the ORM applies (looked up once per table and catalog state, not once per value)."""
 
-    __slots__ = ("attname", "column", "converters", "ctype", "expression", "field", "table")
+    __slots__ = (
+        "attname",
+        "column",
+        "converters",
+        "ctype",
+        "expression",
+        "field",
+        "same_as_logged",
+        "table",
+    )
 
     def __init__(
         self, field: Field[Any, Any], ctype: ColumnType | None, table: str, connection: Any
@@ -318,21 +327,27 @@ class _Column:
         self.table = table
         self.expression = field.get_col(table)
         self.converters = field.get_db_converters(connection)
+        #: The Python type in which the logged JSON already holds exactly what psycopg would
+        #: load (integers, text, booleans): such values skip the loader.
+        self.same_as_logged = _SAME_AS_LOGGED.get(ctype.name) if ctype is not None else None
 
     def value(self, raw: Any, connection: Any) -> Any:
         if raw is None:
             return None
-        if self.ctype is None:
+        if type(raw) is self.same_as_logged:
+            value = raw
+        elif self.ctype is None:
             # Not a column of the table now (dropped or renamed since): best effort.
             return _fallback_python(self.field, raw)
-        problems: list[str] = []
-        try:
-            value = load_value(self.ctype, raw, problems)
-        except Unrepresentable as exc:
-            _warn_once(self.table, self.column, raw, str(exc))
-            return exc.fallback
-        if problems:
-            _warn_once(self.table, self.column, raw, problems[0])
+        else:
+            problems: list[str] = []
+            try:
+                value = load_value(self.ctype, raw, problems)
+            except Unrepresentable as exc:
+                _warn_once(self.table, self.column, raw, str(exc))
+                return exc.fallback
+            if problems:
+                _warn_once(self.table, self.column, raw, problems[0])
         try:
             for converter in self.converters:
                 value = converter(value, self.expression, connection)
@@ -341,6 +356,18 @@ class _Column:
             return plain_json(raw)
         return value
 
+
+#: Column types whose logged (``to_jsonb``) value, when of this Python type, is the value
+#: psycopg loads from the column's text output.
+_SAME_AS_LOGGED: dict[str, type] = {
+    "int2": int,
+    "int4": int,
+    "int8": int,
+    "text": str,
+    "varchar": str,
+    "bpchar": str,
+    "bool": bool,
+}
 
 #: (model, table) -> (the catalog types it was built with, its columns).
 _plans: dict[tuple[type[models.Model], str], tuple[Any, list[_Column]]] = {}
