@@ -27,7 +27,7 @@ from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.state import ProjectState
 from psycopg import errors
 
-from . import logical, pgoutput
+from . import logical, logrows, pgoutput
 from .operations import STATE_KEY, _execute, _Toggle
 
 logger = logging.getLogger("pgbinding.capture")
@@ -175,13 +175,13 @@ def drain(cursor: Any, slot: str, publication: str) -> int:
         for name, value in before.items():
             cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
     transactions = [t for t in pgoutput.Transactions().feed(messages) if t.end_lsn > stored]
-    converter = logical.Converter()
+    converter = logrows.Converter()
     for relid in converter.missing(transactions):
         cursor.execute(logical.RELATION_SQL, [relid])
         converter.learn(relid, cursor.fetchall())
     rows = converter.rows(transactions)
     if rows:
-        cursor.execute(logical.INSERT_SQL, logical.insert_params(slot, rows))
+        cursor.execute(logical.INSERT_SQL, logrows.insert_params(slot, rows))
     cursor.execute(logical.CONFIRM_SQL, {"slot": slot, "lsn": logical.lsn_text(upto)})
     if rows:
         logger.info("Wrote %d change(s) left in replication slot %r into the log", len(rows), slot)

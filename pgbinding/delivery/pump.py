@@ -7,7 +7,7 @@ listener does, in front of its usual loop. Each :meth:`Pump.round`:
 2. peeks the slot's committed transactions before ``L``
    (``pg_logical_slot_peek_binary_changes``, protocol 1, the publication of the bound
    tables), decodes them (:mod:`pgbinding.capture.pgoutput`) and turns them into log rows
-   (:class:`pgbinding.capture.logical.Converter`);
+   (:class:`pgbinding.capture.logrows.Converter`);
 3. in one transaction, committed durably: locks the slot's row in ``pgbinding_slot``, skips
    the transactions it has already written (end LSN <= its ``confirmed_lsn``: a restart, or a
    migration that drained the slot), inserts the rest in commit order with one statement
@@ -36,7 +36,7 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
-from ..capture import logical, pgoutput
+from ..capture import logical, logrows, pgoutput
 from ..conf import Settings
 
 logger = logging.getLogger("pgbinding.listener")
@@ -74,7 +74,7 @@ class Pump:
         self.written = 0
         self.rounds = 0
         self.peeks = 0
-        self.converter = logical.Converter()
+        self.converter = logrows.Converter()
         self._last_change = 0.0
         #: The slot has been advanced to this LSN (and when).
         self._advanced = 0
@@ -194,7 +194,7 @@ class Pump:
                 cur = await conn.execute(logical.RELATION_SQL, [relid])
                 self.converter.learn(relid, await cur.fetchall())
             rows = self.converter.rows(transactions)
-            params = {**logical.insert_params(self.slot, rows), "lsn": logical.lsn_text(upto)}
+            params = {**logrows.insert_params(self.slot, rows), "lsn": logical.lsn_text(upto)}
             cur = await conn.execute(logical.WRITE_SQL, params)
             result = await cur.fetchone()
             if result is None or result[1] != 1:  # its row was deleted (drop-slot): again

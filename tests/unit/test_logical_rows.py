@@ -1,5 +1,5 @@
 """Decoded transactions become the rows the trigger backend would have logged
-(pgbinding.capture.logical.Converter), from the captured pgoutput fixture."""
+(pgbinding.capture.logrows.Converter), from the captured pgoutput fixture."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pgbinding.capture import logical, pgoutput
+from pgbinding.capture import logical, logrows, pgoutput
 from pgbinding.exceptions import InvalidIdentifier
 from tests.unit.test_pgoutput import BODY, transactions
 
@@ -28,9 +28,9 @@ COLUMNS: dict[str, list[tuple[str, str, bool, str, bool]]] = {
 }
 
 
-def converted() -> list[logical.LogRow]:
+def converted() -> list[logrows.LogRow]:
     txs = transactions()
-    converter = logical.Converter()
+    converter = logrows.Converter()
     relations = {c.relation.relid: c.relation.name for tx in txs for c in tx.changes}
     assert converter.missing(txs) == set(relations)
     for relid, name in relations.items():
@@ -89,7 +89,7 @@ def test_an_update_that_changes_nothing_is_not_logged() -> None:
     assert change.old is not None
     same = pgoutput.RowChange("U", change.relation, change.old, dict(change.old))
     txs[0].changes = [same]
-    converter = logical.Converter()
+    converter = logrows.Converter()
     converter.learn(change.relation.relid, COLUMNS["cap_item"])
     assert converter.rows(txs) == []
 
@@ -118,7 +118,7 @@ def test_an_update_that_changes_nothing_is_not_logged() -> None:
     ],
 )
 def test_one_value(text: str, kind: str, expected: Any) -> None:
-    assert json.loads(logical._value(text, kind)) == expected
+    assert json.loads(logrows._value(text, kind)) == expected
 
 
 def test_capture_sql_quotes_names_and_keeps_each_statement_whole() -> None:
