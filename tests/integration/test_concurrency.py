@@ -77,7 +77,11 @@ def test_concurrent_writers_with_rollbacks_exactly_once(
     expected = sum(sum(c) for c in committed)
     events = counters.payloads("counters")
     positions = [e["position"] for e in events]
-    assert len(positions) == len(set(positions)), "a change was delivered twice"
+    repeated = sorted({p for p in positions if positions.count(p) > 1}, key=int)
+    assert not repeated, (
+        f"changes delivered twice: {repeated[:10]} (takeovers {listener.listener.takeovers},"
+        f" failed sends {listener.listener.sender.failures})"
+    )
     assert len(events) == expected, f"delivered {len(events)} of {expected} committed changes"
 
     # Replaying the events in delivery order rebuilds the table exactly.
