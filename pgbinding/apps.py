@@ -17,7 +17,7 @@ class PgBindingConfig(AppConfig):
 
     def ready(self) -> None:
         from .bindings import check_all
-        from .capture.operations import install
+        from .capture.autodetect import install
         from .conf import pgbinding_settings
         from .registry import registry
 

@@ -39,41 +39,18 @@ from ..positions import Cursor
 from ..threads import in_thread
 from . import changelog
 from .changelog import LostLead
+from .connection import DISCONNECTS, connect, conninfo_from_django
 from .dispatch import Dispatcher, coalesce
 from .lease import Lease
+from .progress import Progress, ensure_logging
+from .pruner import Pruner
 from .pump import Pump
 from .retry import Backoff
 from .sender import Sender, Stopping
 
 logger = logging.getLogger("pgbinding.listener")
 
-_DISCONNECTS = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
-#: How often the pruner repeats its warning about one stale listener name (seconds).
-STALE_LOG_INTERVAL = 3600.0
-
-
-def ensure_logging(level: int = logging.INFO) -> None:
-    """With no handler for pgbinding's logger (nor on the root logger), add a plain stream
-    handler, so the listener always says what it does."""
-    ours = logging.getLogger("pgbinding")
-    if ours.handlers or logging.getLogger().handlers:
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    ours.addHandler(handler)
-    if ours.level == logging.NOTSET or level < ours.level:
-        ours.setLevel(level)
-
-
-def conninfo_from_django(alias: str = "default") -> str:
-    """A libpq connection string for Django database ``alias``."""
-    from django.db import connections
-
-    params = connections[alias].get_connection_params()
-    for key in ("cursor_factory", "context", "prepare_threshold", "pool", "server_side_binding"):
-        params.pop(key, None)
-    clean: dict[str, Any] = {k: v for k, v in params.items() if isinstance(v, str | int)}
-    return psycopg.conninfo.make_conninfo("", **clean)
+__all__ = ["Listener", "conninfo_from_django", "ensure_logging"]
 
 
 class Listener:
@@ -102,6 +79,7 @@ class Listener:
         self.dispatcher = dispatcher
         self.name = self.settings.LISTENER_NAME
         self.log = changelog.ChangeLog(self.name, self.settings.BATCH_SIZE)
+        self.progress = Progress(self.log, self.settings.LAG_LOG_INTERVAL)
         #: This listener's id as a leader (stored in pgbinding_listener.leader).
         self.id = f"{self.name}:{uuid.uuid4().hex[:12]}"
         self.lease = Lease(self.name, self.id, self.settings.LEASE)
@@ -146,10 +124,7 @@ class Listener:
         return cls(conninfo_from_django(s.DATABASE), Dispatcher(layer), s, **overrides)
 
     async def _connect(self, role: str) -> psycopg.AsyncConnection[Any]:
-        """An autocommit connection, named for pg_stat_activity (``pgbinding listener NAME``)."""
-        return await psycopg.AsyncConnection.connect(
-            self.conninfo, autocommit=True, application_name=f"pgbinding {role} {self.name}"[:63]
-        )
+        return await connect(self.conninfo, role, self.name)
 
     def _in_process_layer(self) -> bool:
         from channels.layers import InMemoryChannelLayer
@@ -182,7 +157,7 @@ class Listener:
                     )
                     backoff.reset()
                     await self._lead_and_serve(conn)
-            except _DISCONNECTS as exc:
+            except DISCONNECTS as exc:
                 self.active.clear()
                 self.idle.clear()
                 metrics.listener_leading.set(0)
@@ -279,9 +254,9 @@ class Listener:
         )
         await self._set_sleeping(conn, False)
         self.active.set()
-        pruner = (
-            asyncio.create_task(self._prune_loop()) if self.settings.PRUNE_INTERVAL > 0 else None
-        )
+        pruner = None
+        if self.settings.PRUNE_INTERVAL > 0:
+            pruner = asyncio.create_task(Pruner(self.settings, self._pruner_connection).run())
         try:
             try:
                 await self._loop(conn)
@@ -296,9 +271,8 @@ class Listener:
                 pruner.cancel()
 
     async def _loop(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self._caught_up = False
-        self._count = 0
-        self._last_lag_log = self._last_save = self._last_gap_check = time.monotonic()
+        self.progress.restart()
+        self._last_save = self._last_gap_check = time.monotonic()
         self._gap_wait = self.settings.GAP_POLL_INTERVAL
         self._dry_since: float | None = None
         while not self.stopping:
@@ -334,26 +308,14 @@ class Listener:
         metrics.listener_delivered.inc(len(changes))
 
     async def _after_delivery(self, conn: psycopg.AsyncConnection[Any], count: int) -> None:
-        self._count += count
-        self._caught_up, self._gap_wait = False, self.settings.GAP_POLL_INTERVAL
+        self._gap_wait = self.settings.GAP_POLL_INTERVAL
         now = time.monotonic()
         if now - self._last_save >= self.settings.SAVE_INTERVAL:
             # Not after every batch: under a steady trickle each batch holds one or two
             # changes, and a save per batch was most of the listener's cost.
             await self._save(conn)
             self._last_save = now
-        if now - self._last_lag_log >= self.settings.LAG_LOG_INTERVAL:
-            behind, age = await self.log.behind(conn)
-            metrics.listener_lag_changes.set(behind)
-            metrics.listener_lag_seconds.set(age)
-            logger.info(
-                "Delivered %d change(s) in the last %.0f s; %d behind (oldest %.1f s)",
-                self._count,
-                now - self._last_lag_log,
-                behind,
-                age,
-            )
-            self._count, self._last_lag_log = 0, now
+        await self.progress.delivered(conn, count)
         if count < self.log.batch_size and self.settings.READ_PAUSE > 0:
             # A short batch: the log is nearly drained. Let a few more commits land so the
             # next round trip carries several changes, not one.
@@ -392,15 +354,7 @@ class Listener:
             self._gap_wait = min(self._gap_wait * 2, 0.5)
             return
         self._gap_wait = self.settings.GAP_POLL_INTERVAL
-        if not self._caught_up:
-            metrics.listener_lag_changes.set(0)
-            metrics.listener_lag_seconds.set(0)
-            logger.info(
-                "Caught up at position %d (%d delivered since start); waiting for changes",
-                self.log.position,
-                self.delivered,
-            )
-            self._caught_up, self._count, self._last_lag_log = True, 0, time.monotonic()
+        self.progress.idle(self.delivered)
         self.idle.set()
         await self._wait_notify(conn, self.settings.KEEPALIVE)
 
@@ -450,38 +404,5 @@ class Listener:
         except TimeoutError:
             pass
 
-    async def _prune_loop(self) -> None:
-        warned: dict[str, float] = {}
-        while True:
-            await asyncio.sleep(self.settings.PRUNE_INTERVAL)
-            try:
-                async with await self._connect("pruner") as conn:
-                    for name, position, age in await changelog.stale_listeners(
-                        conn, self.settings.STALE_LISTENER_AFTER
-                    ):
-                        if time.monotonic() - warned.get(name, -STALE_LOG_INTERVAL) < (
-                            STALE_LOG_INTERVAL
-                        ):
-                            continue
-                        warned[name] = time.monotonic()
-                        logger.warning(
-                            "Listener name %r has not run for %.0f s (stale after "
-                            "STALE_LISTENER_AFTER = %.0f s): pruning no longer waits for its "
-                            "position %d. Remove its row from pgbinding_listener if it is gone "
-                            "for good.",
-                            name,
-                            age,
-                            self.settings.STALE_LISTENER_AFTER,
-                            position,
-                        )
-                    removed = await changelog.prune(
-                        conn, self.settings.RETENTION, self.settings.STALE_LISTENER_AFTER
-                    )
-                if removed:
-                    logger.info(
-                        "Pruned %d change(s) older than %.0f s from the log",
-                        removed,
-                        self.settings.RETENTION,
-                    )
-            except _DISCONNECTS as exc:
-                logger.warning("Could not prune the change log: %s", exc)
+    async def _pruner_connection(self) -> psycopg.AsyncConnection[Any]:
+        return await self._connect("pruner")

@@ -25,8 +25,8 @@ from pytest_django.fixtures import Settings as SettingsFixture
 
 from pgbinding import status
 from pgbinding.capture import logical
+from pgbinding.capture.autodetect import MigrationAutodetector
 from pgbinding.capture.logical_ops import create_slots
-from pgbinding.capture.operations import MigrationAutodetector
 from tests.conftest import ListenerHarness
 from tests.support.capture import PUBLICATION, SLOT, capture_backend, require_logical
 from tests.testapp.models import Counter, Item

@@ -195,7 +195,7 @@ def test_the_extended_autodetector_passes_djangos_checks() -> None:
     override the commands); Django's checks want one class for both."""
     from django.core.management.commands import makemigrations, migrate
 
-    from pgbinding.capture.operations import AutodetectorMixin
+    from pgbinding.capture.autodetect import AutodetectorMixin
 
     assert makemigrations.Command.autodetector is migrate.Command.autodetector
     assert issubclass(makemigrations.Command.autodetector, AutodetectorMixin)
