@@ -34,6 +34,9 @@ logger = logging.getLogger("pgbinding.capture")
 
 
 class _LogicalCapture(_Toggle):
+    noun = "logical capture"
+    name_prefix = "pgbinding_logical"
+
     def __init__(
         self,
         model: str,
@@ -103,25 +106,11 @@ class InstallLogicalCapture(_LogicalCapture):
 
     installs = True
 
-    def describe(self) -> str:
-        return f"Install pgbinding logical capture ({self.version}) on {self.model}"
-
-    @property
-    def migration_name_fragment(self) -> str:
-        return f"pgbinding_logical_{self.model.replace('.', '_')}"
-
 
 class RemoveLogicalCapture(_LogicalCapture):
     """Stop capturing one model's table by logical decoding (draining the slot first)."""
 
     installs = False
-
-    def describe(self) -> str:
-        return f"Remove pgbinding logical capture ({self.version}) from {self.model}"
-
-    @property
-    def migration_name_fragment(self) -> str:
-        return f"remove_pgbinding_logical_{self.model.replace('.', '_')}"
 
 
 for _op in (InstallLogicalCapture, RemoveLogicalCapture):

@@ -97,6 +97,18 @@ class _Toggle(_TriggerOperation):
     forwards."""
 
     installs: bool
+    #: What describe() calls this capture, and how migration names start.
+    noun = "capture trigger"
+    name_prefix = "pgbinding"
+
+    def describe(self) -> str:
+        verb, where = ("Install", "on") if self.installs else ("Remove", "from")
+        return f"{verb} pgbinding {self.noun} ({self.version}) {where} {self.model}"
+
+    @property
+    def migration_name_fragment(self) -> str:
+        name = f"{self.name_prefix}_{self.model.replace('.', '_')}"
+        return name if self.installs else f"remove_{name}"
 
     def state_forwards(self, app_label: str, state: ProjectState) -> None:
         self._record(state, app_label, installed=self.installs)
@@ -127,25 +139,11 @@ class InstallBindingTrigger(_Toggle):
 
     installs = True
 
-    def describe(self) -> str:
-        return f"Install pgbinding capture trigger ({self.version}) on {self.model}"
-
-    @property
-    def migration_name_fragment(self) -> str:
-        return f"pgbinding_{self.model.replace('.', '_')}"
-
 
 class RemoveBindingTrigger(_Toggle):
     """Remove pgbinding's capture triggers from one model's table (its last binding is gone)."""
 
     installs = False
-
-    def describe(self) -> str:
-        return f"Remove pgbinding capture trigger ({self.version}) from {self.model}"
-
-    @property
-    def migration_name_fragment(self) -> str:
-        return f"remove_pgbinding_{self.model.replace('.', '_')}"
 
 
 class RewriteCapturedChanges(Operation):
