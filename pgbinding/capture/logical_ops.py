@@ -61,26 +61,6 @@ class _LogicalCapture(_Toggle):
         if installed and options is not None and STATE_KEY in options.options:
             options.options[STATE_KEY].update(publication=self.publication, slot=self.slot)
 
-    def database_forwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        if self._allowed(schema_editor, app_label):
-            self._apply(schema_editor, install=self.installs)
-
-    def database_backwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        if self._allowed(schema_editor, app_label):
-            self._apply(schema_editor, install=not self.installs)
-
     def _apply(self, schema_editor: BaseDatabaseSchemaEditor, install: bool) -> None:
         if schema_editor.collect_sql:  # sqlmigrate: show the pinned SQL only
             _execute(schema_editor, self.sql if install else self.reverse_sql)

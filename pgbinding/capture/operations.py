@@ -121,7 +121,7 @@ class _Toggle(_TriggerOperation):
         to_state: ProjectState,
     ) -> None:
         if self._allowed(schema_editor, app_label):
-            _execute(schema_editor, self.sql if self.installs else self.reverse_sql)
+            self._apply(schema_editor, install=self.installs)
 
     def database_backwards(
         self,
@@ -131,7 +131,11 @@ class _Toggle(_TriggerOperation):
         to_state: ProjectState,
     ) -> None:
         if self._allowed(schema_editor, app_label):
-            _execute(schema_editor, self.reverse_sql if self.installs else self.sql)
+            self._apply(schema_editor, install=not self.installs)
+
+    def _apply(self, schema_editor: BaseDatabaseSchemaEditor, install: bool) -> None:
+        """Install the capture (``sql``) or remove it (``reverse_sql``)."""
+        _execute(schema_editor, self.sql if install else self.reverse_sql)
 
 
 class InstallBindingTrigger(_Toggle):
