@@ -758,3 +758,13 @@ def report_exits(report: Report, stack: Stack) -> None:
     exits = Tally(exit_summary(p).split(" ", 1)[1] for p in stack.listeners if not p.running)
     for text, count in exits.items():
         report.problem(f"pglisten {text}" + (f" ({count} processes)" if count > 1 else ""))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fault suite is the longest part of the whole suite (several minutes on 2 cores):
+    marked ``slow`` so a developer can leave it out locally (``scripts/test -m "not slow"``);
+    ``scripts/test`` with no arguments, and so CI, runs it."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.path).parents:
+            item.add_marker(pytest.mark.slow)
