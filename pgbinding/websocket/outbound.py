@@ -88,6 +88,10 @@ logger = logging.getLogger("pgbinding.outbound")
 CLOSE_TOO_SLOW: Final = 4008
 #: Reason sent with :data:`CLOSE_TOO_SLOW` (servers that support close reasons pass it on).
 CLOSE_TOO_SLOW_REASON: Final = "too slow: outbound queue full; resume with since"
+#: A task that sends many frames in a row (a replay, the writer draining a long queue) gives the
+#: event loop back after this many: under daphne handing a frame to ``send`` never waits, so
+#: 10,000 frames in one go held every other socket of the process for their whole duration.
+FRAMES_PER_TURN = 32
 #: Proposed default of ``PGBINDING["MAX_OUTBOUND_BYTES"]``.
 DEFAULT_MAX_OUTBOUND_BYTES: Final = 4 * 1024 * 1024
 
@@ -358,9 +362,14 @@ class OutboundQueue:
         self._wake.set()
 
     async def _run(self) -> None:
+        sent = 0
         try:
             while not self._stopped:
                 if self._frames and not self._paused and not self._inline:
+                    sent += 1
+                    if sent % FRAMES_PER_TURN == 0:
+                        await asyncio.sleep(0)  # let other sockets' tasks run
+                        continue
                     text, size = self._frames.popleft()
                     self._queued -= size
                     self._inflight, self._sending = size, True

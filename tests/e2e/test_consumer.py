@@ -528,3 +528,42 @@ async def test_one_statement_of_many_rows_arrives_whole_and_in_order(live: Live)
 
     check(await grouped.events(), "itemvalues")
     check(await subscriber.events(), "items")
+
+
+async def test_a_long_replay_gives_the_event_loop_back_between_frames(live: Live) -> None:
+    """A replay sends its frames a few at a time, letting the server's other tasks (other
+    sockets' requests, other replays) run in between: with one loop per server process, a
+    10,000-change replay sent in one go held every other socket of that process for its
+    whole duration."""
+    import asyncio
+
+    count = 600
+    staff = await make_user("staff", staff=True)
+    await make_item(name="first")
+    await live.settle()
+    socket = await live.connect("/all/", user=staff)
+    position = (await socket.request("items", "subscribe"))["data"]["position"]
+    await socket.c.disconnect()
+    live.sockets.remove(socket.c)
+    await sync_to_async(Item.objects.bulk_create)([Item(name=f"r{n}") for n in range(count)])
+    await live.settle()
+
+    again = await live.connect("/all/", user=staff)
+    queue = again.c.output_queue
+    seen: list[int] = []
+    arrived = asyncio.Event()
+
+    async def another_task() -> None:
+        while queue.qsize() < count + 1:  # the replayed events, then the reply
+            seen.append(queue.qsize())
+            await asyncio.sleep(0)
+        arrived.set()
+
+    other = asyncio.create_task(another_task())
+    subscribe = {"action": "subscribe", "request_id": "s", "since": position}
+    await again.send({"stream": "items", "payload": subscribe})
+    await asyncio.wait_for(arrived.wait(), 30)
+    await other
+    frames = [json.loads(m["text"]) for m in [queue.get_nowait() for _ in range(queue.qsize())]]
+    assert frames[-1]["payload"]["data"]["replayed"] == count
+    assert any(0 < n < count for n in seen), "no other task ran while the replay was sent"

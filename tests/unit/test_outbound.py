@@ -59,7 +59,9 @@ class CountingEvent(asyncio.Event):
 
 
 async def settle() -> None:
-    for _ in range(5):
+    """Let the writer task run until it has nothing left to do (it gives the loop back every
+    FRAMES_PER_TURN frames)."""
+    for _ in range(500):
         await asyncio.sleep(0)
 
 
