@@ -32,6 +32,11 @@ class Collector:
         with self._lock:
             return [m["payload"] for m in self.messages if stream is None or m["stream"] == stream]
 
+    def ids(self, stream: str | None = None) -> list[int]:
+        """The log id of each event (every group event carries one)."""
+        with self._lock:
+            return [m["id"] for m in self.messages if stream is None or m["stream"] == stream]
+
     def actions(self, stream: str | None = None) -> list[tuple[str, Any]]:
         return [(p["action"], p.get("pk")) for p in self.payloads(stream)]
 
