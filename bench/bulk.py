@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from . import common, live, throughput
+from . import common, live, module, throughput
 from .experiment import EXPERIMENTS, install_experiment
 
 LIVE_DB = "pgbinding_bench_live"
@@ -54,14 +52,9 @@ TARGET_RATIO = 1.5  # the issue's target for the statement with capture, at 100,
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.bulk",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--rows", default="10000,100000", help="table sizes (10000,100000)")
-    p.add_argument("--repeat", type=int, default=5, help="statements per variant (5)")
-    p.add_argument("--dsn", help="benchmark this database instead of a private server")
+    p = module.Parser("bulk", __doc__, quick="1 statement per variant and size", runs=None)
+    p.add_list("--rows", "row_list", "10000,100000", "table sizes (10000,100000)", item=int)
+    p.add_argument("--repeat", type=int, default=5, help="statements per variant (5; --quick 1)")
     p.add_argument(
         "--experiment",
         action="append",
@@ -77,30 +70,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="wait (up to 20 s) before each statement until the machine uses "
         "less than this many cores (0.4); 0 disables",
     )
-    p.add_argument(
+    p.add_list(
         "--layers",
-        default="memory",
-        help="channel layers of the live delivery part (memory; also: redis); '' skips it",
+        "layer_list",
+        "memory",
+        "channel layers of the live delivery part (memory; also: redis); '' skips it",
+        choices=live.LAYERS,
     )
-    p.add_argument("--live-rows", help="table sizes of the live part (default: --rows)")
-    p.add_argument("--live-repeat", type=int, default=3, help="statements per live size (3)")
+    p.add_list(
+        "--live-rows",
+        "live_row_list",
+        None,
+        "table sizes of the live part (default: --rows; --quick 10000,100000)",
+        item=int,
+    )
     p.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke check: 1 statement per variant and size",
+        "--live-repeat", type=int, default=3, help="statements per live size (3; --quick 1)"
     )
-    p.add_argument("--json", type=Path, help="also write all measurements to this file")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.repeat = 1
-        args.live_repeat = 1
-        args.live_rows = args.live_rows or "10000,100000"
-    args.row_list = [int(r) for r in args.rows.split(",")]
-    args.live_row_list = [int(r) for r in (args.live_rows or args.rows).split(",")]
-    args.layer_list = [x for x in args.layers.split(",") if x]
-    for layer in args.layer_list:
-        if layer not in live.LAYERS:
-            p.error(f"unknown layer {layer!r}")
+    p.set_quick_defaults(repeat=1, live_repeat=1, live_row_list="10000,100000")
+    args = p.parse(argv)
+    args.live_row_list = args.live_row_list or args.row_list
     return args
 
 
@@ -111,7 +100,6 @@ def wal_lsn(conn: psycopg.Connection[Any]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    argv_used = sys.argv[1:] if argv is None else argv
     with common.server(args.dsn) as dsn:
         conn = psycopg.connect(dsn, autocommit=True)
         machine = common.announce_server(conn)
@@ -196,25 +184,15 @@ def main(argv: list[str] | None = None) -> None:
         ]
         if args.layer_list:
             out += live_part(dsn, args)
-        data = {
-            "benchmark": "bulk",
-            "command": "python -m bench.bulk " + " ".join(argv_used),
-            "params": {
-                "rows": args.row_list,
-                "repeat": args.repeat,
-                "variants": [[k, label] for k, label in variants],
-                "layers": args.layer_list,
-                "live_rows": args.live_row_list,
-                "live_repeat": args.live_repeat,
-            },
-            "machine": machine,
-            "results": out,
+        params = {
+            "rows": args.row_list,
+            "repeat": args.repeat,
+            "variants": [[k, label] for k, label in variants],
+            "layers": args.layer_list,
+            "live_rows": args.live_row_list,
+            "live_repeat": args.live_repeat,
         }
-        if args.layer_list:
-            print(live_text(data))
-        if args.json:
-            args.json.write_text(json.dumps(data, indent=1))
-            print(f"== all measurements written to {args.json}")
+        module.finish(args, params, machine, out, live_text if args.layer_list else None)
 
 
 # --------------------------------------------------------------------------- live delivery
@@ -564,10 +542,7 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = module.pyplot()
 
     s = summary(data)
     out = []
@@ -616,10 +591,7 @@ def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
             ax2.set_title("Tick.objects.update(): until the client has all")
             ax2.legend(fontsize=8)
             ax2.grid(alpha=0.3)
-        fig.tight_layout()
-        path = outdir / "bulk.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        path = module.save(fig, outdir / "bulk.png")
         out.append(path)
     return out
 

@@ -2,8 +2,8 @@
 ``sessionid`` cookie in the handshake, as a browser sends it), subscriptions, request loops
 with reply latency, and a timed resume.
 
-It builds on the minimal asyncio client of bench/latency.py (timestamps taken at
-``data_received``, frames decoded after the measurement): each socket keeps the raw frames of
+It builds on the asyncio WebSocket client of bench/latency.py (on wsproto; timestamps taken at
+``data_received``, JSON decoded after the measurement): each socket keeps the raw frames of
 the events it receives with their arrival time (``time.monotonic_ns()``, system-wide, so it
 compares with a writer's commit times); replies are matched to the request waiting for them
 and not kept. Each client process is driven over a pipe by the benchmark, one command at a
@@ -26,28 +26,17 @@ from .latency import WsConnection
 
 
 class Connection(WsConnection):
-    """A WebSocket connection with extra handshake headers (``Cookie``), which keeps only the
+    """A WebSocket connection with a ``Cookie`` header in its handshake, which keeps only the
     frames that are not replies, and the arrival time of the last reply."""
 
     def __init__(self, host: str, port: int, path: str, cookie: str | None) -> None:
-        super().__init__(host, port, path, keep=True)
-        if cookie:
-            head = self.handshake[: -len(b"\r\n")]
-            self.handshake = head + f"Cookie: {cookie}\r\n\r\n".encode()
+        headers = [("Cookie", cookie)] if cookie else []
+        super().__init__(host, port, path, keep=True, extra_headers=headers)
         self.reply_ns = 0
 
-    def _frame(self, now: int, fin: int, opcode: int, payload: bytes) -> None:
-        if opcode not in (0, 1):
-            super()._frame(now, fin, opcode, payload)
-            return
-        if not fin:
-            self.partial += payload
-            return
-        if self.partial:
-            payload = bytes(self.partial) + payload
-            self.partial.clear()
+    def _text(self, now: int, payload: str) -> None:
         self.count += 1
-        if self.waiter is not None and not self.waiter.done() and b'"status"' in payload:
+        if self.waiter is not None and not self.waiter.done() and '"status"' in payload:
             self.reply_ns = now
             self.waiter.set_result(payload)
         else:

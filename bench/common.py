@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import re
@@ -438,12 +437,3 @@ def announce_server(conn: psycopg.Connection[Any]) -> list[str]:
 def fmt(x: float, spec: str) -> str:
     """``x`` formatted with ``spec``, or "-" for NaN (a figure that was not measured)."""
     return "-" if x != x else format(x, spec)
-
-
-def finish(data: dict[str, Any], text: str, json_path: Path | None) -> None:
-    """Print a benchmark's report text and write all its measurements to ``json_path``."""
-    print()
-    print(text)
-    if json_path:
-        json_path.write_text(json.dumps(data, indent=1))
-        print(f"== all measurements written to {json_path}")

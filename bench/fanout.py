@@ -78,7 +78,7 @@ from typing import Any
 
 import psycopg
 
-from . import common, live
+from . import common, live, module
 from .clients import Pool
 from .latency import CpuWindow, cdf, percentile
 from .throughput import profile_top
@@ -96,20 +96,25 @@ SESSION_PREFIX = "bench"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.fanout",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = module.Parser("fanout", __doc__, quick="1 run, 3 s phases")
+    p.add_list(
+        "--layers",
+        "layer_list",
+        "memory,redis,pubsub",
+        "memory,redis,pubsub (all)",
+        choices=live.LAYERS,
     )
-    p.add_argument("--quick", action="store_true", help="smoke check: 1 run, 3 s phases")
-    p.add_argument("--runs", type=int, default=3, help="runs; medians are reported (3)")
-    p.add_argument("--layers", default="memory,redis,pubsub", help="memory,redis,pubsub (all)")
-    p.add_argument("--rules", default=",".join(RULES), help="owner,all (both)")
+    p.add_list("--rules", "rule_list", ",".join(RULES), "owner,all (both)", choices=RULES)
     p.add_argument("--users", type=int, default=1000, help="users = sockets = rows (1000)")
     p.add_argument("--writers", type=int, default=4, help="writer processes (4)")
-    p.add_argument("--seconds", type=float, help="length of each phase, s (5; --quick 3)")
+    p.add_argument(
+        "--seconds", type=float, default=5.0, help="length of each phase, s (5; --quick 3)"
+    )
     p.add_argument("--max-writes", type=int, default=8000, help="most writes in max (8000)")
-    p.add_argument("--all-writes", type=int, help="writes of the all max phase (40; --quick 15)")
+    p.add_argument(
+        "--all-writes", type=int, default=40, help="writes of the all max phase (40; --quick 15)"
+    )
+    p.set_quick_defaults(seconds=3.0, all_writes=15)
     p.add_argument("--rate", type=float, default=2000.0, help="owner paced rate, /s (2000)")
     p.add_argument(
         "--load",
@@ -119,35 +124,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--all-rate", type=float, default=2.0, help="all paced rate, /s (2)")
     p.add_argument("--per-process", type=int, default=500, help="sockets per client process")
-    p.add_argument("--quiet-cores", type=float, default=0.4, help="see common.wait_quiet")
-    p.add_argument("--quiet-wait", type=float, default=10.0, help="see common.wait_quiet")
-    p.add_argument("--dsn", help="benchmark this database instead of a private server")
-    p.add_argument("--json", type=Path, help="also write all measurements to this file")
+    p.add_quiet()
     p.add_argument(
         "--profile",
         type=Path,
         help="record py-spy profiles (raw collapsed stacks) of daphne and pglisten during the "
         "first run's owner/max phase into this directory and print their top frames",
     )
-    args = p.parse_args(argv)
-    if args.quick:
-        args.runs = 1
-    if args.seconds is None:
-        args.seconds = 3.0 if args.quick else 5.0
-    if args.all_writes is None:
-        args.all_writes = 15 if args.quick else 40
-    args.layer_list = [x for x in args.layers.split(",") if x]
-    args.rule_list = [x for x in args.rules.split(",") if x]
-    for layer in args.layer_list:
-        if layer not in live.LAYERS:
-            p.error(f"unknown layer {layer!r}; choose from {', '.join(live.LAYERS)}")
-    for rule in args.rule_list:
-        if rule not in RULES:
-            p.error(f"unknown rule {rule!r}; choose from {', '.join(RULES)}")
-    return args
-
-
-# --------------------------------------------------------------------------- users
+    return p.parse(argv)
 
 
 def _setup_main(dsn: str, users: int, pipe: Any) -> None:
@@ -586,7 +570,6 @@ def stop_profile(spy: tuple[Any, Path]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    argv_used = sys.argv[1:] if argv is None else argv
     nofile = live.raise_fd_limit()
     os.environ.setdefault("BENCH_PEERS", "none")  # no peer receivers in the stack
     # One database connection kept by daphne's database thread instead of one per call:
@@ -650,29 +633,22 @@ def main(argv: list[str] | None = None) -> None:
                         f"{st['foreign_sample']}",
                         flush=True,
                     )
-    data = {
-        "benchmark": "fanout",
-        "command": "python -m bench.fanout " + " ".join(argv_used),
-        "params": {
-            "runs": args.runs,
-            "layers": args.layer_list,
-            "rules": args.rule_list,
-            "users": args.users,
-            "writers": args.writers,
-            "seconds": args.seconds,
-            "max_writes": args.max_writes,
-            "all_writes": args.all_writes,
-            "rate": args.rate,
-            "all_rate": args.all_rate,
-            "load": args.load,
-            "statement": WRITE_SQL,
-            "minutes": (time.monotonic() - started) / 60,
-        },
-        "machine": machine,
-        "stacks": stacks,
-        "results": results,
+    params = {
+        "runs": args.runs,
+        "layers": args.layer_list,
+        "rules": args.rule_list,
+        "users": args.users,
+        "writers": args.writers,
+        "seconds": args.seconds,
+        "max_writes": args.max_writes,
+        "all_writes": args.all_writes,
+        "rate": args.rate,
+        "all_rate": args.all_rate,
+        "load": args.load,
+        "statement": WRITE_SQL,
+        "minutes": (time.monotonic() - started) / 60,
     }
-    common.finish(data, report_text(data), args.json)
+    module.finish(args, params, machine, results, report_text, stacks=stacks)
     foreign = sum(st["foreign"] for st in stacks)
     if foreign:
         raise SystemExit(
@@ -922,10 +898,7 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = module.pyplot()
 
     rows = summary(data)
     if not rows:
@@ -969,10 +942,7 @@ def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
     a2.set_title("rule owner, paced at half the max phase's rate: latency CDF", fontsize=10)
     a2.legend(fontsize=7)
     a2.grid(alpha=0.3)
-    fig.tight_layout()
-    path = outdir / "fanout.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = module.save(fig, outdir / "fanout.png")
     return [path]
 
 

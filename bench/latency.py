@@ -43,24 +43,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 import math
 import multiprocessing as mp
 import os
 import signal
-import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Event,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import ProtocolError
 
-from . import common, live
+from . import common, live, module
 
 WRITE_SQL = "UPDATE benchapp_tick SET value = %s WHERE id = 1"
 NOTE = "latency probe " + "x" * 26  # a 40-character note: a small row, like a typical model's
@@ -71,64 +81,50 @@ TARGET_LAST_P99 = 50.0
 #: consumers), so pgbinding's share of a fan-out's latency can be read off.
 BARE = "bare"
 LAYERS = (*live.LAYERS, BARE)
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # --------------------------------------------------------------------------- WebSocket client
 
 
-def _mask(payload: bytes, key: bytes) -> bytes:
-    n = len(payload)
-    if not n:
-        return b""
-    k = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big")
-
-
-def encode_frame(opcode: int, payload: bytes) -> bytes:
-    """A client frame (FIN set, masked, as RFC 6455 requires of clients)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes([0x80 | opcode, 0x80 | n])
-    elif n < 65536:
-        head = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
-    key = os.urandom(4)
-    return head + key + _mask(payload, key)
-
-
 class WsConnection(asyncio.Protocol):
-    """A minimal WebSocket client connection: handshake, unmasked server frames, pings.
+    """A WebSocket client connection: asyncio's Protocol API for the bytes, wsproto (sans-IO)
+    for the handshake, the frames, pings and the closing handshake.
 
-    Every text frame is kept as ``(monotonic_ns when its bytes arrived, payload)`` when
-    ``keep`` is set, else only counted. A ``waiter`` future gets the payload of the first text
-    frame holding ``"status"`` (a reply) while it is set.
+    Every text message is kept as ``(monotonic_ns when its last bytes arrived, payload)`` when
+    ``keep`` is set, else only counted (``_text``: a subclass decides what to keep). A
+    ``waiter`` future gets the payload of the first text message holding ``"status"`` (a reply)
+    while it is set. ``extra_headers`` go into the handshake request (e.g. a ``Cookie``).
     """
 
-    def __init__(self, host: str, port: int, path: str, keep: bool) -> None:
-        self.request_key = base64.b64encode(os.urandom(16))
-        self.handshake = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            f"Sec-WebSocket-Key: {self.request_key.decode()}\r\n\r\n"
-        ).encode()
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        path: str,
+        keep: bool,
+        extra_headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.upgrade = Request(
+            host=f"{host}:{port}",
+            target=path,
+            extra_headers=[(k.encode(), v.encode()) for k, v in extra_headers],
+        )
         self.keep = keep
-        self.buf = bytearray()
         self.open = False
-        self.frames: list[tuple[int, bytes]] = []
+        self.frames: list[tuple[int, str]] = []
         self.count = 0
-        self.partial = bytearray()
+        self.partial: list[str] = []
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
-        self.waiter: asyncio.Future[bytes] | None = None
+        self.waiter: asyncio.Future[str] | None = None
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        transport.write(self.handshake)
+        transport.write(self.ws.send(self.upgrade))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
@@ -140,75 +136,58 @@ class WsConnection(asyncio.Protocol):
                     fut.set_exception(ConnectionError(f"connection lost: {exc}"))
 
     def data_received(self, data: bytes) -> None:
-        now = time.monotonic_ns()
-        buf = self.buf
-        buf += data
-        if not self.open:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buf[:end]).decode("latin-1")
-            del buf[: end + 4]
-            accept = base64.b64encode(hashlib.sha1(self.request_key + WS_GUID).digest()).decode()
-            if not head.startswith("HTTP/1.1 101") or accept not in head:
-                if not self.ready.done():
-                    self.ready.set_exception(ConnectionError(head.split("\r\n", 1)[0]))
-                assert self.transport is not None
-                self.transport.close()
-                return
-            self.open = True
-            self.ready.set_result(None)
-        while len(buf) >= 2:
-            b0, b1 = buf[0], buf[1]
-            n = b1 & 0x7F
-            at = 2
-            if n == 126:
-                if len(buf) < 4:
-                    return
-                n, at = int.from_bytes(buf[2:4], "big"), 4
-            elif n == 127:
-                if len(buf) < 10:
-                    return
-                n, at = int.from_bytes(buf[2:10], "big"), 10
-            if b1 & 0x80:  # a server must not mask; tolerate it anyway
-                at += 4
-            if len(buf) < at + n:
-                return
-            payload = bytes(buf[at : at + n])
-            if b1 & 0x80:
-                payload = _mask(payload, bytes(buf[at - 4 : at]))
-            del buf[: at + n]
-            self._frame(now, b0 & 0x80, b0 & 0x0F, payload)
+        now = time.monotonic_ns()  # first: the moment the bytes reached the process
+        ws = self.ws
+        try:
+            ws.receive_data(data)
+            for event in ws.events():
+                if type(event) is TextMessage:
+                    if not event.message_finished:
+                        self.partial.append(event.data)
+                    elif self.partial:
+                        self.partial.append(event.data)
+                        self._text(now, "".join(self.partial))
+                        self.partial.clear()
+                    else:
+                        self._text(now, event.data)
+                elif isinstance(event, Ping):
+                    self._send(event.response())
+                elif isinstance(event, CloseConnection):
+                    # Echo the server's close (when it began the closing handshake), then drop
+                    # the connection.
+                    if ws.state is ConnectionState.REMOTE_CLOSING:
+                        self._send(event.response())
+                    self._drop()
+                elif isinstance(event, AcceptConnection):
+                    self.open = True
+                    self.ready.set_result(None)
+                elif isinstance(event, RejectConnection):
+                    self._drop(ConnectionError(f"handshake refused: HTTP {event.status_code}"))
+        except ProtocolError as exc:  # wsproto's LocalProtocolError, RemoteProtocolError
+            self._drop(ConnectionError(f"WebSocket protocol error: {exc}"))
 
-    # -- frames
-    def _frame(self, now: int, fin: int, opcode: int, payload: bytes) -> None:
-        if opcode in (0, 1):
-            if not fin:
-                self.partial += payload
-                return
-            if self.partial:
-                payload = bytes(self.partial) + payload
-                self.partial.clear()
-            self.count += 1
-            if self.keep:
-                self.frames.append((now, payload))
-            if self.waiter is not None and not self.waiter.done() and b'"status"' in payload:
-                self.waiter.set_result(payload)
-        elif opcode == 9:  # ping
-            self.send(10, payload)
-        elif opcode == 8:  # close: echo it, then drop the connection
-            self.send(8, payload[:2])
-            assert self.transport is not None
-            self.transport.close()
+    # -- messages
+    def _text(self, now: int, payload: str) -> None:
+        self.count += 1
+        if self.keep:
+            self.frames.append((now, payload))
+        if self.waiter is not None and not self.waiter.done() and '"status"' in payload:
+            self.waiter.set_result(payload)
 
-    def send(self, opcode: int, payload: bytes) -> None:
+    def _send(self, event: Event) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_frame(opcode, payload))
+            self.transport.write(self.ws.send(event))
+
+    def _drop(self, error: Exception | None = None) -> None:
+        if error is not None and not self.ready.done():
+            self.ready.set_exception(error)
+        if self.transport is not None:
+            self.transport.close()
 
     async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Send a request frame and wait for the first reply frame (one holding a status)."""
         self.waiter = asyncio.get_running_loop().create_future()
-        self.send(1, json.dumps(frame).encode())
+        self._send(TextMessage(data=json.dumps(frame)))
         try:
             raw = await self.waiter
         finally:
@@ -218,7 +197,8 @@ class WsConnection(asyncio.Protocol):
     async def close(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        self.send(8, (1000).to_bytes(2, "big"))
+        if self.ws.state is ConnectionState.OPEN:
+            self._send(CloseConnection(code=CloseReason.NORMAL_CLOSURE))
         try:
             await asyncio.wait_for(asyncio.shield(self.closed), 2)
         except TimeoutError:
@@ -739,58 +719,44 @@ def measure(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.latency",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--quick", action="store_true", help="smoke check: fewer writes, 1 run")
-    p.add_argument("--runs", type=int, default=3, help="runs; medians are reported (3)")
-    p.add_argument(
+    p = module.Parser("latency", __doc__, quick="fewer writes, 1 run")
+    p.add_list(
         "--layers",
-        default=",".join(LAYERS),
-        help="memory,redis,pubsub,bare (bare: Channels alone over pub/sub, no pgbinding)",
+        "layer_list",
+        ",".join(LAYERS),
+        "memory,redis,pubsub,bare (bare: Channels alone over pub/sub, no pgbinding)",
+        choices=LAYERS,
     )
-    p.add_argument("--clients", default="1,100,1000", help="client counts (1,100,1000)")
-    p.add_argument(
+    p.add_list("--clients", "client_list", "1,100,1000", "client counts (1,100,1000)", item=int)
+    p.add_list(
         "--rates",
-        default="50,20,2",
-        help="writes/s for each client count (50,20,2): low enough that the fan-out of one "
-        "write is done before the next, so latency is not queueing behind earlier writes",
+        "rates",
+        "50,20,2",
+        "writes/s for each client count (50,20,2): low enough that the fan-out of one write is "
+        "done before the next, so latency is not queueing behind earlier writes",
+        item=float,
     )
-    p.add_argument(
-        "--writes", help="timed writes for each client count (1000,400,100; --quick 200,100,20)"
+    p.add_list(
+        "--writes",
+        "writes",
+        "1000,400,100",
+        "timed writes for each client count (1000,400,100; --quick 200,100,20)",
+        item=int,
     )
+    p.set_quick_defaults(writes="200,100,20")
     p.add_argument("--warmup", type=int, default=10, help="untimed writes first (10)")
     p.add_argument("--per-process", type=int, default=500, help="sockets per client process")
-    p.add_argument("--quiet-cores", type=float, default=0.4, help="see common.wait_quiet")
-    p.add_argument("--quiet-wait", type=float, default=10.0, help="see common.wait_quiet")
-    p.add_argument("--dsn", help="benchmark this database instead of a private server")
-    p.add_argument("--json", type=Path, help="also write all measurements to this file")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.runs = 1
-    args.layer_list = [x for x in args.layers.split(",") if x]
-    for layer in args.layer_list:
-        if layer not in LAYERS:
-            p.error(f"unknown layer {layer!r}; choose from {', '.join(LAYERS)}")
-    args.client_list = [int(x) for x in args.clients.split(",") if x]
-    rates = [float(x) for x in args.rates.split(",") if x]
-    writes = [
-        int(x)
-        for x in (args.writes or ("200,100,20" if args.quick else "1000,400,100")).split(",")
-        if x
-    ]
-    if len(rates) != len(args.client_list) or len(writes) != len(args.client_list):
+    p.add_quiet()
+    args = p.parse(argv)
+    if len(args.rates) != len(args.client_list) or len(args.writes) != len(args.client_list):
         p.error("--rates and --writes need one value per client count")
-    args.rate_for = dict(zip(args.client_list, rates, strict=True))
-    args.writes_for = dict(zip(args.client_list, writes, strict=True))
+    args.rate_for = dict(zip(args.client_list, args.rates, strict=True))
+    args.writes_for = dict(zip(args.client_list, args.writes, strict=True))
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    argv_used = sys.argv[1:] if argv is None else argv
     nofile = live.raise_fd_limit()
     results: list[dict[str, Any]] = []
     tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
@@ -846,24 +812,18 @@ def main(argv: list[str] | None = None) -> None:
                         f"{c['machine']:.2f} cores",
                         flush=True,
                     )
-    data = {
-        "benchmark": "latency",
-        "command": "python -m bench.latency " + " ".join(argv_used),
-        "params": {
-            "runs": args.runs,
-            "layers": args.layer_list,
-            "clients": args.client_list,
-            "rates": args.rate_for,
-            "writes": args.writes_for,
-            "warmup": args.warmup,
-            "per_process": args.per_process,
-            "statement": WRITE_SQL,
-            "minutes": (time.monotonic() - started) / 60,
-        },
-        "machine": machine,
-        "results": results,
+    params = {
+        "runs": args.runs,
+        "layers": args.layer_list,
+        "clients": args.client_list,
+        "rates": args.rate_for,
+        "writes": args.writes_for,
+        "warmup": args.warmup,
+        "per_process": args.per_process,
+        "statement": WRITE_SQL,
+        "minutes": (time.monotonic() - started) / 60,
     }
-    common.finish(data, report_text(data), args.json)
+    module.finish(args, params, machine, results, report_text)
 
 
 # --------------------------------------------------------------------------- report
@@ -1090,10 +1050,7 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = module.pyplot()
 
     rows = summary(data)
     if not rows:
@@ -1121,10 +1078,7 @@ def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("fraction of deliveries")
     fig.suptitle("Latency CDF (median run)", fontsize=10)
-    fig.tight_layout()
-    path = outdir / "latency_cdf.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = module.save(fig, outdir / "latency_cdf.png")
 
     fig, ax = plt.subplots(figsize=(8, 3.6))
     labels = [f"{r['clients']:,}\n{r['layer']}" for r in rows]
@@ -1145,10 +1099,7 @@ def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
     ax.set_title("Latency by client count and layer (targets dotted/dashed: 10 ms, 50 ms)")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path2 = outdir / "latency_bars.png"
-    fig.savefig(path2, dpi=110)
-    plt.close(fig)
+    path2 = module.save(fig, outdir / "latency_bars.png")
     return [path, path2]
 
 

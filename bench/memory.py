@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ from typing import Any
 
 import psycopg
 
-from . import common, live
+from . import common, live, module
 from .latency import ClientPool, Writer, prepare_table
 
 TARGET_KB = 50.0
@@ -56,41 +55,36 @@ STEPS = ("connected", "subscribed", "events", "closed")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.memory",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = module.Parser("memory", __doc__, quick="1 run, 1000,2000 sockets")
+    p.add_list(
+        "--layers",
+        "layer_list",
+        "memory,redis",
+        "channel layers (memory,redis)",
+        choices=live.LAYERS,
     )
-    p.add_argument("--quick", action="store_true", help="smoke check: 1 run, 1000,2000 sockets")
-    p.add_argument("--runs", type=int, default=3, help="runs; medians are reported (3)")
-    p.add_argument("--layers", default="memory,redis", help="channel layers (memory,redis)")
-    p.add_argument("--connections", help="socket counts (1000,5000; --quick 1000,2000)")
+    p.add_list(
+        "--connections",
+        "count_list",
+        "1000,5000",
+        "socket counts (1000,5000; --quick 1000,2000)",
+        item=int,
+    )
     p.add_argument("--rows", type=int, default=10, help="rows in each snapshot (10)")
-    p.add_argument("--idle", type=float, help="seconds idle before each reading (3; --quick 1)")
+    p.add_argument(
+        "--idle", type=float, default=3.0, help="seconds idle before each reading (3; --quick 1)"
+    )
     p.add_argument(
         "--events",
         type=int,
+        default=40,
         help="changes sent to every socket (40: more than the consumer's repeat filter "
         "keeps, so it is full; --quick 4)",
     )
+    p.set_quick_defaults(count_list="1000,2000", idle=1.0, events=4)
     p.add_argument("--per-process", type=int, default=1250, help="sockets per client process")
     p.add_argument("--concurrency", type=int, default=50, help="handshakes in flight, in all")
-    p.add_argument("--dsn", help="benchmark this database instead of a private server")
-    p.add_argument("--json", type=Path, help="also write all measurements to this file")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.runs = 1
-    args.layer_list = [x for x in args.layers.split(",") if x]
-    for layer in args.layer_list:
-        if layer not in live.LAYERS:
-            p.error(f"unknown layer {layer!r}")
-    default = "1000,2000" if args.quick else "1000,5000"
-    args.count_list = [int(x) for x in (args.connections or default).split(",") if x]
-    if args.idle is None:
-        args.idle = 1.0 if args.quick else 3.0
-    if args.events is None:
-        args.events = 4 if args.quick else 40
-    return args
+    return p.parse(argv)
 
 
 def rss(pids: dict[str, int]) -> dict[str, int]:
@@ -190,7 +184,6 @@ def measure(
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    argv_used = sys.argv[1:] if argv is None else argv
     nofile = live.raise_fd_limit()
     need = max(args.count_list) + 200
     if nofile < need:
@@ -236,24 +229,18 @@ def main(argv: list[str] | None = None) -> None:
                             ),
                             flush=True,
                         )
-    data = {
-        "benchmark": "memory",
-        "command": "python -m bench.memory " + " ".join(argv_used),
-        "params": {
-            "runs": args.runs,
-            "layers": args.layer_list,
-            "connections": args.count_list,
-            "rows": args.rows,
-            "idle_s": args.idle,
-            "events": args.events,
-            "per_process": args.per_process,
-            "concurrency": args.concurrency,
-            "minutes": (time.monotonic() - started) / 60,
-        },
-        "machine": machine,
-        "results": results,
+    params = {
+        "runs": args.runs,
+        "layers": args.layer_list,
+        "connections": args.count_list,
+        "rows": args.rows,
+        "idle_s": args.idle,
+        "events": args.events,
+        "per_process": args.per_process,
+        "concurrency": args.concurrency,
+        "minutes": (time.monotonic() - started) / 60,
     }
-    common.finish(data, report_text(data), args.json)
+    module.finish(args, params, machine, results, report_text)
 
 
 # --------------------------------------------------------------------------- report
@@ -446,10 +433,7 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = module.pyplot()
 
     rows = summary(data)
     if not rows:
@@ -478,10 +462,7 @@ def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
     ax.set_title("Memory per WebSocket socket (median)")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = outdir / "memory_per_connection.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = module.save(fig, outdir / "memory_per_connection.png")
     return [path]
 
 

@@ -64,7 +64,6 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -72,7 +71,7 @@ from typing import Any
 
 import psycopg
 
-from . import common, live
+from . import common, live, module
 
 SYSTEMS = ("baseline", "pgbinding", "signal", "dcrf")
 LABEL = {
@@ -105,37 +104,31 @@ VALUE_STRIDE = 10**9  # writer w writes values (w + 1) * VALUE_STRIDE + i
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.peers",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--quick", action="store_true", help="smoke check: 1 run, 3 s, 200 rows")
-    p.add_argument("--runs", type=int, default=3, help="runs; medians are reported (3)")
-    p.add_argument("--seconds", type=float, help="length of each save measurement (5; quick 3)")
-    p.add_argument("--clients", default="1,8", help="writer processes, comma-separated (1,8)")
-    p.add_argument("--rows", type=int, help="rows per share-delivered operation (1000; quick 200)")
-    p.add_argument("--wait", type=float, default=5.0, help="share: wait for frames (5 s)")
+    p = module.Parser("peers", __doc__, quick="1 run, 3 s, 200 rows")
     p.add_argument(
+        "--seconds", type=float, default=5.0, help="length of each save measurement (5; quick 3)"
+    )
+    p.add_list(
+        "--clients", "client_list", "1,8", "writer processes, comma-separated (1,8)", item=int
+    )
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=1000,
+        help="rows per share-delivered operation (1000; quick 200)",
+    )
+    p.set_quick_defaults(seconds=3.0, rows=200)
+    p.add_argument("--wait", type=float, default=5.0, help="share: wait for frames (5 s)")
+    p.add_list(
         "--systems",
-        default=",".join(SYSTEMS[1:]),
-        help="systems besides the baseline (pgbinding,signal,dcrf)",
+        "systems",
+        ",".join(SYSTEMS[1:]),
+        "systems besides the baseline (pgbinding,signal,dcrf)",
+        choices=SYSTEMS,
     )
     p.add_argument("--nice", type=int, default=10, help="niceness of the writers (10)")
-    p.add_argument("--dsn", help="benchmark this database instead of a private server")
-    p.add_argument("--json", type=Path, help="also write all measurements to this file")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.runs = 1
-        args.seconds = args.seconds or 3.0
-        args.rows = args.rows or 200
-    args.seconds = args.seconds or 5.0
-    args.rows = args.rows or 1000
-    args.client_list = [int(x) for x in args.clients.split(",") if x]
-    args.system_list = ["baseline"] + [x for x in args.systems.split(",") if x]
-    for s in args.system_list:
-        if s not in SYSTEMS:
-            p.error(f"unknown system {s!r}")
+    args = p.parse(argv)
+    args.system_list = ["baseline", *args.systems]
     if len(set(args.system_list)) != len(args.system_list):
         p.error("a system is listed twice")
     return args
@@ -613,7 +606,6 @@ def run_system(
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    argv_used = sys.argv[1:] if argv is None else argv
     results: list[dict[str, Any]] = []
     tmp = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     import djangochannelsrestframework  # noqa: F401 - fail early without the peer installed
@@ -624,7 +616,8 @@ def main(argv: list[str] | None = None) -> None:
         live.migrate(dsn)
         load_table(dsn, max(args.client_list), args.rows)
         print(
-            f"== {args.runs} run(s); saves {args.seconds:g} s at {args.clients} writer(s), "
+            f"== {args.runs} run(s); saves {args.seconds:g} s at "
+            f"{','.join(map(str, args.client_list))} writer(s), "
             f"nice {args.nice}; share operations over {args.rows} rows",
             flush=True,
         )
@@ -636,25 +629,19 @@ def main(argv: list[str] | None = None) -> None:
                     results += run_system(system, run, st, dsn, redis_url, args)
         with psycopg.connect(dsn, autocommit=True) as conn:
             set_trigger(conn, True)
-    data = {
-        "benchmark": "peers",
-        "command": "python -m bench.peers " + " ".join(argv_used),
-        "params": {
-            "runs": args.runs,
-            "seconds": args.seconds,
-            "clients": args.client_list,
-            "rows": args.rows,
-            "wait": args.wait,
-            "nice": args.nice,
-            "systems": args.system_list,
-            "rows_per_writer": ROWS_PER_WRITER,
-            "layer": "redis",
-            "versions": versions(),
-        },
-        "machine": machine,
-        "results": results,
+    params = {
+        "runs": args.runs,
+        "seconds": args.seconds,
+        "clients": args.client_list,
+        "rows": args.rows,
+        "wait": args.wait,
+        "nice": args.nice,
+        "systems": args.system_list,
+        "rows_per_writer": ROWS_PER_WRITER,
+        "layer": "redis",
+        "versions": versions(),
     }
-    common.finish(data, report_text(data), args.json)
+    module.finish(args, params, machine, results, report_text)
 
 
 def versions() -> dict[str, str]:
@@ -929,10 +916,7 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = module.pyplot()
 
     s = summary(data)
     p = data["params"]
@@ -985,10 +969,7 @@ def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
     axes[1].set_ylabel("ms, commit → frame at client")
     axes[1].set_yscale("log")
     axes[1].set_title("latency p50 (bars), p99 (▼)")
-    fig.tight_layout()
-    path = outdir / "peers-saves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = module.save(fig, outdir / "peers-saves.png")
     paths.append(path)
 
     systems = [x for x in p["systems"] if x != "baseline"]
@@ -1008,10 +989,7 @@ def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
     ax.set_title(f"Share of changes delivered ({p['rows']} rows per operation)")
     ax.legend(fontsize=7, loc="upper center", ncols=len(systems))
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = outdir / "peers-share.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = module.save(fig, outdir / "peers-share.png")
     paths.append(path)
     return paths
 

@@ -41,7 +41,6 @@ import argparse
 import contextlib
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ from typing import Any
 
 import psycopg
 
-from . import common, live
+from . import common, live, module
 from .clients import ClientProcess
 from .latency import percentile, prepare_table
 
@@ -64,35 +63,23 @@ LIST = {"stream": STREAM, "payload": {"action": "list", "request_id": "l", "page
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.replay",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = module.Parser("replay", __doc__, quick="1 run")
+    p.add_list(
+        "--sizes", "size_list", "1000,3000,10000", "changes replayed (1000,3000,10000)", item=int
     )
-    p.add_argument("--quick", action="store_true", help="smoke check: 1 run")
-    p.add_argument("--runs", type=int, default=3, help="runs; medians are reported (3)")
-    p.add_argument("--sizes", default="1000,3000,10000", help="changes replayed (1000,3000,10000)")
     p.add_argument("--rows", type=int, default=1000, help="rows of benchapp_tick (1000)")
-    p.add_argument("--layer", default="memory", help="channel layer of the stack (memory)")
+    p.add_argument(
+        "--layer", default="memory", choices=live.LAYERS, help="channel layer of the stack (memory)"
+    )
     p.add_argument("--probes", type=int, default=20, help="other sockets sending list (20)")
     p.add_argument("--probe-rate", type=float, default=2.0, help="list/s per probe socket (2)")
     p.add_argument("--baseline", type=float, default=3.0, help="s of probes without replay (3)")
-    p.add_argument("--quiet-cores", type=float, default=0.4, help="see common.wait_quiet")
-    p.add_argument("--quiet-wait", type=float, default=5.0, help="see common.wait_quiet")
-    p.add_argument("--dsn", help="benchmark this database instead of a private server")
-    p.add_argument("--json", type=Path, help="also write all measurements to this file")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.runs = 1
-    args.size_list = sorted({int(x) for x in args.sizes.split(",") if x})
-    if args.layer not in live.LAYERS:
-        p.error(f"unknown layer {args.layer!r}; choose from {', '.join(live.LAYERS)}")
+    p.add_quiet(wait=5.0)
+    args = p.parse(argv)
+    args.size_list = sorted(set(args.size_list))
     if args.rows > 5000:
         p.error("--rows over 5000: a subscription's view may hold at most 5000 rows")
     return args
-
-
-# --------------------------------------------------------------------------- helpers
 
 
 def host_port(url: str) -> tuple[str, int]:
@@ -249,7 +236,6 @@ def run_once(
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    argv_used = sys.argv[1:] if argv is None else argv
     live.raise_fd_limit()
     os.environ.setdefault("BENCH_PEERS", "none")  # no peer receivers in the stack
     results: list[dict[str, Any]] = []
@@ -296,22 +282,16 @@ def main(argv: list[str] | None = None) -> None:
                     f"(n={b['n']})",
                     flush=True,
                 )
-    data = {
-        "benchmark": "replay",
-        "command": "python -m bench.replay " + " ".join(argv_used),
-        "params": {
-            "runs": args.runs,
-            "sizes": args.size_list,
-            "rows": args.rows,
-            "layer": args.layer,
-            "probes": args.probes,
-            "probe_rate": args.probe_rate,
-            "baseline": args.baseline,
-        },
-        "machine": machine,
-        "results": results,
+    params = {
+        "runs": args.runs,
+        "sizes": args.size_list,
+        "rows": args.rows,
+        "layer": args.layer,
+        "probes": args.probes,
+        "probe_rate": args.probe_rate,
+        "baseline": args.baseline,
     }
-    common.finish(data, report_text(data), args.json)
+    module.finish(args, params, machine, results, report_text)
 
 
 # --------------------------------------------------------------------------- report
@@ -475,10 +455,7 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = module.pyplot()
 
     s = summary(data)
     if not s["rows"]:
@@ -506,10 +483,7 @@ def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
     a2.set_title("other sockets' requests")
     a2.legend(fontsize=7)
     a2.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = outdir / "replay.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = module.save(fig, outdir / "replay.png")
     return [path]
 
 

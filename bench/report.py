@@ -5,22 +5,21 @@
     scripts/bench --only latency,memory
     scripts/bench --render-only        # rewrite the document from the last run's JSON
 
-Each benchmark is a module of this package run as its own process (``python -m bench.NAME
---json bench/out/NAME.json``), one after the other, each on a private Postgres (and Redis) it
-starts itself, so no two measurements share the machine. The console output of each run is kept
-in ``bench/out/NAME.txt``. The document is rebuilt from those JSON files: each module's
-``markdown(data)`` gives its section, ``plots(data, outdir)`` its PNGs, and ``targets(data)``
-its rows of the summary table; a benchmark with no JSON here (bench/out is not versioned) keeps
-its section and its targets rows from the document as it was, marked as kept. ``bench/analysis.md``
-(hand-written: profiles, before/after of the fixes, why a missed target is missed) is appended as
-it is.
+Each benchmark is a module of this package (bench/module.py says what one is) run as its own
+process (``python -m bench.NAME --json bench/out/NAME.json``), one after the other, each on a
+private Postgres (and Redis) it starts itself, so no two measurements share the machine. The
+console output of each run is kept in ``bench/out/NAME.txt``. The document is rebuilt from those
+JSON files: each module's ``markdown(data)`` gives its section, ``plots(data, outdir)`` its
+PNGs, and ``targets(data)`` its rows of the summary table; a benchmark with no JSON here
+(bench/out is not versioned) keeps its section and its targets rows from the document as it was,
+marked as kept. ``bench/analysis.md`` (hand-written: profiles, before/after of the fixes, why a
+missed target is missed) is appended as it is.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import json
 import platform
 import re
@@ -29,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from .module import load
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -191,7 +192,7 @@ def render(args: argparse.Namespace, timings: dict[str, float], failed: list[str
             sections.append(f"## {title}\n\nNot run (no `bench/out/{name}.json`).\n")
             continue
         data: dict[str, Any] = json.loads(path.read_text())
-        module = importlib.import_module(f"bench.{name}")
+        module = load(name)
         machine = machine or list(data.get("machine", []))
         body = [f"## {title}", ""]
         took = f"; took {timings[name] / 60:.1f} min" if name in timings else ""
@@ -204,8 +205,7 @@ def render(args: argparse.Namespace, timings: dict[str, float], failed: list[str
         for png in module.plots(data, IMG):
             body += ["", f"![{png.stem}](benchmarks/{png.name})"]
         sections.append("\n".join(body) + "\n")
-        if hasattr(module, "targets"):
-            target_rows += module.targets(data)
+        target_rows += module.targets(data)
 
     mode = " --quick" if args.quick else ""
     head = [

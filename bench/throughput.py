@@ -63,7 +63,7 @@ from typing import Any
 
 import psycopg
 
-from . import common, live
+from . import common, live, module
 
 LISTENER_NAME = "bench"
 NOTIFY_CHANNEL = "bench_throughput"
@@ -77,19 +77,20 @@ SELECT count(pg_notify('bench_throughput', jsonb_build_object(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.throughput",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = module.Parser("throughput", __doc__, quick="20,000 changes, 1 run")
+    p.add_argument(
+        "--backlog", type=int, default=100_000, help="changes per drain (100000; --quick 20000)"
     )
-    p.add_argument("--quick", action="store_true", help="smoke check: 20,000 changes, 1 run")
-    p.add_argument("--runs", type=int, default=3, help="runs; medians are reported (3)")
-    p.add_argument("--backlog", type=int, help="changes per drain (100000; --quick 20000)")
+    p.set_quick_defaults(backlog=20_000)
     p.add_argument("--rows", type=int, default=5000, help="rows of benchapp_tick (5000)")
-    p.add_argument("--layers", default="memory,redis", help="channel layers (memory,redis)")
-    p.add_argument("--modes", default=",".join(MODES), help="group,subscribe (both)")
-    p.add_argument("--dsn", help="benchmark this database instead of a private server")
-    p.add_argument("--json", type=Path, help="also write all measurements to this file")
+    p.add_list(
+        "--layers",
+        "layer_list",
+        "memory,redis",
+        "channel layers (memory,redis)",
+        choices=live.LAYERS,
+    )
+    p.add_list("--modes", "mode_list", ",".join(MODES), "group,subscribe (both)", choices=MODES)
     p.add_argument(
         "--profile",
         type=Path,
@@ -97,20 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "first run's drains into this directory and print its top frames (needs py-spy and "
         "ptrace rights)",
     )
-    args = p.parse_args(argv)
-    if args.backlog is None:
-        args.backlog = 20_000 if args.quick else 100_000
-    if args.quick:
-        args.runs = 1
+    args = p.parse(argv)
     args.backlog = max(args.rows, args.backlog // args.rows * args.rows)
-    args.layer_list = [x for x in args.layers.split(",") if x]
-    args.mode_list = [x for x in args.modes.split(",") if x]
-    for layer in args.layer_list:
-        if layer not in live.LAYERS:
-            p.error(f"unknown layer {layer!r}")
-    for mode in args.mode_list:
-        if mode not in MODES:
-            p.error(f"unknown mode {mode!r}")
     if args.rows > 5000 and "subscribe" in args.mode_list:
         p.error("--rows over 5000: a subscribe snapshot holds at most 5000 rows")
     return args
@@ -557,7 +546,6 @@ def profile_top(path: Path, n: int = 15) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    argv_used = sys.argv[1:] if argv is None else argv
     # The stack's processes connect no peer's signal receivers (bench/site/benchapp/peers.py):
     # djangochannelsrestframework's observer hooks Tick's post_init, which every row the
     # listener builds would otherwise pay for.
@@ -597,21 +585,15 @@ def main(argv: list[str] | None = None) -> None:
                         f"{r['ms_per_1000']['listener']:.0f} ms per 1000",
                         flush=True,
                     )
-    data = {
-        "benchmark": "throughput",
-        "command": "python -m bench.throughput " + " ".join(argv_used),
-        "params": {
-            "backlog": args.backlog,
-            "rows": args.rows,
-            "runs": args.runs,
-            "layers": args.layer_list,
-            "modes": args.mode_list,
-            "batch_size": 500,
-        },
-        "machine": machine,
-        "results": results,
+    params = {
+        "backlog": args.backlog,
+        "rows": args.rows,
+        "runs": args.runs,
+        "layers": args.layer_list,
+        "modes": args.mode_list,
+        "batch_size": 500,
     }
-    common.finish(data, report_text(data), args.json)
+    module.finish(args, params, machine, results, report_text)
 
 
 # --------------------------------------------------------------------------- report
@@ -710,6 +692,11 @@ def report_text(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def targets(data: module.Data) -> list[module.Target]:
+    """No target: capture throughput is reported, not judged (see docs/benchmarks.md)."""
+    return []
+
+
 def markdown(data: dict[str, Any]) -> str:
     s = summary(data)
     p = data["params"]
@@ -761,10 +748,7 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = module.pyplot()
 
     s = summary(data)
     if not s["rows"]:
@@ -785,10 +769,7 @@ def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
     for ax in (a1, a2):
         ax.tick_params(axis="x", labelsize=8)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = outdir / "throughput.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = module.save(fig, outdir / "throughput.png")
     return [path]
 
 

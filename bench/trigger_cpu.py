@@ -13,16 +13,13 @@ Table names in the SQL below are this module's own constants, never input.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from . import common
+from . import common, module
 from .experiment import install_experiment
 from .write_path import NOTIFY_FUNCTION
 
@@ -37,15 +34,13 @@ ROWS = 10_000
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.trigger_cpu", description=__doc__)
-    p.add_argument("--statements", type=int, default=10_000)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--dsn")
-    p.add_argument("--quick", action="store_true", help="2,000 statements, 1 repeat")
-    p.add_argument("--json", type=Path, help="also write the figures to this file")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.statements, args.repeat = 2000, 1
+    p = module.Parser("trigger_cpu", __doc__, quick="2,000 statements, 1 repeat", runs=None)
+    p.add_argument(
+        "--statements", type=int, default=10_000, help="per DO block (10000; --quick 2000)"
+    )
+    p.add_argument("--repeat", type=int, default=3, help="medians of this many (3; --quick 1)")
+    p.set_quick_defaults(statements=2000, repeat=1)
+    args = p.parse(argv)
     with common.server(args.dsn) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
         machine = common.machine_report(conn)
         print("\n".join(machine))
@@ -98,20 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             i = common.median(results[(key, "insert")])
             print(f"{label:16} {u:>8.1f} {i:>8.1f}")
             rows.append({"variant": key, "label": label, "update_us": u, "insert_us": i})
-        if args.json:
-            args.json.write_text(
-                json.dumps(
-                    {
-                        "benchmark": "trigger_cpu",
-                        "command": "python -m bench.trigger_cpu "
-                        + " ".join(sys.argv[1:] if argv is None else argv),
-                        "params": {"statements": n, "repeat": args.repeat},
-                        "machine": machine,
-                        "results": rows,
-                    },
-                    indent=1,
-                )
-            )
+        module.finish(args, {"statements": n, "repeat": args.repeat}, machine, rows)
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -135,6 +117,10 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
+    return []
+
+
+def targets(data: dict[str, Any]) -> list[module.Target]:
     return []
 
 

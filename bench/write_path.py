@@ -22,7 +22,6 @@ is a private embedded Postgres started with fsync, synchronous_commit and full_p
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import shutil
 import sys
@@ -35,7 +34,7 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
-from . import common
+from . import common, module
 from .consumers import LISTENER_NAME, NOTIFY_CHANNEL, run_drainer, run_listener
 from .experiment import EXPERIMENTS, install_experiment
 
@@ -93,17 +92,13 @@ def with_params(dsn: str, **params: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.write_path",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = module.Parser("write_path", __doc__, quick="3 s, 1 run")
+    p.add_argument(
+        "--seconds", type=int, default=4, help="length of each pgbench run (4; --quick 3)"
     )
-    p.add_argument("--seconds", type=int, default=4, help="length of each pgbench run (4)")
-    p.add_argument("--clients", default="1,8,32", help="client counts (1,8,32)")
-    p.add_argument("--runs", type=int, default=3, help="runs of every measurement (3)")
-    p.add_argument("--workloads", default="update,insert", help="update,insert")
-    p.add_argument("--dsn", help="benchmark this database instead of a private server")
-    p.add_argument("--quick", action="store_true", help="smoke check: 3 s, 1 run")
+    p.set_quick_defaults(seconds=3)
+    p.add_list("--clients", "client_list", "1,8,32", "client counts (1,8,32)", item=int)
+    p.add_list("--workloads", "workload_list", "update,insert", "update,insert", choices=SCRIPTS)
     p.add_argument(
         "--experiment",
         action="append",
@@ -111,14 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=sorted(EXPERIMENTS),
         help="also measure an experimental capture function (see bench/experiment.py)",
     )
-    p.add_argument(
-        "--quiet-cores",
-        type=float,
-        default=0.4,
-        help="before each measurement wait (up to --quiet-wait s) until the idle machine uses "
-        "less than this many cores (0.4); 0 disables",
-    )
-    p.add_argument("--quiet-wait", type=float, default=10.0)
+    p.add_quiet()
     p.add_argument(
         "--max-other",
         type=float,
@@ -127,22 +115,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "work on the machine used more than this many cores during it (0.5)",
     )
     p.add_argument("--retries", type=int, default=1)
-    p.add_argument("--json", type=Path, help="also write all measurements to this file")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.seconds, args.runs = 3, 1
-    args.client_list = [int(c) for c in args.clients.split(",")]
-    args.workload_list = [w.strip() for w in args.workloads.split(",")]
-    for w in args.workload_list:
-        if w not in SCRIPTS:
-            p.error(f"unknown workload {w!r}")
-    return args
+    return p.parse(argv)
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, dsn: str, argv: list[str]) -> None:
+    def __init__(self, args: argparse.Namespace, dsn: str) -> None:
         self.args = args
-        self.argv = argv
         self.machine: list[str] = []
         self.settings: list[str] = []
         self.dsn = dsn
@@ -520,23 +498,14 @@ class Bench:
             "  other = cores busy with anything else during the measurement (other people's "
             "work on a shared machine: noise)."
         )
-        if a.json:
-            data = {
-                "benchmark": "write_path",
-                "command": "python -m bench.write_path " + " ".join(self.argv),
-                "params": {
-                    "seconds": a.seconds,
-                    "runs": a.runs,
-                    "clients": a.client_list,
-                    "workloads": a.workload_list,
-                    "variants": [[v.key, v.label] for v in self.variants],
-                },
-                "machine": self.machine,
-                "settings": self.settings,
-                "results": self.results,
-            }
-            a.json.write_text(json.dumps(data, indent=1))
-            print(f"== all measurements written to {a.json}")
+        params = {
+            "seconds": a.seconds,
+            "runs": a.runs,
+            "clients": a.client_list,
+            "workloads": a.workload_list,
+            "variants": [[v.key, v.label] for v in self.variants],
+        }
+        module.finish(a, params, self.machine, self.results, settings=self.settings)
 
     def pick(self, workload: str, clients: int, key: str) -> list[dict[str, Any]]:
         return sorted(
@@ -552,7 +521,7 @@ class Bench:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with common.server(args.dsn) as dsn:
-        bench = Bench(args, dsn, sys.argv[1:] if argv is None else argv)
+        bench = Bench(args, dsn)
         try:
             bench.header()
             bench.setup()
@@ -703,10 +672,7 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = module.pyplot()
 
     rows = summary(data)
     p = data["params"]
@@ -730,10 +696,7 @@ def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
         ax.set_title(f"single-row {workload}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = outdir / "write_path.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = module.save(fig, outdir / "write_path.png")
     out.append(path)
     return out
 
