@@ -10,8 +10,12 @@ With ``BENCH_LAYER=memory`` the pgbinding listener runs inside this process.
 """
 
 import os
+import sys
 
 import django
+
+if os.environ.get("BENCH_SWITCH_INTERVAL"):  # experiment: the GIL's switch interval (seconds)
+    sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.site.settings")
 django.setup()
