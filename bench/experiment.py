@@ -21,6 +21,13 @@ stmt-floor      the same, statement-level: one INSERT ... SELECT of (table, op, 
 rowlevel        a row-level variant of the capture function (FOR EACH ROW triggers for INSERT,
                 UPDATE and DELETE; TRUNCATE stays statement-level), same log rows, same
                 wake-up rule, with the normal listener.
+lean            the leaner trigger tried for issue 14 (bench/analysis.md, "A leaner trigger"):
+                statement-level like the released one, but an UPDATE of up to 100 rows logs in
+                ``old`` only the old values of the columns it changed (a reader would rebuild
+                the old row as ``new || old``; the released listener does not, so events of
+                this table carry partial old rows: measure, do not deliver). Pinned settings
+                as the released function, plus ``plan_cache_mode = force_generic_plan``.
+rowlean         the same log rows from a row-level function (no pinned settings).
 """
 
 from __future__ import annotations
@@ -75,6 +82,114 @@ CREATE TRIGGER bench_rowlevel AFTER INSERT OR UPDATE OR DELETE ON {table}
     FOR EACH ROW EXECUTE FUNCTION bench_capture_rowlevel('id');
 CREATE TRIGGER bench_rowlevel_truncate AFTER TRUNCATE ON {table}
     FOR EACH STATEMENT EXECUTE FUNCTION pgbinding_capture_v1('id');
+"""
+
+
+LEAN_FUNCTION = """
+CREATE OR REPLACE FUNCTION bench_capture_lean() RETURNS trigger
+LANGUAGE plpgsql
+SET TimeZone = 'UTC'
+SET DateStyle = 'ISO, YMD'
+SET IntervalStyle = 'postgres'
+SET bytea_output = 'hex'
+SET extra_float_digits = 1
+SET plan_cache_mode = force_generic_plan
+AS $body$
+DECLARE
+    pk_col text := TG_ARGV[0];
+    captured bigint;
+    whole_old boolean;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO pgbinding_change (table_name, op, pk, old, new)
+        SELECT TG_TABLE_NAME, 'I', n.j ->> pk_col, NULL, n.j
+        FROM (SELECT to_jsonb(t) AS j FROM pgbinding_new t) n;
+    ELSIF TG_OP = 'UPDATE' THEN
+        whole_old := EXISTS (SELECT FROM pgbinding_new OFFSET 100);
+        INSERT INTO pgbinding_change (table_name, op, pk, old, new)
+        SELECT TG_TABLE_NAME,
+               CASE WHEN o.j IS NULL THEN 'I' WHEN n.j IS NULL THEN 'D' ELSE 'U' END,
+               coalesce(n.j ->> pk_col, o.j ->> pk_col),
+               CASE WHEN o.j IS NULL OR n.j IS NULL OR whole_old THEN o.j
+                    ELSE (SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(o.j) e
+                           WHERE (n.j -> e.key) IS DISTINCT FROM e.value) END,
+               n.j
+        FROM (SELECT j, j -> pk_col AS k
+                FROM (SELECT to_jsonb(t) AS j FROM pgbinding_old t OFFSET 0) x) o
+        FULL JOIN (SELECT j, j -> pk_col AS k
+                FROM (SELECT to_jsonb(t) AS j FROM pgbinding_new t OFFSET 0) x) n
+          ON o.k = n.k
+        WHERE o.j IS DISTINCT FROM n.j;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO pgbinding_change (table_name, op, pk, old, new)
+        SELECT TG_TABLE_NAME, 'D', o.j ->> pk_col, o.j, NULL
+        FROM (SELECT to_jsonb(t) AS j FROM pgbinding_old t) o;
+    END IF;
+    GET DIAGNOSTICS captured = ROW_COUNT;
+    IF captured > 0 AND (SELECT sleeping FROM {wakeup_table}) THEN
+        PERFORM pg_notify('pgbinding', '');
+    END IF;
+    RETURN NULL;
+END
+$body$;
+"""
+
+LEAN_TRIGGERS = """
+CREATE TRIGGER bench_lean_i AFTER INSERT ON {table}
+    REFERENCING NEW TABLE AS pgbinding_new
+    FOR EACH STATEMENT EXECUTE FUNCTION bench_capture_lean('id');
+CREATE TRIGGER bench_lean_u AFTER UPDATE ON {table}
+    REFERENCING OLD TABLE AS pgbinding_old NEW TABLE AS pgbinding_new
+    FOR EACH STATEMENT EXECUTE FUNCTION bench_capture_lean('id');
+CREATE TRIGGER bench_lean_d AFTER DELETE ON {table}
+    REFERENCING OLD TABLE AS pgbinding_old
+    FOR EACH STATEMENT EXECUTE FUNCTION bench_capture_lean('id');
+"""
+
+
+ROWLEAN_FUNCTION = """
+CREATE OR REPLACE FUNCTION bench_capture_rowlean() RETURNS trigger
+LANGUAGE plpgsql AS $body$
+DECLARE
+    pk_col text := TG_ARGV[0];
+    o jsonb;
+    n jsonb;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        n := to_jsonb(NEW);
+        INSERT INTO pgbinding_change (table_name, op, pk, old, new)
+        VALUES (TG_TABLE_NAME, 'I', n ->> pk_col, NULL, n);
+    ELSIF TG_OP = 'UPDATE' THEN
+        o := to_jsonb(OLD);
+        n := to_jsonb(NEW);
+        IF o = n THEN
+            RETURN NULL;
+        ELSIF (o -> pk_col) = (n -> pk_col) THEN
+            INSERT INTO pgbinding_change (table_name, op, pk, old, new)
+            VALUES (TG_TABLE_NAME, 'U', n ->> pk_col,
+                    (SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(o) e
+                      WHERE (n -> e.key) IS DISTINCT FROM e.value), n);
+        ELSE
+            INSERT INTO pgbinding_change (table_name, op, pk, old, new)
+            VALUES (TG_TABLE_NAME, 'D', o ->> pk_col, o, NULL),
+                   (TG_TABLE_NAME, 'I', n ->> pk_col, NULL, n);
+        END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        o := to_jsonb(OLD);
+        INSERT INTO pgbinding_change (table_name, op, pk, old, new)
+        VALUES (TG_TABLE_NAME, 'D', o ->> pk_col, o, NULL);
+    END IF;
+    IF (SELECT sleeping FROM {wakeup_table}) THEN
+        PERFORM pg_notify('pgbinding', '');
+    END IF;
+    RETURN NULL;
+END
+$body$;
+"""
+
+ROWLEAN_TRIGGERS = """
+CREATE TRIGGER bench_rowlean AFTER INSERT OR UPDATE OR DELETE ON {table}
+    FOR EACH ROW EXECUTE FUNCTION bench_capture_rowlean('id');
 """
 
 
@@ -147,6 +262,18 @@ EXPERIMENTS: dict[str, Experiment] = {
     ),
     "rowlevel": Experiment(
         "row-level copy of the capture function", "default", ROWLEVEL_FUNCTION, ROWLEVEL_TRIGGERS
+    ),
+    "lean": Experiment(
+        "statement-level, UPDATE logs only changed old values",
+        "default",
+        LEAN_FUNCTION,
+        LEAN_TRIGGERS,
+    ),
+    "rowlean": Experiment(
+        "row-level, UPDATE logs only changed old values",
+        "default",
+        ROWLEAN_FUNCTION,
+        ROWLEAN_TRIGGERS,
     ),
 }
 

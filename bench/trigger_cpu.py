@@ -5,8 +5,9 @@
 Runs ``--statements`` single-row UPDATEs (then INSERTs) inside one DO block, so one transaction
 and no network: what remains is the executor's work per statement, trigger included. Compared:
 no trigger, pgbinding's released capture (with the ``sleeping`` flag false, as under load), the
-log-floor and rowlevel experiments (bench/experiment.py) and the row-level pg_notify trigger
-(whose real cost, the commit lock, does not show here at all). Median of ``--repeat``.
+log-floor, rowlevel, lean and rowlean experiments (bench/experiment.py) and the row-level
+pg_notify trigger (whose real cost, the commit lock, does not show here at all). Median of
+``--repeat``.
 
 Table names in the SQL below are this module's own constants, never input.
 """
@@ -19,15 +20,19 @@ from typing import Any
 
 import psycopg
 
+from pgbinding.capture.sql import TRIGGER_VERSION
+
 from . import common, module
 from .experiment import install_experiment
 from .write_path import NOTIFY_FUNCTION
 
 VARIANTS = [
     ("plain", "no trigger"),
-    ("pgbinding", "pgbinding v1"),
+    ("pgbinding", f"pgbinding {TRIGGER_VERSION}"),
     ("log_floor", "EXP log-floor"),
     ("rowlevel", "EXP rowlevel"),
+    ("lean", "EXP lean"),
+    ("rowlean", "EXP rowlean"),
     ("notify", "row notify"),
 ]
 ROWS = 10_000
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
             common.create_table(conn, table, ROWS)
             if key == "pgbinding":
                 common.install_pgbinding_trigger(conn, table)
-            elif key in ("log_floor", "rowlevel"):
+            elif key in ("log_floor", "rowlevel", "lean", "rowlean"):
                 install_experiment(conn, key.replace("_", "-"), table)
             elif key == "notify":
                 conn.execute(
