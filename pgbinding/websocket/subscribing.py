@@ -4,7 +4,6 @@ each change and the snapshot itself are in :mod:`.subscriptions`."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from .. import metrics
@@ -15,7 +14,6 @@ from ..positions import Cursor
 from ..serialize import json_value
 from ..threads import in_thread
 from . import actions, subscriptions
-from .outbound import FRAMES_PER_TURN
 from .subscriptions import Subscription
 
 
@@ -94,10 +92,8 @@ class Subscribing:
             (metrics.replays if snap.replay is not None else metrics.resyncs).inc()
         if snap.replay is not None:
             # Resuming: the changes missed, then the reply with the new position.
-            for n, event in enumerate(snap.replay, 1):
+            for event in snap.replay:
                 await self.send_frame({"stream": stream, "payload": event})
-                if n % FRAMES_PER_TURN == 0:
-                    await asyncio.sleep(0)  # other sockets' tasks run between the frames
             sub.members = snap.members
             return 200, {
                 "subscription": sub_id,
