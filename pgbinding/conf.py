@@ -119,6 +119,12 @@ class Settings:
     #: idle: docs/design-notes.md, "Logical capture").
     LOGICAL_IDLE_POLL_INTERVAL: float = 0.01
     LOGICAL_IDLE_AFTER: float = 1.0
+    #: Logical capture: how the listener reads the slot. "stream": over a replication
+    #: connection (the walsender pushes each transaction as it commits: no looking, and no
+    #: decoding pass per look); needs a free walsender (max_wal_senders) and no connection
+    #: pooler that refuses replication connections, and falls back to "poll" (with a
+    #: warning) without them. "poll": the slot's SQL functions, LOGICAL_POLL_INTERVAL apart.
+    LOGICAL_READER: str = "stream"
 
     @classmethod
     def load(cls, user: Any) -> Settings:
@@ -168,7 +174,7 @@ class Settings:
 #: Settings that are rates, not durations (for error messages).
 _RATES = frozenset({"RATE_LIMIT", "RATE_BURST"})
 #: Settings with a fixed set of values.
-_CHOICES = {"CAPTURE": ("trigger", "logical")}
+_CHOICES = {"CAPTURE": ("trigger", "logical"), "LOGICAL_READER": ("stream", "poll")}
 #: Settings that name a replication slot or a publication (stored unquoted by Postgres).
 _SLOT_NAMES = frozenset({"SLOT_NAME", "PUBLICATION_NAME"})
 #: Every key and its default (read-only view; the defaults are declared in :class:`Settings`).

@@ -109,6 +109,11 @@ class ListenerHarness:
                     tuple[Any, ...],
                     conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'").fetchone(),
                 )
+                # Decoding reads flushed WAL only (the test server commits asynchronously):
+                # flush it with a durable commit of a transaction that has an id.
+                with conn.transaction():
+                    conn.execute("SET LOCAL synchronous_commit = on")
+                    conn.execute("SELECT pg_current_xact_id()")
                 self.wait(lambda: pump.decoded_upto >= int(lsn[0]), "the pump", timeout)
             row = conn.execute("SELECT coalesce(max(id), 0) FROM pgbinding_change").fetchone()
         target = int(row[0]) if row else 0

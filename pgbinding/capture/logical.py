@@ -93,6 +93,17 @@ WRITE_SQL = (
     "  WHERE name = %(slot)s AND EXISTS (SELECT FROM slot) RETURNING 1)"
     " SELECT (SELECT count(*) FROM ins)::integer, (SELECT count(*) FROM upd)::integer"
 )
+#: Ends the walsender of a pgbinding listener's stream that holds slot %s (a listener that lost
+#: the lead, or one a migration or drop-slot needs out of the way: it reconnects, polling
+#: meanwhile). Returns the pids ended. Needs the right to signal that backend (the same role,
+#: or pg_signal_backend).
+RELEASE_SLOT_SQL = (
+    "WITH holder AS MATERIALIZED (SELECT s.active_pid AS pid FROM pg_replication_slots s"
+    " JOIN pg_stat_activity a ON a.pid = s.active_pid"
+    " WHERE s.slot_name = %s AND a.backend_type = 'walsender'"
+    " AND a.application_name LIKE 'pgbinding stream %%')"
+    " SELECT pid FROM holder WHERE pg_terminate_backend(pid)"
+)
 ADVANCE_SQL = (
     "SELECT pg_replication_slot_advance(slot_name, %(lsn)s::pg_lsn) FROM pg_replication_slots"
     " WHERE slot_name = %(slot)s AND %(lsn)s::pg_lsn > confirmed_flush_lsn"

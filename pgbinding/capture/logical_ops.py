@@ -158,8 +158,9 @@ def drain(cursor: Any, slot: str, publication: str) -> int:
 
 
 def _peek(cursor: Any, params: dict[str, Any], timeout: float = 30.0) -> list[Any]:
-    """Peek the whole slot, retrying while the listener holds it for a moment (its own peek
-    or advance), inside a savepoint so the caller's transaction survives."""
+    """Peek the whole slot, retrying while the listener holds it (for a moment when it polls,
+    for as long as it runs when it streams: its stream is ended), inside a savepoint so the
+    caller's transaction survives."""
     deadline = time.monotonic() + timeout
     while True:
         cursor.execute("SAVEPOINT pgbinding_peek")
@@ -171,6 +172,9 @@ def _peek(cursor: Any, params: dict[str, Any], timeout: float = 30.0) -> list[An
             cursor.execute("ROLLBACK TO SAVEPOINT pgbinding_peek")
             if not isinstance(cause, errors.ObjectInUse) or time.monotonic() > deadline:
                 raise
+            # A listener streaming the slot holds it for as long as it runs: end its stream
+            # (it polls, then streams again after this transaction).
+            cursor.execute(logical.RELEASE_SLOT_SQL, [params["slot"]])
             time.sleep(0.01)
             continue
         cursor.execute("RELEASE SAVEPOINT pgbinding_peek")

@@ -283,6 +283,11 @@ class Transactions:
         #: (the table is not REPLICA IDENTITY FULL): the column is left out of the row.
         self.missing_toast = 0
 
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction's Begin was fed and its Commit not yet."""
+        return self._open is not None
+
     def feed(self, messages: Iterable[Message]) -> list[Transaction]:
         """The transactions completed by ``messages`` (a transaction may span two feeds)."""
         done = []

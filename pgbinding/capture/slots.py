@@ -74,7 +74,9 @@ def command(what: str, force: bool = False, timeout: float = 10.0) -> str:
             except OperationalError as exc:
                 if not isinstance(exc.__cause__, errors.ObjectInUse):
                     raise
-                # The listener's peek holds it for a moment.
+                # A listener polling the slot holds it for a moment; one streaming it, as long
+                # as it runs: end its stream.
+                cursor.execute(logical.RELEASE_SLOT_SQL, [name])
                 if time.monotonic() > deadline:
                     raise CommandError(
                         f"Replication slot {name!r} stayed in use for {timeout:.0f} s "

@@ -241,7 +241,7 @@ class Listener:
         # consumers drop by position. Writers' commits are not affected.
         await conn.execute("SET synchronous_commit = off")
         if self.pump is not None:
-            await self.pump.start(conn)
+            await self.pump.start(conn, self.conninfo, self.name)
         self._delivered = self._saved_cursor = self.log.cursor()
         self.saved_position = self.log.position
         behind, age = await self.log.behind(conn)
@@ -269,6 +269,8 @@ class Listener:
         finally:
             if pruner is not None:
                 pruner.cancel()
+            if self.pump is not None:
+                await self.pump.close()
 
     async def _loop(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self.progress.restart()

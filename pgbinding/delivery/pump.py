@@ -29,6 +29,7 @@ There is no NOTIFY: between rounds the listener waits in :meth:`Pump.wait`, one 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -37,6 +38,7 @@ import psycopg
 from psycopg import errors
 
 from ..capture import logical, logrows, pgoutput
+from ..capture.walstream import WalStream
 from ..conf import Settings
 
 logger = logging.getLogger("pgbinding.listener")
@@ -48,6 +50,14 @@ COMPLAINT_INTERVAL = 60.0
 #: The slot is advanced before the listener waits, and at least this often (seconds) while
 #: it is too busy to wait.
 ADVANCE_INTERVAL = 1.0
+#: After the stream failed (or could not start), poll the slot's SQL functions for this many
+#: seconds before trying the stream again.
+STREAM_RETRY_INTERVAL = 1.0
+#: After the server refused a replication connection (no REPLICATION attribute, no free
+#: walsender, a pooler in between): try again this rarely (seconds).
+STREAM_REFUSED_RETRY_INTERVAL = 60.0
+#: At start, how long to try to take the slot from a listener that lost the lead (seconds).
+TAKEOVER_TIMEOUT = 5.0
 
 _WAIT_SQL = (
     "SELECT (pgbinding_wait_wal(%s::pg_lsn, %s::float8, %s::float8) - '0/0'::pg_lsn)::bigint"
@@ -87,12 +97,31 @@ class Pump:
         self._confirmed = 0
         self._last_slot_check = 0.0
         self._complained: dict[str, float] = {}
+        #: The replication stream when the pump reads the slot that way (LOGICAL_READER =
+        #: "stream"), else None: it polls the slot's SQL functions.
+        self.stream: WalStream | None = None
+        self._conninfo: str | None = None
+        self._stream_name = ""
+        self._stream_retry_at = 0.0
+        #: Transactions written through the stream / by peeking (for logs, tests, benchmarks).
+        self.streamed = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Pin the session settings pgoutput's text output depends on, and make sure the slot
-        exists (creating it, with a warning, when bound tables are published without one)."""
+    async def start(
+        self, conn: psycopg.AsyncConnection[Any], conninfo: str | None = None, name: str = ""
+    ) -> None:
+        """Pin the session settings pgoutput's text output depends on, make sure the slot
+        exists (creating it, with a warning, when bound tables are published without one),
+        and, with LOGICAL_READER = "stream" and ``conninfo``, start streaming it (taking it
+        from a listener that lost the lead)."""
+        await self.close()
+        self._conninfo, self._stream_name = conninfo, name
+        await self._prepare(conn)
+        if self.settings.LOGICAL_READER == "stream" and conninfo is not None:
+            await self._open_stream(conn, take_over=True)
+
+    async def _prepare(self, conn: psycopg.AsyncConnection[Any]) -> None:
         for statement in logical.pin_settings_sql():
             await conn.execute(statement)
         self.decoded_upto = self._advanced = 0
@@ -128,6 +157,97 @@ class Pump:
             self.slot,
         )
 
+    # -- the stream --------------------------------------------------------------------------
+
+    async def _open_stream(self, conn: psycopg.AsyncConnection[Any], take_over: bool) -> None:
+        """Start streaming the slot; on failure, say why and poll until the next try.
+
+        ``take_over`` (only right after taking the lead): a listener that lost the lead may
+        still hold the slot through its walsender (until wal_sender_timeout, 60 s by default,
+        if it is stalled), so end that walsender (a pgbinding listener's only) and try again.
+        """
+        assert self._conninfo is not None
+        deadline = time.monotonic() + TAKEOVER_TIMEOUT
+        while True:
+            try:
+                self.stream = await WalStream.open(
+                    self._conninfo,
+                    self.slot,
+                    self.publication,
+                    f"pgbinding stream {self._stream_name}",
+                )
+            except errors.ObjectInUse as exc:
+                if take_over and time.monotonic() < deadline:
+                    cur = await conn.execute(logical.RELEASE_SLOT_SQL, [self.slot])
+                    ended = await cur.fetchall()
+                    if ended:
+                        logger.info(
+                            "Logical capture: ended the replication stream of another "
+                            "listener (backend pid %s) that still held slot %r",
+                            ", ".join(str(r[0]) for r in ended),
+                            self.slot,
+                        )
+                    await asyncio.sleep(0.05)
+                    continue
+                self._stream_failed(exc, STREAM_RETRY_INTERVAL)
+                return
+            except errors.UndefinedObject as exc:  # no slot yet: round() says so
+                self._stream_failed(exc, STREAM_RETRY_INTERVAL)
+                return
+            except errors.InsufficientPrivilege as exc:
+                self._stream_failed(exc, STREAM_REFUSED_RETRY_INTERVAL)
+                return
+            except psycopg.OperationalError as exc:
+                # No free walsender, or a pooler that refuses replication connections.
+                self._stream_failed(exc, STREAM_REFUSED_RETRY_INTERVAL)
+                return
+            self.decoded_upto = max(self.decoded_upto, self._confirmed)
+            self._moved = True
+            logger.info(
+                "Logical capture: streaming replication slot %r (publication %r)",
+                self.slot,
+                self.publication,
+            )
+            return
+
+    def _stream_failed(self, exc: BaseException, retry_in: float) -> None:
+        self._stream_retry_at = time.monotonic() + retry_in
+        self._complain(
+            f"stream {type(exc).__name__}",
+            "Logical capture cannot stream replication slot %r (%s); reading it with the "
+            "slot's SQL functions instead (about 1 ms of database CPU per look, and changes "
+            "wait for the next look), trying the stream again in %.0f s. Streaming needs a "
+            "replication connection (a free walsender: max_wal_senders; no connection pooler "
+            "in between that refuses them); set PGBINDING['LOGICAL_READER'] = 'poll' to read "
+            "the slot that way only.",
+            self.slot,
+            str(exc).strip() or type(exc).__name__,
+            retry_in,
+        )
+
+    async def _lose_stream(self, exc: BaseException) -> None:
+        await self.close()
+        self._stream_failed(exc, STREAM_RETRY_INTERVAL)
+
+    async def close(self) -> None:
+        """End the stream (the slot is free for others)."""
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            await stream.close()
+
+    async def _stream_round(self, conn: psycopg.AsyncConnection[Any], stream: WalStream) -> int:
+        try:
+            await stream.receive(0)
+        except psycopg.OperationalError as exc:
+            await self._lose_stream(exc)
+            return -1
+        transactions = stream.take()
+        upto = stream.sent_upto
+        written = await self._write(conn, transactions, upto) if transactions else 0
+        self.streamed += len(transactions)
+        self.decoded_upto = max(self.decoded_upto, upto)
+        return written
+
     # -- one round ---------------------------------------------------------------------------
 
     async def round(self, conn: psycopg.AsyncConnection[Any]) -> int:
@@ -137,6 +257,18 @@ class Pump:
         if now - self._last_slot_check >= SLOT_CHECK_INTERVAL:
             self._last_slot_check = now
             await self.check_slot(conn)
+        if (
+            self.stream is None
+            and self._conninfo is not None
+            and self.settings.LOGICAL_READER == "stream"
+            and now >= self._stream_retry_at
+        ):
+            await self._open_stream(conn, take_over=False)
+        if self.stream is not None:
+            written = await self._stream_round(conn, self.stream)
+            if written >= 0:
+                self._moved = False
+                return written
         if not self._moved:  # not just woken by wait(): look whether WAL moved first
             cur = await conn.execute(logical.FLUSH_SQL)
             row = await cur.fetchone()
@@ -186,28 +318,36 @@ class Pump:
         decoded = pgoutput.Transactions().feed(messages)
         complete = len(messages) < self.peek_limit or not decoded
         upto = flush if complete else decoded[-1].end_lsn
-        # What this pump wrote already (the slot is advanced after sending): not again.
-        transactions = [t for t in decoded if t.end_lsn > self._confirmed]
-        written = 0
-        if transactions:
-            for relid in self.converter.missing(transactions):
-                cur = await conn.execute(logical.RELATION_SQL, [relid])
-                self.converter.learn(relid, await cur.fetchall())
-            rows = self.converter.rows(transactions)
-            params = {**logrows.insert_params(self.slot, rows), "lsn": logical.lsn_text(upto)}
-            cur = await conn.execute(logical.WRITE_SQL, params)
-            result = await cur.fetchone()
-            if result is None or result[1] != 1:  # its row was deleted (drop-slot): again
-                await conn.execute(logical.ENSURE_ROW_SQL, {"slot": self.slot})
-                cur = await conn.execute(logical.WRITE_SQL, params)
-                result = await cur.fetchone()
-            written = int(result[0]) if result else 0
-            self._confirmed = max(self._confirmed, upto)
-            if written:
-                self.written += written
-                self._last_change = time.monotonic()
+        written = await self._write(conn, decoded, upto)
         self.decoded_upto = max(self.decoded_upto, upto)
         return written, complete
+
+    async def _write(
+        self, conn: psycopg.AsyncConnection[Any], decoded: list[pgoutput.Transaction], upto: int
+    ) -> int:
+        """Write the transactions of ``decoded`` not written before into the log, durably,
+        with ``upto`` as the slot's confirmed position (one statement); how many rows."""
+        # What this pump wrote already (the slot is advanced after sending): not again.
+        transactions = [t for t in decoded if t.end_lsn > self._confirmed]
+        if not transactions:
+            return 0
+        for relid in self.converter.missing(transactions):
+            cur = await conn.execute(logical.RELATION_SQL, [relid])
+            self.converter.learn(relid, await cur.fetchall())
+        rows = self.converter.rows(transactions)
+        params = {**logrows.insert_params(self.slot, rows), "lsn": logical.lsn_text(upto)}
+        cur = await conn.execute(logical.WRITE_SQL, params)
+        result = await cur.fetchone()
+        if result is None or result[1] != 1:  # its row was deleted (drop-slot): again
+            await conn.execute(logical.ENSURE_ROW_SQL, {"slot": self.slot})
+            cur = await conn.execute(logical.WRITE_SQL, params)
+            result = await cur.fetchone()
+        written = int(result[0]) if result else 0
+        self._confirmed = max(self._confirmed, upto)
+        if written:
+            self.written += written
+            self._last_change = time.monotonic()
+        return written
 
     async def _advance(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Let the slot go of what is in the log (WAL Postgres may then remove).
@@ -239,6 +379,13 @@ class Pump:
         """The listener sent what it read: advance the slot past what is in the log (``now``,
         or if it was last advanced ADVANCE_INTERVAL ago: an advance costs a decoding pass and
         a write of the slot's state, and the next peek skips what is written anyway)."""
+        if self.stream is not None:
+            # A status update on the stream: no round trip, no decoding pass.
+            try:
+                self.stream.confirm(self.decoded_upto)
+            except psycopg.OperationalError as exc:
+                await self._lose_stream(exc)
+            return
         if not now and time.monotonic() - self._advanced_at < ADVANCE_INTERVAL:
             return
         try:
@@ -253,6 +400,17 @@ class Pump:
         next :meth:`round` then peeks at once). The slot is advanced first if it was not for
         ADVANCE_INTERVAL (the waits come in slices of at most 0.25 s)."""
         await self.sent(conn)
+        if self.stream is not None:
+            try:
+                self._moved = await self.stream.receive(seconds)
+            except psycopg.OperationalError as exc:
+                await self._lose_stream(exc)
+                return True  # the next round polls
+            if not self.stream.transactions_ready:
+                # Caught up: what the walsender says it has sent is decoded (nothing of it
+                # is waiting to be written).
+                self.decoded_upto = max(self.decoded_upto, self.stream.sent_upto)
+            return self._moved
         quiet = time.monotonic() - self._last_change >= self.settings.LOGICAL_IDLE_AFTER
         step = (
             self.settings.LOGICAL_IDLE_POLL_INTERVAL
