@@ -4,8 +4,9 @@
     python -m bench.logical_capture --quick          # 1 run, fewer writes (~4 min)
 
 Needs a server with ``wal_level = logical``: the private one is started with it (``--dsn``
-names your own). Each run measures, for ``trigger`` and ``logical`` (interleaved, the order
-rotating from run to run), on the bench site (bench/site) under daphne with the in-process
+names your own). Each run measures, for ``trigger``, ``logical`` (the slot streamed over a
+replication connection) and ``logical-poll`` (read with the slot's SQL functions), interleaved
+(the order rotating from run to run), on the bench site (bench/site) under daphne with the in-process
 listener and the in-memory layer:
 
 * **latency**: bench/latency's 1-client measurement unchanged (``latency.measure``: a writer
@@ -41,7 +42,9 @@ from pgbinding.capture import logical, sql
 
 from . import common, latency, live
 
-BACKENDS = ("trigger", "logical")
+#: "logical" streams the slot (LOGICAL_READER = "stream", the default), "logical-poll" reads
+#: it with the slot's SQL functions (LOGICAL_READER = "poll", the fallback).
+BACKENDS = ("trigger", "logical", "logical-poll")
 #: The bench site's bound tables (bench/site/benchapp/bindings.py) and their primary keys.
 SLOT = "pgbinding"
 PUBLICATION = "pgbinding"
@@ -58,7 +61,10 @@ def bound_tables(conn: psycopg.Connection[Any]) -> list[str]:
 @contextlib.contextmanager
 def backend(dsn: str, name: str, tables: list[str]) -> Iterator[None]:
     """The bound tables captured by ``name`` for the block."""
-    os.environ["BENCH_PGBINDING"] = json.dumps({"CAPTURE": name})
+    capture = {"CAPTURE": "trigger" if name == "trigger" else "logical"}
+    if name == "logical-poll":
+        capture["LOGICAL_READER"] = "poll"
+    os.environ["BENCH_PGBINDING"] = json.dumps(capture)
     if name == "trigger":
         yield
         return
@@ -154,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         stack.callback(writer.close)
         print(f"== tables {tables}; logs in {tmp}", flush=True)
         for run in range(args.runs):
-            order = BACKENDS if run % 2 == 0 else BACKENDS[::-1]
+            shift = run % len(BACKENDS)
+            order = BACKENDS[shift:] + BACKENDS[:shift]
             for name in order:
                 with backend(dsn, name, tables):
                     fast = latency.measure(
@@ -198,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
                 }
                 results.append(r)
                 print(
-                    f"   run {run + 1} {name:8} 50/s p50 {r['p50']:.2f} p99 {r['p99']:.2f} ms "
+                    f"   run {run + 1} {name:12} 50/s p50 {r['p50']:.2f} p99 {r['p99']:.2f} ms "
                     f"(Postgres {r['busy_postgres_cores']:.3f} cores); 0.5/s p50 "
                     f"{r['sparse_p50']:.2f} p99 {r['sparse_p99']:.2f} ms; idle: Postgres "
                     f"{idle['postgres_cores']:.4f} cores, daphne {idle['daphne_cores']:.4f}, "
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in BACKENDS:
         rs = [r for r in results if r["backend"] == name]
         print(
-            f"   {name:8} "
+            f"   {name:12} "
             + ", ".join(f"{k} {common.median([r[k] for r in rs]):.4g}" for k in keys)
         )
     if args.json:
