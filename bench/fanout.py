@@ -25,7 +25,11 @@ failure reported loudly.
 **Writers.** ``--writers`` OS processes (nice 10, so they do not starve the servers they feed),
 each on its own psycopg connection (autocommit, durable commits): ``UPDATE benchapp_owned SET
 value = value + 1 WHERE id = %s RETURNING value`` on a random row, taking
-``time.monotonic_ns()`` when the commit returns. (row, new value) names the change.
+``time.monotonic_ns()`` when the commit returns. (row, new value) names the change. With
+``--rows-per-write 1,10`` the ``owner`` runs are made once more with each statement changing
+10 distinct random rows (``WHERE id = ANY(%s)``, one commit): the same changes to the same
+sockets, a tenth of the commits and trigger calls, so the writers' and Postgres' share of the
+machine shrinks and delivery's capacity shows (the rate is still counted in changes).
 
 **Runs.** One stack per layer and rule (the rules' order alternating from layer to layer):
 its sockets connect and subscribe once (``BENCH_CONN_MAX_AGE`` keeps daphne's database
@@ -85,6 +89,10 @@ from .throughput import profile_top
 
 RULES = ("owner", "all")
 WRITE_SQL = "UPDATE benchapp_owned SET value = value + 1 WHERE id = %s RETURNING value"
+#: Several rows per statement (``--rows-per-write``).
+WRITE_MANY_SQL = (
+    "UPDATE benchapp_owned SET value = value + 1 WHERE id = ANY(%s) RETURNING id, value"
+)
 TARGET_RATE = 2000.0
 SUPABASE_REFERENCE = 108.0
 PATH = "/users/"
@@ -124,6 +132,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--all-rate", type=float, default=2.0, help="all paced rate, /s (2)")
     p.add_argument("--per-process", type=int, default=500, help="sockets per client process")
+    p.add_list(
+        "--rows-per-write",
+        "batch_list",
+        "1",
+        "rows each writer statement changes, owner runs (1); e.g. 1,10",
+        item=int,
+    )
     p.add_quiet()
     p.add_argument(
         "--profile",
@@ -222,27 +237,34 @@ def _writer_main(dsn: str, pipe: Any) -> None:
             cmd = pipe.recv()
             if cmd[0] == "stop":
                 return
-            _, rows, seconds, rate, limit, seed, offset = cmd
+            _, rows, seconds, rate, limit, seed, offset, batch = cmd
             rng = random.Random(seed)
             out = []
-            period = 1e9 / rate if rate else 0.0
+            period = batch * 1e9 / rate if rate else 0.0
             start = time.monotonic_ns() + int(offset * 1e9)
             end = start + int(seconds * 1e9)
             i = 0
             while i < limit:
                 now = time.monotonic_ns()
                 if period:
-                    at = start + int(i * period)
+                    at = start + int(i // batch * period)
                     if at >= end:
                         break
                     if at > now:
                         time.sleep((at - now) / 1e9)
                 elif now >= end:
                     break
-                row = rng.randint(1, rows)
-                got = conn.execute(WRITE_SQL, (row,), prepare=True).fetchone()
-                out.append((row, int(got[0]) if got else -1, time.monotonic_ns()))
-                i += 1
+                if batch == 1:
+                    row = rng.randint(1, rows)
+                    got = conn.execute(WRITE_SQL, (row,), prepare=True).fetchone()
+                    out.append((row, int(got[0]) if got else -1, time.monotonic_ns()))
+                    i += 1
+                    continue
+                picked = rng.sample(range(1, rows + 1), min(batch, rows, limit - i))
+                done = conn.execute(WRITE_MANY_SQL, (picked,), prepare=True).fetchall()
+                at_commit = time.monotonic_ns()
+                out += [(int(row), int(value), at_commit) for row, value in done]
+                i += len(picked)
             pipe.send(("done", out))
 
 
@@ -267,17 +289,18 @@ class Writers:
         self.seed = 0
 
     def run(
-        self, rows: int, seconds: float, rate: float | None, limit: int
+        self, rows: int, seconds: float, rate: float | None, limit: int, batch: int = 1
     ) -> list[tuple[int, int, int]]:
-        """Writes for ``seconds`` (at ``rate`` a second in all, or as fast as they go), at most
-        ``limit`` in all: [(row, new value, monotonic_ns at commit)], in commit-ack order."""
+        """Writes for ``seconds`` (at ``rate`` changes a second in all, or as fast as they go),
+        at most ``limit`` changes in all, ``batch`` rows per statement: [(row, new value,
+        monotonic_ns at commit)], in commit-ack order."""
         n = len(self.pipes)
         for k, pipe in enumerate(self.pipes):
             self.seed += 1
             share = limit // n + (1 if k < limit % n else 0)
             per = rate / n if rate else None
             offset = k / rate if rate else 0.0  # interleave the writers' schedules
-            pipe.send(("run", rows, seconds, per, share, self.seed, offset))
+            pipe.send(("run", rows, seconds, per, share, self.seed, offset, batch))
         out: list[tuple[int, int, int]] = []
         for pipe in self.pipes:
             if not pipe.poll(seconds + 120):
@@ -407,19 +430,22 @@ def measure(
         procs.update({f"client{i}": pid for i, pid in enumerate(pool.pids())})
         with psycopg.connect(dsn, autocommit=True) as c:
             postmaster = common.postmaster_pid(c)
-        for run in range(args.runs):
+        batches = args.batch_list if rule == "owner" else [1]
+        for run, batch in ((r, b) for r in range(args.runs) for b in batches):
             kept: tuple[dict[str, Any], dict[str, Any]] | None = None
             for attempt in range(2):
                 # Other people's work on the shared machine during the max phase (more than
                 # NOISY cores) makes the run count for less: it is run once more and the
                 # cleaner of the two kept, as bench/write_path does.
-                got = one_run(args, layer, rule, run, n, fan, pool, writers, procs, postmaster)
+                got = one_run(
+                    args, layer, rule, run, n, fan, pool, writers, procs, postmaster, batch
+                )
                 if kept is None or got[0]["max"]["cpu"]["other"] < kept[0]["max"]["cpu"]["other"]:
                     kept = got
                 if got[0]["max"]["cpu"]["other"] <= NOISY:
                     break
                 print(
-                    f"   run {run + 1} {layer} {rule}: other work used "
+                    f"   run {run + 1} {layer} {rule} x{batch}: other work used "
                     f"{got[0]['max']['cpu']['other']:.2f} cores during the max phase"
                     + ("; running it again" if attempt == 0 else ""),
                     flush=True,
@@ -461,10 +487,11 @@ def one_run(
     writers: Writers,
     procs: dict[str, int],
     postmaster: int | None,
+    batch: int = 1,
 ) -> tuple[dict[str, Any], dict[str, list[tuple[int, int, int]]]]:
     """The max phase, then the paced phase at a rate the max phase showed to be sustainable:
     (the run's CPU figures, each phase's commits)."""
-    out: dict[str, Any] = {"layer": layer, "rule": rule, "run": run, "users": n}
+    out: dict[str, Any] = {"layer": layer, "rule": rule, "run": run, "users": n, "batch": batch}
     commits_of: dict[str, list[tuple[int, int, int]]] = {}
     capacity = math.inf
     for phase in ("max", "paced"):
@@ -477,12 +504,12 @@ def one_run(
         window.start()
         rate = None
         if phase == "max" and rule == "owner":
-            commits = writers.run(n, args.seconds, None, args.max_writes)
+            commits = writers.run(n, args.seconds, None, args.max_writes, batch)
         elif phase == "max":
             commits = writers.run(n, 600.0, None, args.all_writes)
         else:
             rate = min(args.rate if rule == "owner" else args.all_rate, args.load * capacity)
-            commits = writers.run(n, args.seconds, rate, 10**9)
+            commits = writers.run(n, args.seconds, rate, 10**9, batch)
         pool.wait_frames(before + len(commits) * fan, idle=10, limit=600)
         done = time.monotonic_ns()
         cpu = window.stop()
@@ -615,7 +642,8 @@ def main(argv: list[str] | None = None) -> None:
                 for r in runs:
                     m, p = r["max"], r["paced"]
                     print(
-                        f"   run {r['run'] + 1} {layer:6} {rule:5}: max {m['delivered']}/"
+                        f"   run {r['run'] + 1} {layer:6} {rule:5} x{r.get('batch', 1)}: max "
+                        f"{m['delivered']}/"
                         f"{m['changes']} delivered, {m['delivered_rate']:.0f} changes/s "
                         f"({m['write_rate']:.0f} written/s), last p50 {m['p50']:.1f} p99 "
                         f"{m['p99']:.1f} ms; paced {p['write_rate']:.0f}/s: p50 {p['p50']:.1f} "
@@ -646,6 +674,8 @@ def main(argv: list[str] | None = None) -> None:
         "all_rate": args.all_rate,
         "load": args.load,
         "statement": WRITE_SQL,
+        "rows_per_write": args.batch_list,
+        "statement_many": WRITE_MANY_SQL,
         "minutes": (time.monotonic() - started) / 60,
     }
     module.finish(args, params, machine, results, report_text, stacks=stacks)
@@ -670,10 +700,20 @@ def summary(data: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (layer, rule): medians over the runs; owner ÷ all per layer."""
     rows = []
     p = data["params"]
+    batches = p.get("rows_per_write", [1])
     for layer in p["layers"]:
         base = math.nan
-        for rule in sorted(p["rules"], key=lambda r: r != "all"):  # all first: the base
-            rs = [r for r in data["results"] if r["layer"] == layer and r["rule"] == rule]
+        pairs = [
+            (name, batch)
+            for name in sorted(p["rules"], key=lambda r: r != "all")  # all first: the base
+            for batch in (batches if name == "owner" else [1])
+        ]
+        for rule, batch in pairs:
+            rs = [
+                r
+                for r in data["results"]
+                if r["layer"] == layer and r["rule"] == rule and r.get("batch", 1) == batch
+            ]
             if not rs:
                 continue
 
@@ -688,7 +728,7 @@ def summary(data: dict[str, Any]) -> list[dict[str, Any]]:
                 vals = [v for r in rs for k, v in r[phase]["us_per_change"].items() if k == key]
                 return common.median(vals) if vals else math.nan
 
-            row: dict[str, Any] = {"layer": layer, "rule": rule, "runs": len(rs)}
+            row: dict[str, Any] = {"layer": layer, "rule": rule, "batch": batch, "runs": len(rs)}
             for phase in ("max", "paced"):
                 row[phase] = {
                     k: med(phase, k)
@@ -718,6 +758,12 @@ def summary(data: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def label(row: dict[str, Any]) -> str:
+    """The rule, and the rows per statement when not 1 (``owner x10``)."""
+    batch = row.get("batch", 1)
+    return row["rule"] if batch == 1 else f"{row['rule']} x{batch}"
+
+
 def queueing(phase: dict[str, Any]) -> bool:
     d = phase["drift_ms"]
     return bool(d == d and d > max(5.0, 0.5 * phase["p50"]))
@@ -729,7 +775,7 @@ def report_text(data: dict[str, Any]) -> str:
     out = [
         f"== fan-out to {p['users']:,} signed-in users, one subscribed socket each; medians of "
         f"{p['runs']} run(s); delivered = the owner's socket (owner) / every socket (all) has it",
-        f"{'layer':6} {'rule':5} {'deliv/s':>8} {'frames/s':>9} {'write/s':>8} {'x all':>6} "
+        f"{'layer':6} {'rule':9} {'deliv/s':>8} {'frames/s':>9} {'write/s':>8} {'x all':>6} "
         f"{'p50 ms':>8} {'p99 ms':>8} | {'paced/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'drift':>6} | {'lost':>5} {'foreign':>7}  per-run deliv/s",
     ]
@@ -737,7 +783,7 @@ def report_text(data: dict[str, Any]) -> str:
     for r in rows:
         m, q = r["max"], r["paced"]
         out.append(
-            f"{r['layer']:6} {r['rule']:5} {_f(m['delivered_rate']):>8} "
+            f"{r['layer']:6} {label(r):9} {_f(m['delivered_rate']):>8} "
             f"{_f(m['frames_rate']):>9} {_f(m['write_rate']):>8} {_f(r['ratio'], '.1f'):>6} "
             f"{_f(m['p50'], '.1f'):>8} {_f(m['p99'], '.1f'):>8} | {_f(q['write_rate']):>7} "
             f"{_f(q['p50'], '.1f'):>7} {_f(q['p99'], '.1f'):>7} {_f(q['drift_ms'], '.1f'):>6} | "
@@ -748,7 +794,7 @@ def report_text(data: dict[str, Any]) -> str:
             "",
             f"== CPU during the {phase} phase, cores (of 2), medians; "
             "µs = CPU per delivered change",
-            f"{'layer':6} {'rule':5} "
+            f"{'layer':6} {'rule':9} "
             + " ".join(f"{k[:8]:>8}" for k in CPU_KEYS)
             + f" {'daphne µs':>9} {'pglstn µs':>9} {'pg µs':>6}",
         ]
@@ -756,7 +802,7 @@ def report_text(data: dict[str, Any]) -> str:
         for r in rows:
             c, us = r[phase]["cpu"], r[phase]["us"]
             out.append(
-                f"{r['layer']:6} {r['rule']:5} "
+                f"{r['layer']:6} {label(r):9} "
                 + " ".join(f"{_f(c[k], '.2f'):>8}" for k in CPU_KEYS)
                 + f" {_f(us['daphne']):>9} {_f(us['pglisten']):>9} {_f(us['postgres']):>6}"
             )
@@ -786,9 +832,10 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
             note = f", **{r['foreign']} foreign rows**"
         elif lost:
             note = f", {lost} lost"
+        rows = "" if r["batch"] == 1 else f", {r['batch']} rows per statement"
         out.append(
             (
-                f"fan-out, {users:,} signed-in users, per-user rule, {r['layer']} layer: "
+                f"fan-out, {users:,} signed-in users, per-user rule, {r['layer']} layer{rows}: "
                 "changes/s delivered",
                 f">= {TARGET_RATE:,.0f}",
                 f"{_f(m['delivered_rate'])} ({_f(r['ratio'], '.0f')}x no rule){note}",
@@ -818,7 +865,14 @@ def markdown(data: dict[str, Any]) -> str:
         "has it (`owner`) or every socket has it (`all`); latency is commit acknowledged → "
         "frame received by that last socket. "
         "One daphne (and pglisten) per layer and rule: its sockets connect and subscribe once, "
-        f"then {p['runs']} runs of both phases; medians of the runs.",
+        f"then {p['runs']} runs of both phases; medians of the runs."
+        + (
+            f" Rows `owner xN`: the same, each writer statement changing N distinct random rows "
+            f"(`{p.get('statement_many', '')}`, one durable commit per statement); rates count "
+            "changes (rows), not statements."
+            if any(b != 1 for b in p.get("rows_per_write", [1]))
+            else ""
+        ),
         "",
         "| layer | rule | delivered changes/s | frames/s | writes/s | ÷ `all` | latency p50 / "
         "p99 ms (max) | paced: writes/s | paced: latency p50 / p99 ms | paced: drift ms | "
@@ -828,7 +882,7 @@ def markdown(data: dict[str, Any]) -> str:
     for r in rows:
         m, q = r["max"], r["paced"]
         lines.append(
-            f"| {r['layer']} | {r['rule']} | {_f(m['delivered_rate'])} | "
+            f"| {r['layer']} | {label(r)} | {_f(m['delivered_rate'])} | "
             f"{_f(m['frames_rate'])} | {_f(m['write_rate'])} | {_f(r['ratio'], '.1f')} | "
             f"{_f(m['p50'], '.1f')} / {_f(m['p99'], '.1f')} | {_f(q['write_rate'])} | "
             f"{_f(q['p50'], '.1f')} / {_f(q['p99'], '.1f')} | {_f(q['drift_ms'], '.1f')}"
@@ -839,7 +893,7 @@ def markdown(data: dict[str, Any]) -> str:
         )
     foreign = sum(r["foreign"] for r in rows)
     behind = ", ".join(
-        f"{r['layer']}/{r['rule']}"
+        f"{r['layer']}/{label(r)}"
         for r in rows
         if r["max"]["write_rate"] > 1.1 * r["max"]["delivered_rate"]
     )
@@ -882,7 +936,7 @@ def markdown(data: dict[str, Any]) -> str:
         for r in rows:
             c, us = r[phase]["cpu"], r[phase]["us"]
             lines.append(
-                f"| {phase} | {r['layer']} | {r['rule']} | "
+                f"| {phase} | {r['layer']} | {label(r)} | "
                 + " | ".join(_f(c[k], ".2f") for k in CPU_KEYS)
                 + f" | {_f(us['daphne'])} | {_f(us['pglisten'])} | {_f(us['postgres'])} |"
             )
@@ -905,17 +959,18 @@ def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
         return []
     layers = [x for x in data["params"]["layers"] if any(r["layer"] == x for r in rows)]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    width = 0.38
-    for k, rule in enumerate(RULES):
+    series = list(dict.fromkeys(label(r) for r in rows))
+    width = 0.8 / len(series)
+    for k, name in enumerate(series):
         vals = [
             next(
-                (r["max"]["delivered_rate"] for r in rows if r["layer"] == x and r["rule"] == rule),
+                (r["max"]["delivered_rate"] for r in rows if r["layer"] == x and label(r) == name),
                 0,
             )
             for x in layers
         ]
-        xs = [i + (k - 0.5) * width for i in range(len(layers))]
-        a1.bar(xs, vals, width, label=f"rule {rule}")
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(layers))]
+        a1.bar(xs, vals, width, label=f"rule {name}")
         for x, v in zip(xs, vals, strict=True):
             a1.annotate(_f(v), (x, v), ha="center", va="bottom", fontsize=8)
     a1.axhline(TARGET_RATE, color="grey", linestyle="--", linewidth=1, label="target 2,000/s")
@@ -935,7 +990,8 @@ def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
     for i, r in enumerate(x for x in rows if x["rule"] == "owner"):
         cdf_ = r["paced"]["cdf"]
         if cdf_:
-            a2.plot([v for _, v in cdf_], [q for q, _ in cdf_], color=f"C{i}", label=r["layer"])
+            name = r["layer"] if r["batch"] == 1 else f"{r['layer']} x{r['batch']}"
+            a2.plot([v for _, v in cdf_], [q for q, _ in cdf_], color=f"C{i}", label=name)
     a2.set_xscale("log")
     a2.set_xlabel("commit -> owner's socket, ms (log)")
     a2.set_ylabel("fraction of changes")
