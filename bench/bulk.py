@@ -13,6 +13,15 @@ No listener runs; the ``sleeping`` flag (``pgbinding_state``) stays as installed
 listener would be asleep), so each captured statement sends one wake-up NOTIFY, as it would on an
 idle system.
 
+**Logical capture** (``pgbinding logical``; ``--no-logical`` leaves it out): the table is set up
+as the logical capture migrations do it (REPLICA IDENTITY FULL, the publication, a pgoutput
+slot: bench/slot.py), no trigger. Its capture is not synchronous: a pgbinding Listener with
+CAPTURE = "logical" (its own process, empty registry, started before each of these statements,
+stopped after) has its pump decode the slot and write the log. Reported besides the statement:
+the time from its start until the log holds every row, and the WAL written until then. The
+slot is moved past the other variants' WAL before each, and with this variant in the run the
+server runs with ``wal_level = logical`` for every variant.
+
 **Live delivery** (``--layers``, default ``memory``; ``--layers ''`` skips it). In a second
 database of the same server, the bench site (bench/site, bench/live.py) runs under daphne with
 its listener (inside daphne for ``memory``, ``manage.py pglisten`` for ``redis``), and one
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing as mp
 import os
 import tempfile
 import time
@@ -44,11 +54,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from . import common, live, module, throughput
+from . import common, consumers, live, module, slot, throughput
 from .experiment import EXPERIMENTS, install_experiment
 
 LIVE_DB = "pgbinding_bench_live"
 TARGET_RATIO = 1.5  # the issue's target for the statement with capture, at 100,000 rows
+LOGICAL_TARGET_RATIO = 1.3  # issue 14's target for the logical backend's statement
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -87,6 +98,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--live-repeat", type=int, default=3, help="statements per live size (3; --quick 1)"
     )
+    p.add_argument(
+        "--no-logical",
+        dest="logical",
+        action="store_false",
+        help="leave out the logical capture variant (then the server keeps its wal_level)",
+    )
     p.set_quick_defaults(repeat=1, live_repeat=1, live_row_list="10000,100000")
     args = p.parse(argv)
     args.live_row_list = args.live_row_list or args.row_list
@@ -98,14 +115,106 @@ def wal_lsn(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
+class LogicalListener:
+    """A pgbinding Listener with CAPTURE = "logical" in its own process (bench/consumers.py),
+    run around one statement: its pump is what writes the log."""
+
+    def __init__(self, dsn: str) -> None:
+        ctx = mp.get_context("spawn")
+        self.stop_event = ctx.Event()
+        ready = ctx.Event()
+        self.process = ctx.Process(
+            target=consumers.run_listener,
+            name="bench-logical-listener",
+            args=(dsn, ready, self.stop_event, "logical"),
+        )
+        self.process.start()
+        if not ready.wait(180):
+            self.close()
+            raise SystemExit("the logical listener did not start within 180 s")
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.process.join(30)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+
+
+def _reset_log(conn: psycopg.Connection[Any], table: str, logical: bool) -> None:
+    """An empty log, the table vacuumed, a fresh checkpoint; with the logical variant in the
+    run, the slot moved past all WAL (no listener runs now) and the stopped listener's position
+    past what was truncated (or it would wait on a gap)."""
+    conn.execute("TRUNCATE pgbinding_change")
+    conn.execute(
+        "UPDATE pgbinding_listener SET position = coalesce(pg_sequence_last_value("
+        "pg_get_serial_sequence('pgbinding_change', 'id')::regclass), 0), pending = '[]'"
+        " WHERE name = %s",
+        [consumers.LISTENER_NAME],
+    )
+    conn.execute(f"VACUUM {table}, pgbinding_change")
+    if logical:
+        slot.skip(conn)
+    conn.execute("CHECKPOINT")
+    if logical:
+        slot.skip(conn)
+
+
+def _logical_statement(
+    conn: psycopg.Connection[Any], dsn: str, table: str, rows: int, quiet: float
+) -> dict[str, float]:
+    """One UPDATE of every row under logical capture: the statement's time, and the time and
+    WAL until the log holds every row (the listener's pump writes it)."""
+    listener = LogicalListener(dsn)
+    try:
+        target = slot.flush_lsn(conn)
+        deadline = time.monotonic() + 60
+        while slot.read_lsn(conn) < target:  # started: its pump has looked at the slot
+            if time.monotonic() > deadline or not listener.alive():
+                raise SystemExit("the logical listener's pump did not read the slot")
+            time.sleep(0.01)
+        if quiet > 0:
+            common.wait_quiet(quiet, 20)
+        before = wal_lsn(conn)
+        t0 = time.perf_counter()
+        conn.execute(f"UPDATE {table} SET value = value + 1")  # noqa: S608
+        elapsed = time.perf_counter() - t0
+        wal = wal_lsn(conn) - before
+        while slot.log_rows(conn) < rows:
+            if time.perf_counter() - t0 > 600 or not listener.alive():
+                raise SystemExit(f"{table}: the log holds {slot.log_rows(conn)} of {rows} rows")
+            time.sleep(0.005)
+        complete = time.perf_counter() - t0
+        wal_all = wal_lsn(conn) - before
+    finally:
+        listener.close()
+    logged = slot.log_rows(conn)
+    if logged != rows:
+        raise SystemExit(f"{table}: log holds {logged} rows, not {rows}")
+    return {"s": elapsed, "wal": wal, "log_s": complete, "wal_log": wal_all}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    with common.server(args.dsn) as dsn:
+    extra = slot.SERVER_SETTINGS if args.logical else None
+    with common.server(args.dsn, extra=extra) as dsn:
         conn = psycopg.connect(dsn, autocommit=True)
         machine = common.announce_server(conn)
+        level = slot.wal_level(conn)
+        if args.logical and level != "logical":
+            raise SystemExit(
+                f"the logical variant needs wal_level = logical; this server has {level!r}: "
+                "set it or pass --no-logical"
+            )
+        print(f"== wal_level = {level} for every variant")
 
         common.install_pgbinding_schema(conn)
         variants = [("plain", "no trigger"), ("pgbinding", "pgbinding")]
+        if args.logical:
+            variants.append(("logical", "pgbinding logical"))
         variants += [(f"exp_{name.replace('-', '_')}", f"EXP {name}") for name in args.experiment]
         for rows in args.row_list:
             for key, _ in variants:
@@ -115,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
                     common.install_pgbinding_trigger(conn, table)
                 elif key.startswith("exp_"):
                     install_experiment(conn, key[4:].replace("_", "-"), table)
+        if args.logical:
+            slot.install(conn, [f"b_logical_{rows}" for rows in args.row_list])
         conn.execute("VACUUM ANALYZE")
         wakeup = common.wakeup_table(conn)
         sleeping = conn.execute(f"SELECT sleeping FROM {wakeup}").fetchone()  # noqa: S608
@@ -123,15 +234,17 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.repeat} statements per variant, order alternating"
         )
 
-        results: dict[tuple[int, str], list[tuple[float, int]]] = {}
+        results: dict[tuple[int, str], list[dict[str, float]]] = {}
         for rows in args.row_list:
             for rep in range(args.repeat):
                 order = variants[rep % len(variants) :] + variants[: rep % len(variants)]
                 for key, _ in order:
                     table = f"b_{key}_{rows}"
-                    conn.execute("TRUNCATE pgbinding_change")
-                    conn.execute(f"VACUUM {table}, pgbinding_change")
-                    conn.execute("CHECKPOINT")
+                    _reset_log(conn, table, args.logical)
+                    if key == "logical":
+                        r = _logical_statement(conn, dsn, table, rows, args.quiet_cores)
+                        results.setdefault((rows, key), []).append(r)
+                        continue
                     if args.quiet_cores > 0:
                         common.wait_quiet(args.quiet_cores, 20)
                     before = wal_lsn(conn)
@@ -143,14 +256,24 @@ def main(argv: list[str] | None = None) -> None:
                     expected = 0 if key == "plain" else rows
                     if not logged or logged[0] != expected:
                         raise SystemExit(f"{table}: log holds {logged} rows, not {expected}")
-                    results.setdefault((rows, key), []).append((elapsed, wal))
+                    # The capture is synchronous (or there is none): complete at commit.
+                    r = {"s": elapsed, "wal": wal, "log_s": elapsed, "wal_log": wal}
+                    results.setdefault((rows, key), []).append(r)
                 print(
                     f"   {rows} rows, statement {rep + 1}: "
                     + "  ".join(
-                        f"{k} {results[(rows, k)][-1][0] * 1000:.0f} ms" for k, _ in variants
+                        f"{k} {results[(rows, k)][-1]['s'] * 1000:.0f} ms" for k, _ in variants
+                    )
+                    + (
+                        f" (logical: log complete at "
+                        f"{results[(rows, 'logical')][-1]['log_s'] * 1000:.0f} ms)"
+                        if args.logical
+                        else ""
                     ),
                     flush=True,
                 )
+        if args.logical:
+            slot.drop(conn)  # slot names are per server: the live part's database wants it
 
         print()
         print(
@@ -159,28 +282,36 @@ def main(argv: list[str] | None = None) -> None:
         )
         hdr = (
             f"{'rows':>7}  {'variant':18} {'median ms':>9} {'min-max ms':>13} "
-            f"{'ratio':>6} {'WAL MB':>7} {'us/row':>7}"
+            f"{'ratio':>6} {'WAL MB':>7} {'us/row':>7} {'log ms':>7} {'log WAL MB':>10}"
         )
         print(hdr)
         print("-" * len(hdr))
         for rows in args.row_list:
-            base = common.median([t for t, _ in results[(rows, "plain")]])
+            base = common.median([r["s"] for r in results[(rows, "plain")]])
             for key, label in variants:
-                times = [t for t, _ in results[(rows, key)]]
-                wal_med = common.median([w for _, w in results[(rows, key)]])
+                rs = results[(rows, key)]
+                times = [r["s"] for r in rs]
                 med = common.median(times)
                 print(
                     f"{rows:>7}  {label:18} {med * 1000:>9.1f} "
                     f"{min(times) * 1000:>6.0f}-{max(times) * 1000:<6.0f} "
-                    f"{med / base:>6.2f} {wal_med / 1e6:>7.1f} {med / rows * 1e6:>7.2f}"
+                    f"{med / base:>6.2f} {common.median([r['wal'] for r in rs]) / 1e6:>7.1f} "
+                    f"{med / rows * 1e6:>7.2f} "
+                    f"{common.median([r['log_s'] for r in rs]) * 1000:>7.0f} "
+                    f"{common.median([r['wal_log'] for r in rs]) / 1e6:>10.1f}"
                 )
             print()
+        print(
+            "  log ms = from the statement's start until the log holds every row (the same as "
+            "the statement\n  but for the logical backend, whose listener's pump writes it); "
+            "log WAL MB = WAL written until then."
+        )
         conn.close()
 
         out: list[dict[str, Any]] = [
-            {"part": "raw", "rows": rows, "variant": key, "rep": i, "s": t, "wal": w}
+            {"part": "raw", "rows": rows, "variant": key, "rep": i, **r}
             for (rows, key), values in results.items()
-            for i, (t, w) in enumerate(values)
+            for i, r in enumerate(values)
         ]
         if args.layer_list:
             out += live_part(dsn, args)
@@ -191,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
             "layers": args.layer_list,
             "live_rows": args.live_row_list,
             "live_repeat": args.live_repeat,
+            "wal_level": level,
         }
         module.finish(args, params, machine, out, live_text if args.layer_list else None)
 
@@ -364,6 +496,12 @@ def summary(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
                     "max_ms": max(r["s"] for r in rs) * 1000,
                     "ratio": ms / 1000 / base if base else float("nan"),
                     "wal_mb": med([r["wal"] for r in rs]) / 1e6,
+                    # Older JSON has no log_s: its captures were all synchronous.
+                    "log_ms": med([r.get("log_s", r["s"]) for r in rs]) * 1000,
+                    "log_ratio": med([r.get("log_s", r["s"]) for r in rs]) / base
+                    if base
+                    else float("nan"),
+                    "wal_log_mb": med([r.get("wal_log", r["wal"]) for r in rs]) / 1e6,
                     "n": len(rs),
                 }
             )
@@ -463,6 +601,17 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
                     r["ratio"] <= TARGET_RATIO,
                 )
             )
+        elif r["variant"] == "logical" and r["rows"] == 100_000:
+            out.append(
+                (
+                    "bulk UPDATE of 100,000 rows, logical capture: statement time with capture "
+                    "/ without",
+                    f"<= {LOGICAL_TARGET_RATIO:.1f}x",
+                    f"{r['ratio']:.2f}x ({r['ms']:.0f} ms; the log complete at "
+                    f"{r['log_ratio']:.2f}x, {r['log_ms']:.0f} ms)",
+                    r["ratio"] <= LOGICAL_TARGET_RATIO,
+                )
+            )
     return out
 
 
@@ -475,16 +624,31 @@ def markdown(data: dict[str, Any]) -> str:
         "pgbinding's triggers (as the migrations install them), timed at the client through the "
         f"commit; median of {p['repeat']} with the variants alternating. The capture is "
         "synchronous: the log holds every row at commit (checked), so this is also the time "
-        "until the log is complete. No listener runs.",
+        "until the log is complete. No listener runs"
+        + (
+            ", except for *pgbinding logical*: logical capture (no trigger; REPLICA IDENTITY "
+            "FULL, the publication and a pgoutput slot, as its migrations set them up), whose "
+            "log is written after the commit by a pgbinding Listener with CAPTURE = "
+            '"logical" (its own process, started before each of its statements): *log '
+            "complete ms* and *WAL MB to log complete* count from the statement's start until "
+            "the log holds every row. The slot is moved past the other variants' WAL before "
+            "each."
+            if any(key == "logical" for key, _ in p["variants"])
+            else "."
+        ),
         "",
-        "| rows | variant | median ms | min-max ms | ratio | WAL MB | µs/row |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        f"The server ran with `wal_level = {p.get('wal_level', '?')}` for every variant.",
+        "",
+        "| rows | variant | median ms | min-max ms | ratio | WAL MB | µs/row | log complete ms "
+        "| ratio | WAL MB to log complete |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in s["raw"]:
         lines.append(
             f"| {r['rows']:,} | {r['label']} | {r['ms']:.1f} | {r['min_ms']:.0f}-"
             f"{r['max_ms']:.0f} | {r['ratio']:.2f} | {r['wal_mb']:.1f} | "
-            f"{r['ms'] * 1000 / r['rows']:.2f} |"
+            f"{r['ms'] * 1000 / r['rows']:.2f} | {r['log_ms']:.0f} | {r['log_ratio']:.2f} | "
+            f"{r['wal_log_mb']:.1f} |"
         )
     if any(key.startswith("exp_") and key.endswith("_floor") for key, _ in p["variants"]):
         lines += [
@@ -502,6 +666,14 @@ def markdown(data: dict[str, Any]) -> str:
                 "",
                 f"Target ≤ {TARGET_RATIO}x at 100,000 rows: **{'met' if met else 'missed'}** "
                 f"({r['ratio']:.2f}x).",
+            ]
+        elif r["variant"] == "logical" and r["rows"] == 100_000:
+            met = r["ratio"] <= LOGICAL_TARGET_RATIO
+            lines += [
+                "",
+                f"Logical capture's target ≤ {LOGICAL_TARGET_RATIO}x at 100,000 rows (the "
+                f"statement): **{'met' if met else 'missed'}** ({r['ratio']:.2f}x); the log "
+                f"held every row at {r['log_ratio']:.2f}x the plain statement's time.",
             ]
     if s["live"]:
         lines += [

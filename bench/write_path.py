@@ -56,9 +56,7 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
-from pgbinding.capture import logical
-
-from . import common, module
+from . import common, module, slot
 from .consumers import (
     LISTENER_APPLICATION,
     LISTENER_NAME,
@@ -69,16 +67,6 @@ from .consumers import (
 from .experiment import EXPERIMENTS, install_experiment
 
 ROWS = 10_000
-#: The logical backend's replication slot and publication: pgbinding's defaults (SLOT_NAME,
-#: PUBLICATION_NAME), which the listener's pump reads.
-SLOT = "pgbinding"
-PUBLICATION = "pgbinding"
-#: What the server needs for the logical variant (set for every variant of such a run).
-LOGICAL_SERVER_SETTINGS = {
-    "wal_level": "logical",
-    "max_replication_slots": "4",
-    "max_wal_senders": "4",
-}
 
 NOTIFY_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION bench_notify_row() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -203,8 +191,7 @@ class Bench:
     def header(self) -> None:
         self.machine = common.announce_server(self.conn)
         self.settings = common.settings_report(self.conn)
-        row = self.conn.execute("SELECT current_setting('wal_level')").fetchone()
-        self.wal_level = str(row[0]) if row else "?"
+        self.wal_level = slot.wal_level(self.conn)
         if self.logical and self.wal_level != "logical":
             raise SystemExit(
                 f"the logical variant needs wal_level = logical; this server has "
@@ -238,13 +225,7 @@ class Bench:
             if v.key.startswith("exp:"):
                 install_experiment(c, v.key[4:], v.table)
         if self.logical:
-            # As the logical capture migrations do it: the slot first (Postgres creates one
-            # only in a transaction that has not written), then the table's statements.
-            with c.cursor() as cursor:
-                logical.ensure_slot(cursor, SLOT)
-            with c.transaction():
-                for statement in logical.capture_sql(LOGICAL_VARIANT.table, PUBLICATION)[0]:
-                    c.execute(statement)
+            slot.install(c, [LOGICAL_VARIANT.table])
         c.execute("VACUUM ANALYZE")
         for v in self.variants:
             for w in self.args.workload_list:
@@ -323,7 +304,7 @@ class Bench:
                 )
             self.wait_listener_caught_up(30)
             if mode == "logical":
-                self.wait_slot_passed(self.flush_lsn(), 60)
+                self.wait_slot_passed(slot.flush_lsn(self.conn), 60)
         others: dict[str, int] = {"drainer_py": self.drainer.pid}
         pid = self.backend_pid("bench-drainer")
         if pid:
@@ -380,25 +361,10 @@ class Bench:
         row = self.conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
         return int(row[0]) if row else 0
 
-    def flush_lsn(self) -> int:
-        row = self.conn.execute("SELECT pg_current_wal_flush_lsn() - '0/0'::pg_lsn").fetchone()
-        return int(row[0]) if row else 0
-
-    def slot_lsn(self) -> int:
-        """How far the slot has been read: its confirmed_flush_lsn (moved by the pump after
-        sending, at most ADVANCE_INTERVAL late) or the pump's last write, whichever is later."""
-        row = self.conn.execute(
-            "SELECT greatest((SELECT confirmed_flush_lsn FROM pg_replication_slots"
-            " WHERE slot_name = %(slot)s), (SELECT confirmed_lsn FROM pgbinding_slot"
-            " WHERE name = %(slot)s)) - '0/0'::pg_lsn",
-            {"slot": SLOT},
-        ).fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
-
     def wait_slot_passed(self, lsn: int, timeout: float) -> float:
         """Wait until the logical listener's pump has read the slot up to ``lsn``."""
         start = time.monotonic()
-        while self.slot_lsn() < lsn:
+        while slot.read_lsn(self.conn) < lsn:
             if time.monotonic() - start > timeout:
                 raise SystemExit(f"the pump did not read the slot up to {lsn} in {timeout} s")
             if self.listener is None or not self.listener.is_alive():
@@ -406,36 +372,19 @@ class Bench:
             time.sleep(0.01)
         return time.monotonic() - start
 
-    def log_rows(self) -> int:
-        """Rows in the log since the reset (its ids have no gaps: a cheap count)."""
-        row = self.conn.execute(
-            "SELECT coalesce(max(id) - min(id) + 1, 0) FROM pgbinding_change"
-        ).fetchone()
-        return int(row[0]) if row else 0
-
     def wait_logical_drained(self, xacts: int, wal_end: int, timeout: float) -> float:
         """Wait until the pump has written every transaction of the load into the log (one
         row each; or, should pgbench's count be off, the slot read past the load's WAL) and
         the listener has read it."""
         start = time.monotonic()
-        while self.log_rows() < xacts and self.slot_lsn() < wal_end:
+        while slot.log_rows(self.conn) < xacts and slot.read_lsn(self.conn) < wal_end:
             if time.monotonic() - start > timeout:
-                raise SystemExit(f"the pump wrote {self.log_rows()} of {xacts} rows")
+                raise SystemExit(f"the pump wrote {slot.log_rows(self.conn)} of {xacts} rows")
             if self.listener is None or not self.listener.is_alive():
                 raise SystemExit("the logical listener process died")
             time.sleep(0.01)
         self.wait_listener_caught_up(max(1.0, timeout - (time.monotonic() - start)))
         return time.monotonic() - start
-
-    def skip_slot(self) -> None:
-        """Move the slot past all WAL so far, with the logical listener stopped: nothing the
-        bench wrote outside a logical measurement (other variants' loads, the resets) is
-        decoded during one, and the slot holds back no WAL (a checkpoint can recycle it)."""
-        c = self.conn
-        for _ in range(2):  # the second advance moves restart_lsn to the logged snapshot
-            c.execute("SELECT pg_logical_emit_message(false, 'bench', '', true)")
-            c.execute("SELECT pg_replication_slot_advance(%s, pg_current_wal_flush_lsn())", [SLOT])
-            c.execute("SELECT pg_log_standby_snapshot()")
 
     def reset(self) -> None:
         """Same starting state for every measurement: 10,000 rows, an empty log, no dead rows,
@@ -461,10 +410,10 @@ class Bench:
             tables.append("pgbinding_slot")
         c.execute(f"VACUUM (ANALYZE) {', '.join(tables)}")
         if self.logical and self.listener_mode != "logical":
-            self.skip_slot()
+            slot.skip(self.conn)
         c.execute("CHECKPOINT")
         if self.logical and self.listener_mode != "logical":
-            self.skip_slot()
+            slot.skip(self.conn)
 
     def measure(self, run: int, workload: str, clients: int, v: Variant) -> dict[str, Any]:
         mode = self.listener_mode_for(v)
@@ -702,7 +651,7 @@ class Bench:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    extra = LOGICAL_SERVER_SETTINGS if args.logical else None
+    extra = slot.SERVER_SETTINGS if args.logical else None
     with common.server(args.dsn, extra=extra) as dsn:
         bench = Bench(args, dsn)
         try:
