@@ -70,6 +70,7 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
 TARGET_PREFIXES: dict[str, tuple[str, ...]] = {
     "write_path": ("write path",),
     "bulk": ("bulk ",),
+    "throughput": ("capture throughput",),
     "latency": ("latency,",),
     "logical_capture": ("logical capture,",),
     "memory": ("memory per ",),
