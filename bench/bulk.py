@@ -54,7 +54,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from . import common, consumers, live, module, slot, throughput
+from . import common, consumers, live, logical_capture, module, slot, throughput
 from .experiment import EXPERIMENTS, install_experiment
 
 LIVE_DB = "pgbinding_bench_live"
@@ -374,43 +374,66 @@ def live_part(dsn: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             f"== live delivery: Tick.objects.update(value=F('value') + 1) through the ORM, "
             f"timed until a WebSocket client has every frame; {args.live_repeat} per size"
         )
-        for layer in args.layer_list:
-            throughput.load_table(live_dsn, 1)
-            with (
-                live.stack(live_dsn, layer, tmp / layer, redis_url) as st,
-                psycopg.connect(live_dsn, autocommit=True) as conn,
-            ):
-                client = throughput.Client(st.url + "/pgbinding/")
-                try:
-                    # The in-process listener (memory) starts with that connection: wait
-                    # until it has loaded its position and caught up.
-                    live.wait_for(
-                        lambda: _position(conn) >= _log_end(conn), "the listener to catch up"
-                    )
-                    pids = {"listener_py": (st.listener or st.server).pid, "client_py": client.pid}
-                    if st.listener is not None:
-                        pids["server_py"] = st.server.pid
-                    if redis_url and layer != "memory":
-                        rpid = common.redis_pid(redis_url)
-                        if rpid:
-                            pids["redis"] = rpid
-                    for rows in args.live_row_list:
-                        throughput.load_table(live_dsn, rows)
-                        Tick._default_manager.count()  # connect outside the timing
-                        for rep in range(args.live_repeat):
-                            r = _live_once(conn, client, pids, rows, Tick, F, args)
-                            r.update(part="live", layer=layer, rows=rows, rep=rep)
-                            out.append(r)
-                            print(
-                                f"   {layer:6} {rows:>7} rows, statement {rep + 1}: statement "
-                                f"{r['statement_s'] * 1000:.0f} ms, all {r['frames']}/{rows} "
-                                f"frames at {r['deliver_s']:.2f} s, listener done at "
-                                f"{r['listener_s']:.2f} s",
-                                flush=True,
-                            )
-                finally:
-                    client.close()
+        with psycopg.connect(live_dsn, autocommit=True) as conn:
+            tables = logical_capture.bound_tables(conn)
+        captures = ["trigger", "logical"] if args.logical else ["trigger"]
+        for capture in captures:
+            for layer in args.layer_list:
+                for rows in args.live_row_list:
+                    # Loaded under the triggers (off while loading): under logical capture the
+                    # load itself would be decoded into the log.
+                    throughput.load_table(live_dsn, rows)
+                    with logical_capture.backend(live_dsn, capture, tables):
+                        out += _live_size(
+                            live_dsn, capture, layer, rows, tmp, redis_url, args, Tick, F
+                        )
                     connection.close()
+    return out
+
+
+def _live_size(
+    live_dsn: str,
+    capture: str,
+    layer: str,
+    rows: int,
+    tmp: Path,
+    redis_url: str | None,
+    args: argparse.Namespace,
+    tick: Any,
+    f: Any,
+) -> list[dict[str, Any]]:
+    """The live statements of one size, on a fresh stack (capture backend and table set)."""
+    out = []
+    with (
+        live.stack(live_dsn, layer, tmp / f"{capture}-{layer}-{rows}", redis_url) as st,
+        psycopg.connect(live_dsn, autocommit=True) as conn,
+    ):
+        client = throughput.Client(st.url + "/pgbinding/")
+        try:
+            # The in-process listener (memory) starts with that connection: wait until it has
+            # loaded its position and caught up.
+            live.wait_for(lambda: _position(conn) >= _log_end(conn), "the listener to catch up")
+            pids = {"listener_py": (st.listener or st.server).pid, "client_py": client.pid}
+            if st.listener is not None:
+                pids["server_py"] = st.server.pid
+            if redis_url and layer != "memory":
+                rpid = common.redis_pid(redis_url)
+                if rpid:
+                    pids["redis"] = rpid
+            tick._default_manager.count()  # connect outside the timing
+            for rep in range(args.live_repeat):
+                r = _live_once(conn, client, pids, rows, tick, f, args, capture)
+                r.update(part="live", capture=capture, layer=layer, rows=rows, rep=rep)
+                out.append(r)
+                print(
+                    f"   {capture:7} {layer:6} {rows:>7} rows, statement {rep + 1}: statement "
+                    f"{r['statement_s'] * 1000:.0f} ms, all {r['frames']}/{rows} "
+                    f"frames at {r['deliver_s']:.2f} s, listener done at "
+                    f"{r['listener_s']:.2f} s",
+                    flush=True,
+                )
+        finally:
+            client.close()
     return out
 
 
@@ -422,6 +445,7 @@ def _live_once(
     tick: Any,
     f: Any,
     args: argparse.Namespace,
+    capture: str = "trigger",
 ) -> dict[str, Any]:
     conn.execute("VACUUM benchapp_tick, pgbinding_change")
     conn.execute("CHECKPOINT")
@@ -432,6 +456,13 @@ def _live_once(
     if pg_pid:
         others["listener_pg"] = pg_pid
     meter = common.CpuMeter(common.postmaster_pid(conn), others)
+    # Logical capture: the pump writes the statement's rows after its commit, with the next
+    # ids (nothing else writes the log, and its rows open no gaps).
+    row = conn.execute(
+        "SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('pgbinding_change', 'id')"
+        "::regclass), 0)"
+    ).fetchone()
+    logical_end = (int(row[0]) if row else 0) + rows
     client.arm(rows, idle=30.0)
     meter.start()
     t0 = time.monotonic()
@@ -439,7 +470,7 @@ def _live_once(
     statement = time.monotonic() - t0
     if updated != rows:
         raise RuntimeError(f"updated {updated} rows, not {rows}")
-    end = _log_end(conn)
+    end = logical_end if capture == "logical" else _log_end(conn)
     listener_done = float("nan")
     while not client.pipe.poll(0.02):
         if listener_done != listener_done and _position(conn) >= end:
@@ -506,15 +537,22 @@ def summary(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
                 }
             )
     lv = []
-    for layer in p.get("layers", []):
-        for rows in p.get("live_rows", []):
-            rs = [
-                r
-                for r in data["results"]
-                if r["part"] == "live" and r["layer"] == layer and r["rows"] == rows
-            ]
-            if not rs:
-                continue
+    # Older JSON has no capture backend in its live part: the triggers'.
+    for capture, layer, rows in (
+        (c, layer, rows)
+        for c in ("trigger", "logical")
+        for layer in p.get("layers", [])
+        for rows in p.get("live_rows", [])
+    ):
+        rs = [
+            r
+            for r in data["results"]
+            if r["part"] == "live"
+            and r.get("capture", "trigger") == capture
+            and r["layer"] == layer
+            and r["rows"] == rows
+        ]
+        if rs:
 
             def m(key: str, rs: list[dict[str, Any]] = rs) -> float:
                 return med([float(r[key]) for r in rs])
@@ -525,6 +563,7 @@ def summary(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
             lv.append(
                 {
+                    "capture": capture,
                     "layer": layer,
                     "rows": rows,
                     "statement_ms": m("statement_s") * 1000,
@@ -559,7 +598,7 @@ def _f(x: float, spec: str = ".0f") -> str:
 def live_text(data: dict[str, Any]) -> str:
     rows = summary(data)["live"]
     hdr = (
-        f"{'layer':7} {'rows':>7} {'stmt ms':>8} {'all frames s':>12} {'lsnr s':>7} "
+        f"{'capture':7} {'layer':7} {'rows':>7} {'stmt ms':>8} {'all frames s':>12} {'lsnr s':>7} "
         f"{'chg/s':>6} {'lsnr':>5} {'pg':>4} {'daphne':>6} {'redis':>5} {'postgres':>8} "
         f"{'client':>6} {'machine':>7}  frames"
     )
@@ -573,7 +612,8 @@ def live_text(data: dict[str, Any]) -> str:
     ]
     for r in rows:
         out.append(
-            f"{r['layer']:7} {r['rows']:>7} {r['statement_ms']:>8.0f} {r['deliver_s']:>12.2f} "
+            f"{r['capture']:7} {r['layer']:7} {r['rows']:>7} {r['statement_ms']:>8.0f} "
+            f"{r['deliver_s']:>12.2f} "
             f"{_f(r['listener_s'], '.2f'):>7} {_f(r['rate']):>6} {_f(r['ms_listener_py']):>5} "
             f"{_f(r['ms_listener_pg']):>4} {_f(r['ms_server_py']):>6} {_f(r['ms_redis']):>5} "
             f"{_f(r['ms_postgres']):>8} {_f(r['ms_client_py']):>6} {_f(r['ms_machine']):>7}  "
@@ -683,22 +723,26 @@ def markdown(data: dict[str, Any]) -> str:
             "group `ticks` (its own process, parsing every frame). `benchapp_tick` holds exactly "
             'N rows; the benchmark process runs `Tick.objects.update(value=F("value") + 1)` '
             "through the ORM. Times are from the statement's start; median of "
-            f"{p['live_repeat']}. CPU is ms per 1,000 changes over the whole window.",
+            f"{p['live_repeat']}. CPU is ms per 1,000 changes over the whole window. Each "
+            "capture backend, layer and size has a fresh stack; *logical*: the bound tables "
+            "switched to logical capture with the SQL the migrations pin (after loading the "
+            'table) and the stack run with `CAPTURE = "logical"`, so the listener\'s pump '
+            "writes the log after the commit.",
             "",
-            "| layer | rows | statement ms | first frame s | all frames s | listener done s | "
-            "changes/s | listener CPU ms/1000 (Python + backend) | daphne | Redis | Postgres | "
-            "client | machine |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| capture | layer | rows | statement ms | first frame s | all frames s | listener "
+            "done s | changes/s | listener CPU ms/1000 (Python + backend) | daphne | Redis | "
+            "Postgres | client | machine |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in s["live"]:
             lines.append(
-                f"| {r['layer']} | {r['rows']:,} | {r['statement_ms']:.0f} | "
+                f"| {r['capture']} | {r['layer']} | {r['rows']:,} | {r['statement_ms']:.0f} | "
                 f"{r['first_frame_s']:.2f} | {r['deliver_s']:.2f} | {_f(r['listener_s'], '.2f')}"
                 f" | {r['rate']:.0f} | {_f(r['ms_listener_py'])} + {_f(r['ms_listener_pg'])} | "
                 f"{_f(r['ms_server_py'])} | {_f(r['ms_redis'])} | {_f(r['ms_postgres'])} | "
                 f"{_f(r['ms_client_py'])} | {_f(r['ms_machine'])} |"
             )
-        bad = [f"{r['layer']}/{r['rows']}" for r in s["live"] if not r["complete"]]
+        bad = [f"{r['capture']}/{r['layer']}/{r['rows']}" for r in s["live"] if not r["complete"]]
         lines += [
             "",
             "With `memory` the listener's Python process is daphne, so its CPU includes the "
@@ -742,19 +786,20 @@ def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
         ax.grid(axis="y", alpha=0.3)
         if s["live"]:
             ax2 = axes[1]
-            for layer in dict.fromkeys(r["layer"] for r in s["live"]):
-                rs = [r for r in s["live"] if r["layer"] == layer]
+            for capture, layer in dict.fromkeys((r["capture"], r["layer"]) for r in s["live"]):
+                rs = [r for r in s["live"] if r["layer"] == layer and r["capture"] == capture]
+                name = layer if capture == "trigger" else f"{layer}, logical"
                 ax2.plot(
                     [r["rows"] for r in rs],
                     [r["deliver_s"] for r in rs],
                     "o-",
-                    label=f"{layer}: all frames",
+                    label=f"{name}: all frames",
                 )
                 ax2.plot(
                     [r["rows"] for r in rs],
                     [r["statement_ms"] / 1000 for r in rs],
                     "s--",
-                    label=f"{layer}: statement",
+                    label=f"{name}: statement",
                 )
             ax2.set_xscale("log")
             ax2.set_yscale("log")
