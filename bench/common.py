@@ -59,14 +59,17 @@ NCPU = len(os.sched_getaffinity(0))
 
 
 @contextlib.contextmanager
-def server(dsn: str | None, keep: bool = False) -> Iterator[str]:
-    """Yield a DSN of a database to benchmark in: ``dsn`` as given, or a private server's."""
+def server(
+    dsn: str | None, keep: bool = False, extra: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Yield a DSN of a database to benchmark in: ``dsn`` as given, or a private server's
+    (started with :data:`SERVER_SETTINGS` and ``extra``, e.g. ``wal_level``)."""
     if dsn:
         yield dsn
         return
     from devservers import EmbeddedPostgres
 
-    settings = dict(SERVER_SETTINGS)
+    settings = {**SERVER_SETTINGS, **(extra or {})}
     if os.environ.get("BENCH_PG_DEBUG"):  # keep the data directory, log connections and DDL
         keep = True
         settings.update(log_connections="all", log_disconnections="on", log_statement="ddl")

@@ -5,7 +5,9 @@ shares an interpreter or a GIL with the benchmark driver. The load generator is 
 so no Python runs in the hot path of the writes at all.
 
 - :func:`run_listener`: a real :class:`pgbinding.listener.Listener` with an empty binding
-  registry: it reads every change from the log, saves its position, and sends nothing.
+  registry: it reads every change from the log, saves its position, and sends nothing. With
+  ``capture="logical"`` it is the logical backend's listener: its pump reads the replication
+  slot and writes the log itself (slot and publication: pgbinding's defaults).
 - :func:`run_drainer`: one connection that LISTENs on the row-notify channel and parses each
   notification's JSON payload, counting them. It also LISTENs on pgbinding's wake-up channel
   and counts those, so the benchmark can report how many wake-ups pgbinding's triggers sent.
@@ -29,7 +31,12 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def run_listener(dsn: str, ready: Any, stop: Any) -> None:
+#: The listener's Postgres session, as pgbinding names it in pg_stat_activity (its
+#: ``application_name``, set by pgbinding.delivery.connection.connect: not the DSN's).
+LISTENER_APPLICATION = f"pgbinding listener {LISTENER_NAME}"
+
+
+def run_listener(dsn: str, ready: Any, stop: Any, capture: str = "trigger") -> None:
     _ignore_sigint()
     from django.conf import settings
 
@@ -48,6 +55,7 @@ def run_listener(dsn: str, ready: Any, stop: Any) -> None:
         dsn,
         Dispatcher(InMemoryChannelLayer(), bindings=Registry()),
         name=LISTENER_NAME,
+        capture=capture,
         prune_interval=0,  # the driver empties the log between measurements
         lag_log_interval=3600.0,
     )

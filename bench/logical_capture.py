@@ -21,7 +21,9 @@ listener and the in-memory layer:
 
 The logical run switches the bound tables with the SQL the migration operations pin (the
 trigger removed, REPLICA IDENTITY FULL, the publication, a slot) and back afterwards.
-Prints medians over the runs, and writes JSON with ``--json``.
+Prints medians over the runs, and writes JSON with ``--json``; bench/report.py renders it as
+the logical backend's part of docs/benchmarks.md's latency (targets as bench/latency's at one
+client: p50 <= 2 ms, p99 <= 10 ms).
 """
 
 from __future__ import annotations
@@ -40,11 +42,13 @@ import psycopg
 
 from pgbinding.capture import logical, sql
 
-from . import common, latency, live
+from . import common, latency, live, module
 
 #: "logical" streams the slot (LOGICAL_READER = "stream", the default), "logical-poll" reads
 #: it with the slot's SQL functions (LOGICAL_READER = "poll", the fallback).
 BACKENDS = ("trigger", "logical", "logical-poll")
+#: What the server needs for the logical backend (both backends are measured under it).
+SERVER_SETTINGS = {"wal_level": "logical", "max_replication_slots": "4", "max_wal_senders": "4"}
 #: The bench site's bound tables (bench/site/benchapp/bindings.py) and their primary keys.
 SLOT = "pgbinding"
 PUBLICATION = "pgbinding"
@@ -124,18 +128,19 @@ def idle_cost(
     }
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = module.Parser("logical_capture", __doc__, quick="1 run, 300 + 8 writes, 15 s idle (~4 min)")
+    p.add_argument(
+        "--writes", type=int, default=1000, help="timed writes at 50/s (1000; --quick 300)"
+    )
+    p.add_argument("--sparse", type=int, default=20, help="timed writes at 0.5/s (20; --quick 8)")
+    p.add_argument("--idle", type=float, default=30.0, help="idle window, seconds (30; --quick 15)")
+    p.set_quick_defaults(writes=300, sparse=8, idle=15.0)
+    return p.parse(argv)
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.logical_capture", description=__doc__)
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--writes", type=int, default=1000, help="timed writes at 50/s (1000)")
-    p.add_argument("--sparse", type=int, default=20, help="timed writes at 0.5/s (20)")
-    p.add_argument("--idle", type=float, default=30.0, help="idle window, seconds (30)")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--dsn", help="a database on a server with wal_level = logical")
-    p.add_argument("--json", type=Path)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.runs, args.writes, args.sparse, args.idle = 1, 300, 8, 15.0
+    args = parse_args(argv)
     latency_args = latency.parse_args(
         ["--layers", "memory", "--clients", "1", "--rates", "50", "--writes", str(args.writes)]
     )
@@ -143,13 +148,13 @@ def main(argv: list[str] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-logical-"))
     results: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
-        if args.dsn:
-            dsn = args.dsn
-        else:
-            common.SERVER_SETTINGS.update(wal_level="logical", max_replication_slots="4")
-            dsn = stack.enter_context(common.server(None))
+        dsn = stack.enter_context(common.server(args.dsn, extra=SERVER_SETTINGS))
         with psycopg.connect(dsn, autocommit=True) as conn:
-            common.announce_server(conn)
+            machine = common.announce_server(conn)
+            row = conn.execute("SELECT current_setting('wal_level')").fetchone()
+            wal_level = str(row[0]) if row else "?"
+            if wal_level != "logical":
+                raise SystemExit(f"needs wal_level = logical; this server has {wal_level!r}")
         live.migrate(dsn)
         latency.prepare_table(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -212,16 +217,126 @@ def main(argv: list[str] | None = None) -> None:
                     f"{idle['statements_per_s']:.1f} statements/s; lost {r['lost']}",
                     flush=True,
                 )
-    print("== medians over the runs")
-    keys = [k for k in results[0] if k not in ("backend", "run")]
+    params = {
+        "runs": args.runs,
+        "writes": args.writes,
+        "sparse": args.sparse,
+        "idle": args.idle,
+        "wal_level": wal_level,
+    }
+    module.finish(args, params, machine, results, report_text)
+
+
+# --------------------------------------------------------------------------- report
+
+#: The latency targets at one client (bench/latency.py's), for the logical backend too.
+TARGET_P50 = latency.TARGET_ONE_P50
+TARGET_P99 = latency.TARGET_ONE_P99
+#: What the figures are, in report order: (key, label, format).
+FIGURES = (
+    ("p50", "50 writes/s: p50 ms", ".2f"),
+    ("p99", "50 writes/s: p99 ms", ".2f"),
+    ("sparse_p50", "one write every 2 s: p50 ms", ".2f"),
+    ("sparse_p99", "one write every 2 s: p99 ms", ".2f"),
+    ("busy_postgres_cores", "Postgres CPU at 50 writes/s (cores)", ".3f"),
+    ("busy_daphne_cores", "daphne CPU at 50 writes/s (cores)", ".3f"),
+    ("idle_postgres_cores", "idle: Postgres CPU (cores)", ".4f"),
+    ("idle_daphne_cores", "idle: daphne CPU (cores)", ".4f"),
+    ("idle_statements_per_s", "idle: listener statements /s", ".1f"),
+    ("lost", "frames lost", ".0f"),
+)
+
+
+def summary(data: module.Data) -> dict[str, dict[str, float]]:
+    """The median of each figure per backend."""
+    results = data["results"]
+    out: dict[str, dict[str, float]] = {}
     for name in BACKENDS:
         rs = [r for r in results if r["backend"] == name]
-        print(
-            f"   {name:12} "
-            + ", ".join(f"{k} {common.median([r[k] for r in rs]):.4g}" for k in keys)
+        if rs:
+            out[name] = {k: common.median([float(r[k]) for r in rs]) for k, _, _ in FIGURES}
+            out[name]["n"] = len(rs)
+    return out
+
+
+def report_text(data: module.Data) -> str:
+    s = summary(data)
+    out = [f"== medians over {data['params']['runs']} run(s)"]
+    out.append(f"{'':40}" + "".join(f"{name:>12}" for name in s))
+    for key, label, spec in FIGURES:
+        out.append(f"{label:40}" + "".join(f"{common.fmt(s[n][key], spec):>12}" for n in s))
+    return "\n".join(out)
+
+
+def targets(data: module.Data) -> list[module.Target]:
+    """The latency targets of one client, for the logical backend."""
+    r = summary(data).get("logical")
+    if r is None:
+        return []
+    return [
+        (
+            "logical capture, latency, 1 client, memory layer: p50 / p99",
+            f"<= {TARGET_P50:g} / <= {TARGET_P99:g} ms",
+            f"{common.fmt(r['p50'], '.2f')} / {common.fmt(r['p99'], '.2f')} ms",
+            r["p50"] <= TARGET_P50 and r["p99"] <= TARGET_P99 and not r["lost"],
         )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    ]
+
+
+def markdown(data: module.Data) -> str:
+    s = summary(data)
+    p = data["params"]
+    lines = [
+        'The logical capture backend (`PGBINDING["CAPTURE"] = "logical"`) against the '
+        "trigger backend: *logical* streams the slot over a replication connection (the "
+        "default), *logical-poll* reads it with the slot's SQL functions (`LOGICAL_READER = "
+        '"poll"`, the fallback); on the bench site under daphne with the in-process listener and the "
+        f"in-memory layer, the server at `wal_level = {p.get('wal_level', 'logical')}` for both; "
+        f"medians of {p['runs']} interleaved run(s). Latency is bench/latency's 1-client "
+        "measurement (commit acknowledged to the WebSocket frame arriving) at 50 writes/s "
+        f"({p['writes']} writes) and at one write every 2 s ({p['sparse']} writes: each change "
+        "after a quiet spell, when the polling listener looks for WAL less often); *idle* is "
+        f"{p['idle']:g} s with the listener caught up and nothing written. The logical run "
+        "switches the bound tables with the SQL the migration operations pin and back "
+        "afterwards.",
+        "",
+        "| | " + " | ".join(s) + " |",
+        "|---|" + "---:|" * len(s),
+    ]
+    for key, label, spec in FIGURES:
+        lines.append(f"| {label} | " + " | ".join(common.fmt(s[n][key], spec) for n in s) + " |")
+    r = s.get("logical")
+    if r is not None:
+        met = r["p50"] <= TARGET_P50 and r["p99"] <= TARGET_P99
+        lines += [
+            "",
+            f"Target for the logical backend (as for the trigger's, one client): p50 <= "
+            f"{TARGET_P50:g} ms, p99 <= {TARGET_P99:g} ms: **{'met' if met else 'missed'}** "
+            f"({r['p50']:.2f} / {r['p99']:.2f} ms at 50 writes/s).",
+        ]
+    return "\n".join(lines)
+
+
+def plots(data: module.Data, outdir: Path) -> list[Path]:
+    s = summary(data)
+    if not s:
+        return []
+    plt = module.pyplot()
+    keys = [("p50", "50/s p50"), ("p99", "50/s p99"), ("sparse_p50", "0.5/s p50")]
+    keys.append(("sparse_p99", "0.5/s p99"))
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    width = 0.8 / len(s)
+    for i, name in enumerate(s):
+        xs = [x + i * width for x in range(len(keys))]
+        ax.bar(xs, [s[name][k] for k, _ in keys], width, label=name)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(keys))], [label for _, label in keys])
+    ax.axhline(TARGET_P50, color="grey", linestyle=":", linewidth=1)
+    ax.axhline(TARGET_P99, color="grey", linestyle="--", linewidth=1)
+    ax.set_ylabel("ms")
+    ax.set_title("1-client latency by capture backend (targets: 2 ms p50, 10 ms p99)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return [module.save(fig, outdir / "logical_capture.png")]
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
     ),
     ("throughput", "3. Capture throughput", [], ["--quick"]),
     ("latency", "4. Latency", ["--writes", "500,300,60"], ["--quick"]),
+    ("logical_capture", "4b. Latency and idle cost, logical capture backend", [], ["--quick"]),
     ("memory", "5. Memory per connection", [], ["--quick"]),
     ("peers", "6. Peers, same workload, same run", [], ["--quick"]),
     ("fanout", "7. Authorized fan-out", [], ["--quick"]),
@@ -69,7 +70,9 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
 TARGET_PREFIXES: dict[str, tuple[str, ...]] = {
     "write_path": ("write path",),
     "bulk": ("bulk ",),
+    "throughput": ("capture throughput",),
     "latency": ("latency,",),
+    "logical_capture": ("logical capture,",),
     "memory": ("memory per ",),
     "peers": ("changes delivered by pgbinding",),
     "fanout": ("fan-out,",),

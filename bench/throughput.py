@@ -40,6 +40,14 @@ Then the receiver commits and drains them, parsing each payload as JSON. Reporte
 rate (first to last notification) and its CPU (Python + backend) per 1,000. The ratio
 pgbinding changes/s / NOTIFY receive rate is given per layer and mode.
 
+**Capture backends** (``--captures``, default ``trigger,logical``). Each drain is done with the
+trigger backend and with the logical backend (``PGBINDING["CAPTURE"] = "logical"``: the bound
+tables switched with the SQL the migration operations pin, as bench/logical_capture.py does,
+for that drain only). With the logical backend nothing reaches the log while the listener
+stands by: the backlog waits in the replication slot, and the leading listener's pump decodes
+it and writes the log while it drains, so its rate is the slot -> log -> client path. With
+``logical`` in the run the private server runs with ``wal_level = logical`` for both backends.
+
 Each figure is the median over ``--runs``; before each drain the driver waits (up to 10 s)
 for the machine to be quiet and the log is emptied (TRUNCATE) and vacuumed.
 """
@@ -63,9 +71,10 @@ from typing import Any
 
 import psycopg
 
-from . import common, live, module
+from . import common, live, logical_capture, module, slot
 
 LISTENER_NAME = "bench"
+CAPTURES = ("trigger", "logical")
 NOTIFY_CHANNEL = "bench_throughput"
 MODES = ("group", "subscribe")
 #: The baseline's payload: the same jsonb as a log row of this table (the row as old and new).
@@ -91,6 +100,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=live.LAYERS,
     )
     p.add_list("--modes", "mode_list", ",".join(MODES), "group,subscribe (both)", choices=MODES)
+    p.add_list(
+        "--captures",
+        "capture_list",
+        ",".join(CAPTURES),
+        "capture backends (trigger,logical; logical needs wal_level = logical)",
+        choices=CAPTURES,
+    )
     p.add_argument(
         "--profile",
         type=Path,
@@ -405,8 +421,9 @@ def drain(
     args: argparse.Namespace,
     redis_url: str | None,
     tmp: Path,
+    capture: str = "trigger",
 ) -> dict[str, Any]:
-    logdir = tmp / f"{layer}-{mode}-{run}"
+    logdir = tmp / f"{capture}-{layer}-{mode}-{run}"
     expect = args.backlog * (2 if mode == "subscribe" else 1)
     with (
         psycopg.connect(dsn, autocommit=True) as lock,
@@ -422,14 +439,26 @@ def drain(
             for _ in range(args.backlog // args.rows):
                 lock.execute("UPDATE benchapp_tick SET value = value + 1")
             write_s = time.monotonic() - t0
-            row = lock.execute(
-                "SELECT count(*), max(id) FROM pgbinding_change WHERE id > coalesce("
-                "(SELECT position FROM pgbinding_listener WHERE name = %s), 0)",
-                [LISTENER_NAME],
-            ).fetchone()
-            assert row is not None
-            if row[0] != args.backlog:
-                raise RuntimeError(f"backlog holds {row[0]} changes, not {args.backlog}")
+            if capture == "logical":
+                # The backlog is in the slot: the pump writes it into the log once the listener
+                # leads, with the next ids (nothing else writes the log, and it opens no gaps).
+                row = lock.execute(
+                    "SELECT count(*), coalesce(pg_sequence_last_value(pg_get_serial_sequence("
+                    "'pgbinding_change', 'id')::regclass), 0) + %s FROM pgbinding_change",
+                    [args.backlog],
+                ).fetchone()
+                assert row is not None
+                if row[0] != 0:
+                    raise RuntimeError(f"the log holds {row[0]} rows before the drain")
+            else:
+                row = lock.execute(
+                    "SELECT count(*), max(id) FROM pgbinding_change WHERE id > coalesce("
+                    "(SELECT position FROM pgbinding_listener WHERE name = %s), 0)",
+                    [LISTENER_NAME],
+                ).fetchone()
+                assert row is not None
+                if row[0] != args.backlog:
+                    raise RuntimeError(f"backlog holds {row[0]} changes, not {args.backlog}")
             target = int(row[1])
             lock.execute("CHECKPOINT")
             common.wait_quiet(0.4, 10)
@@ -485,6 +514,7 @@ def drain(
     cpu_s["machine"] = cpu["busy"] * common.NCPU * wall
     out = {
         "kind": "pgbinding",
+        "capture": capture,
         "layer": layer,
         "mode": mode,
         "run": run,
@@ -499,6 +529,9 @@ def drain(
         "takeover_s": (first - released) if first is not None else float("nan"),
         "listener_s": (done_at - first) if done_at and first is not None else float("nan"),
         "rate": args.backlog / span if span and span > 0 else float("nan"),
+        # The same from the lease's release: the takeover counted too (with the logical
+        # backend, the pump's first decoding of the slot).
+        "release_rate": args.backlog / (last - released) if last else float("nan"),
         "cpu_s": cpu_s,
         "busy": cpu["busy"],
         "wall": wall,
@@ -552,11 +585,21 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("BENCH_PEERS", "none")
     results: list[dict[str, Any]] = []
     tmp = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
-    with common.server(args.dsn) as dsn, contextlib.ExitStack() as stack:
+    extra = slot.SERVER_SETTINGS if "logical" in args.capture_list else None
+    with common.server(args.dsn, extra=extra) as dsn, contextlib.ExitStack() as stack:
         with psycopg.connect(dsn, autocommit=True) as conn:
             machine = common.announce_server(conn)
+            level = slot.wal_level(conn)
+            if "logical" in args.capture_list and level != "logical":
+                raise SystemExit(
+                    f"the logical backend needs wal_level = logical; this server has "
+                    f"{level!r}: set it or pass --captures trigger"
+                )
+            print(f"== wal_level = {level} for every capture backend")
         live.migrate(dsn)
         load_table(dsn, args.rows)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            tables = logical_capture.bound_tables(conn)
         redis_url = None
         if any(layer != "memory" for layer in args.layer_list):
             redis_url = stack.enter_context(live.redis())
@@ -574,23 +617,31 @@ def main(argv: list[str] | None = None) -> None:
                 " per 1000",
                 flush=True,
             )
-            for layer in args.layer_list:
-                for mode in args.mode_list:
-                    r = drain(dsn, layer, mode, run, args, redis_url, tmp)
-                    results.append(r)
-                    print(
-                        f"   run {run + 1} {layer:6} {mode:9}: {r['frames']}/"
-                        f"{r['expected_frames']} frames, {r['rate']:.0f} changes/s at the "
-                        f"client, listener {r['listener_rate']:.0f}/s, listener CPU "
-                        f"{r['ms_per_1000']['listener']:.0f} ms per 1000",
-                        flush=True,
-                    )
+            for capture, layer, mode in (
+                (c, layer, mode)
+                for layer in args.layer_list
+                for mode in args.mode_list
+                # the backends' order alternates from run to run
+                for c in (args.capture_list if run % 2 == 0 else args.capture_list[::-1])
+            ):
+                with logical_capture.backend(dsn, capture, tables):
+                    r = drain(dsn, layer, mode, run, args, redis_url, tmp, capture)
+                results.append(r)
+                print(
+                    f"   run {run + 1} {capture:7} {layer:6} {mode:9}: {r['frames']}/"
+                    f"{r['expected_frames']} frames, {r['rate']:.0f} changes/s at the "
+                    f"client, listener {r['listener_rate']:.0f}/s, listener CPU "
+                    f"{r['ms_per_1000']['listener']:.0f} ms per 1000",
+                    flush=True,
+                )
     params = {
         "backlog": args.backlog,
         "rows": args.rows,
         "runs": args.runs,
         "layers": args.layer_list,
         "modes": args.mode_list,
+        "captures": args.capture_list,
+        "wal_level": level,
         "batch_size": 500,
     }
     module.finish(args, params, machine, results, report_text)
@@ -609,41 +660,15 @@ def summary(data: dict[str, Any]) -> dict[str, Any]:
     notify = [r for r in res if r["kind"] == "notify"]
     base = _med(notify, "rate")
     rows = []
-    for layer in data["params"]["layers"]:
-        for mode in data["params"]["modes"]:
-            rs = [r for r in res if r["kind"] == "pgbinding" and r["layer"] == layer]
-            rs = [r for r in rs if r["mode"] == mode]
-            if not rs:
-                continue
-            rate = _med(rs, "rate")
-            rows.append(
-                {
-                    "layer": layer,
-                    "mode": mode,
-                    "rate": rate,
-                    "rates": [r["rate"] for r in rs],
-                    "listener_rate": _med(rs, "listener_rate"),
-                    "ratio": rate / base if base else float("nan"),
-                    "complete": all(r["frames"] == r["expected_frames"] for r in rs),
-                    "frames": [f"{r['frames']}/{r['expected_frames']}" for r in rs],
-                    "takeover_s": _med(rs, "takeover_s"),
-                    "write_s": _med(rs, "write_s"),
-                    "busy": _med(rs, "busy"),
-                    **{
-                        f"ms_{k}": _med(rs, "ms_per_1000", k)
-                        for k in (
-                            "listener",
-                            "listener_py",
-                            "listener_pg",
-                            "server_py",
-                            "redis",
-                            "postgres",
-                            "client_py",
-                            "machine",
-                        )
-                    },
-                }
-            )
+    # Older JSON has no capture backend: all its drains were the trigger's.
+    for capture in data["params"].get("captures", ["trigger"]):
+        for layer in data["params"]["layers"]:
+            for mode in data["params"]["modes"]:
+                rs = [r for r in res if r["kind"] == "pgbinding" and r["layer"] == layer]
+                rs = [r for r in rs if r["mode"] == mode]
+                rs = [r for r in rs if r.get("capture", "trigger") == capture]
+                if rs:
+                    rows.append(_summary_row(capture, layer, mode, rs, base))
     return {
         "notify_rate": base,
         "notify_rates": [r["rate"] for r in notify],
@@ -651,6 +676,40 @@ def summary(data: dict[str, Any]) -> dict[str, Any]:
         "notify_complete": all(r["received"] == r["sent"] for r in notify),
         "notify_send_s": _med(notify, "send_s"),
         "rows": rows,
+    }
+
+
+def _summary_row(
+    capture: str, layer: str, mode: str, rs: list[dict[str, Any]], base: float
+) -> dict[str, Any]:
+    rate = _med(rs, "rate")
+    return {
+        "capture": capture,
+        "layer": layer,
+        "mode": mode,
+        "rate": rate,
+        "rates": [r["rate"] for r in rs],
+        "listener_rate": _med(rs, "listener_rate"),
+        "ratio": rate / base if base else float("nan"),
+        "complete": all(r["frames"] == r["expected_frames"] for r in rs),
+        "frames": [f"{r['frames']}/{r['expected_frames']}" for r in rs],
+        "takeover_s": _med(rs, "takeover_s"),
+        "release_rate": common.median([float(r.get("release_rate", "nan")) for r in rs]),
+        "write_s": _med(rs, "write_s"),
+        "busy": _med(rs, "busy"),
+        **{
+            f"ms_{k}": _med(rs, "ms_per_1000", k)
+            for k in (
+                "listener",
+                "listener_py",
+                "listener_pg",
+                "server_py",
+                "redis",
+                "postgres",
+                "client_py",
+                "machine",
+            )
+        },
     }
 
 
@@ -668,21 +727,26 @@ def report_text(data: dict[str, Any]) -> str:
         + ("" if s["notify_complete"] else "  INCOMPLETE"),
     ]
     hdr = (
-        f"{'layer':7} {'mode':9} {'client/s':>8} {'lsnr/s':>7} {'ratio':>6} "
+        f"{'capture':7} {'layer':7} {'mode':9} {'client/s':>8} {'rel/s':>7} {'lsnr/s':>7} "
+        f"{'ratio':>6} "
         f"{'lsnr ms':>7} {'py':>5} {'pg':>5} {'daphne':>6} {'redis':>5} {'postgres':>8} "
         f"{'client':>6} {'machine':>7}  frames"
     )
     out += [hdr, "-" * len(hdr)]
     for r in s["rows"]:
         out.append(
-            f"{r['layer']:7} {r['mode']:9} {_f(r['rate']):>8} {_f(r['listener_rate']):>7} "
+            f"{r['capture']:7} {r['layer']:7} {r['mode']:9} {_f(r['rate']):>8} "
+            f"{_f(r['release_rate']):>7} "
+            f"{_f(r['listener_rate']):>7} "
             f"{_f(r['ratio'], '.2f'):>6} {_f(r['ms_listener']):>7} {_f(r['ms_listener_py']):>5} "
             f"{_f(r['ms_listener_pg']):>5} {_f(r['ms_server_py']):>6} {_f(r['ms_redis']):>5} "
             f"{_f(r['ms_postgres']):>8} {_f(r['ms_client_py']):>6} {_f(r['ms_machine']):>7}  "
             + " ".join(r["frames"])
         )
     out.append(
-        "  client/s = changes/s at the WebSocket client (first to last frame); lsnr/s = changes/s"
+        "  client/s = changes/s at the WebSocket client (first to last frame); rel/s = the same"
+        " from the lease's release\n  (the takeover counted, and the logical pump's first"
+        " decoding); lsnr/s = changes/s"
         " until the listener's saved\n  position reached the end; ratio = client/s / NOTIFY"
         " receive rate; the rest is CPU ms per 1000 changes: lsnr ms = the\n  listener (py ="
         " its Python process, daphne itself with memory; pg = its backend); daphne = the server"
@@ -693,8 +757,33 @@ def report_text(data: dict[str, Any]) -> str:
 
 
 def targets(data: module.Data) -> list[module.Target]:
-    """No target: capture throughput is reported, not judged (see docs/benchmarks.md)."""
-    return []
+    """The logical backend's drain rate at the client, at least the trigger backend's (issue
+    14); the trigger backend's own rate is reported, not judged (see docs/benchmarks.md)."""
+    rows = summary(data)["rows"]
+    out: list[module.Target] = []
+    for r in rows:
+        if r["capture"] != "logical":
+            continue
+        trigger = next(
+            (
+                t
+                for t in rows
+                if t["capture"] == "trigger" and t["layer"] == r["layer"] and t["mode"] == r["mode"]
+            ),
+            None,
+        )
+        if trigger is None:
+            continue
+        out.append(
+            (
+                f"capture throughput, logical capture, {r['layer']} layer, {r['mode']}: backlog "
+                "drained to the client, changes/s from the lease's release",
+                ">= the trigger backend's",
+                f"{_f(r['release_rate'])} vs {_f(trigger['release_rate'])}",
+                r["release_rate"] >= trigger["release_rate"] and r["complete"],
+            )
+        )
+    return out
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -711,26 +800,40 @@ def markdown(data: dict[str, Any]) -> str:
         "runs inside daphne; with `redis` (channels_redis core) it is `manage.py pglisten`. "
         f"Medians of {p['runs']} run(s).",
         "",
+        "Capture backends: *trigger* (the triggers write the log as the backlog is written) and "
+        '*logical* (`PGBINDING["CAPTURE"] = "logical"`: the bound tables switched with '
+        "the SQL the migrations pin for that drain; the backlog waits in the replication slot, "
+        "and the leading listener's pump decodes it and writes the log while it drains, so its "
+        "rate and its listener CPU include the slot -> log step). The rates count from the "
+        "first frame to the last; the time before the first frame (the takeover, up to "
+        "`STANDBY_RETRY`, and with the logical backend the pump's first peek and write) is its "
+        "own column, and *changes/s from the release* counts it (backlog / time from the lease's "
+        "release to the last frame): the logical backend's target compares those. "
+        f"The server ran with `wal_level = {p.get('wal_level', '?')}` for both.",
+        "",
         f"**Baseline:** raw NOTIFY, same machine, same run: {_f(s['notify_rate'])} "
         "notifications/s received by one psycopg async connection (payload: the same jsonb "
         "row, parsed), queued in Postgres first, then drained; the receiver used "
         f"{_f(s['notify_ms'])} ms CPU (Python + backend) per 1,000.",
         "",
-        "| layer | mode | changes/s at client | changes/s at listener | ÷ NOTIFY rate | "
+        "| capture | layer | mode | changes/s at client | changes/s at listener | ÷ NOTIFY rate | "
         "listener CPU ms/1000 (Python + backend) | daphne ms/1000 | Redis ms/1000 | "
-        "Postgres ms/1000 | client ms/1000 | per-run changes/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "Postgres ms/1000 | client ms/1000 | lease released to first frame s | changes/s "
+        "from the release | per-run changes/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in s["rows"]:
         lines.append(
-            f"| {r['layer']} | {r['mode']} | {_f(r['rate'])} | {_f(r['listener_rate'])} | "
+            f"| {r['capture']} | {r['layer']} | {r['mode']} | {_f(r['rate'])} | "
+            f"{_f(r['listener_rate'])} | "
             f"{_f(r['ratio'], '.2f')} | {_f(r['ms_listener'])} ({_f(r['ms_listener_py'])} + "
             f"{_f(r['ms_listener_pg'])}) | {_f(r['ms_server_py'])} | {_f(r['ms_redis'])} | "
-            f"{_f(r['ms_postgres'])} | {_f(r['ms_client_py'])} | "
-            + ", ".join(_f(x) for x in r["rates"])
-            + " |"
+            f"{_f(r['ms_postgres'])} | {_f(r['ms_client_py'])} | {_f(r['takeover_s'], '.2f')} | "
+            f"{_f(r['release_rate'])} | " + ", ".join(_f(x) for x in r["rates"]) + " |"
         )
-    incomplete = [f"{r['layer']}/{r['mode']}" for r in s["rows"] if not r["complete"]]
+    incomplete = [
+        f"{r['capture']}/{r['layer']}/{r['mode']}" for r in s["rows"] if not r["complete"]
+    ]
     lines += [
         "",
         "With `memory` the listener's Python process is daphne, so its CPU includes the "
@@ -753,17 +856,21 @@ def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
     s = summary(data)
     if not s["rows"]:
         return []
-    labels = ["NOTIFY\nbaseline"] + [f"{r['layer']}\n{r['mode']}" for r in s["rows"]]
+    labels = ["NOTIFY\nbaseline"] + [
+        f"{r['layer']}\n{r['mode']}" + ("\nlogical" if r["capture"] == "logical" else "")
+        for r in s["rows"]
+    ]
     rates = [s["notify_rate"]] + [r["rate"] for r in s["rows"]]
     cpu = [s["notify_ms"]] + [r["ms_listener"] for r in s["rows"]]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a1.bar(labels, rates, color=["grey"] + ["C0"] * len(s["rows"]))
+    logical_rows = ["C2" if r["capture"] == "logical" else "C0" for r in s["rows"]]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10 if len(s["rows"]) <= 4 else 14, 3.6))
+    a1.bar(labels, rates, color=["grey", *logical_rows])
     a1.set_yscale("log")
     for x, y in enumerate(rates):
         a1.annotate(_f(y), (x, y), ha="center", va="bottom", fontsize=8)
     a1.set_ylabel("changes (notifications) / s, log")
     a1.set_title("backlog drain rate at the receiver")
-    a2.bar(labels, cpu, color=["grey"] + ["C1"] * len(s["rows"]))
+    a2.bar(labels, cpu, color=["grey"] + ["C3" if c == "C2" else "C1" for c in logical_rows])
     a2.set_ylabel("CPU ms per 1,000 (Python + backend)")
     a2.set_title("listener / receiver CPU")
     for ax in (a1, a2):

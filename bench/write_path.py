@@ -13,6 +13,28 @@ order of the variants is rotated from run to run), reported as medians over the 
   notify     a hand-written row-level AFTER trigger that calls pg_notify with the row as JSON
              (old and new, like django-pgpubsub's Notify trigger), with one LISTENing
              connection, in its own process, draining and parsing the notifications.
+  logical    pgbinding's logical capture backend (``PGBINDING["CAPTURE"] = "logical"``): no
+             trigger; the table set up as the logical capture migrations do it (REPLICA
+             IDENTITY FULL, in the publication, a pgoutput slot: pgbinding.capture.logical's
+             SQL), with a real pgbinding Listener with CAPTURE = "logical" in its own process:
+             its pump reads the slot and writes the log while pgbench runs, and the listener
+             reads the log (empty Registry). ``--no-logical`` leaves this variant out.
+
+Only the measured variant's listener is busy. The trigger listener runs (idle, asleep on
+NOTIFY) for the other variants; it is stopped, and the logical listener started, for each
+logical measurement, and the logical listener is stopped again before the next one: its pump
+decodes all WAL, so it would be busy during the other variants. While it is stopped, the bench
+moves the slot past the WAL of the other variants and of its own resets (as the triggers are
+off for the resets), so its pump never decodes them during a measurement.
+
+With the logical variant in the run, the server runs with ``wal_level = logical`` (and
+``max_replication_slots``, ``max_wal_senders``) for every variant, so the ratios compare like
+with like; the wal_level is printed and kept in the JSON. A ``--dsn`` server must have it.
+
+WAL bytes and Postgres CPU (every Postgres process: the backends of pgbench, the listener
+(which reads the slot through SQL functions, so there is no walsender) and the drainer) are
+reported per transaction twice: during the load, and from its start until the consumer had
+read everything (the logical backend writes the log after the commits, in the drain too).
 
 The load generator is pgbench (C, ``-c N -j min(N,2) -T S -n -f script``), not Python. The server
 is a private embedded Postgres started with fsync, synchronous_commit and full_page_writes ON
@@ -34,8 +56,14 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
-from . import common, module
-from .consumers import LISTENER_NAME, NOTIFY_CHANNEL, run_drainer, run_listener
+from . import common, module, slot
+from .consumers import (
+    LISTENER_APPLICATION,
+    LISTENER_NAME,
+    NOTIFY_CHANNEL,
+    run_drainer,
+    run_listener,
+)
 from .experiment import EXPERIMENTS, install_experiment
 
 ROWS = 10_000
@@ -63,13 +91,14 @@ class Variant:
     label: str
     table: str
     #: How the pgbinding listener must run while this variant is measured ("default": as
-    #: shipped; "off": not running; None: as it happens to be, idle).
+    #: shipped, trigger capture; "logical": with CAPTURE = "logical"; "off": not running;
+    #: None: as it happens to be, idle).
     listener: str | None = None
 
     @property
     def captures(self) -> bool:
         """Whether this variant writes pgbinding's change log."""
-        return self.key == "pgbinding" or self.key.startswith("exp:")
+        return self.key in ("pgbinding", "logical") or self.key.startswith("exp:")
 
 
 BASE_VARIANTS = [
@@ -77,6 +106,7 @@ BASE_VARIANTS = [
     Variant("pgbinding", "pgbinding", "t_pgbinding", "default"),
     Variant("notify", "row notify", "t_notify"),
 ]
+LOGICAL_VARIANT = Variant("logical", "pgbinding logical", "t_logical", "logical")
 
 SCRIPTS = {
     "update": "\\set id random(1, {rows})\n"
@@ -106,6 +136,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=sorted(EXPERIMENTS),
         help="also measure an experimental capture function (see bench/experiment.py)",
     )
+    p.add_argument(
+        "--no-logical",
+        dest="logical",
+        action="store_false",
+        help="leave out the logical capture variant (then the server keeps its wal_level)",
+    )
     p.add_quiet()
     p.add_argument(
         "--max-other",
@@ -127,7 +163,8 @@ class Bench:
         self.conn = psycopg.connect(
             with_params(dsn, application_name="bench-driver"), autocommit=True
         )
-        self.variants = BASE_VARIANTS + [
+        self.variants = BASE_VARIANTS + ([LOGICAL_VARIANT] if args.logical else [])
+        self.variants += [
             Variant(
                 f"exp:{name}",
                 f"EXP {name}",
@@ -144,6 +181,8 @@ class Bench:
         self.drainer: Any = None
         self.listener_mode = "off"
         self.results: list[dict[str, Any]] = []
+        self.logical = args.logical
+        self.wal_level = ""
         self.waited = 0.0
         self.retried = 0
 
@@ -152,6 +191,14 @@ class Bench:
     def header(self) -> None:
         self.machine = common.announce_server(self.conn)
         self.settings = common.settings_report(self.conn)
+        self.wal_level = slot.wal_level(self.conn)
+        if self.logical and self.wal_level != "logical":
+            raise SystemExit(
+                f"the logical variant needs wal_level = logical; this server has "
+                f"{self.wal_level!r}: set it (and max_replication_slots, max_wal_senders) or "
+                "pass --no-logical"
+            )
+        print(f"== wal_level = {self.wal_level} for every variant")
         a = self.args
         n = a.runs * len(a.workload_list) * len(a.client_list) * len(self.variants)
         print(
@@ -177,6 +224,8 @@ class Bench:
         for v in self.variants:
             if v.key.startswith("exp:"):
                 install_experiment(c, v.key[4:], v.table)
+        if self.logical:
+            slot.install(c, [LOGICAL_VARIANT.table])
         c.execute("VACUUM ANALYZE")
         for v in self.variants:
             for w in self.args.workload_list:
@@ -206,7 +255,7 @@ class Bench:
         self.ensure_listener("default")
         print(
             f"== consumers: listener pid {self.listener.pid} (backend "
-            f"{self.backend_pid('bench-listener')}), drainer pid {self.drainer.pid} (backend "
+            f"{self.backend_pid(LISTENER_APPLICATION)}), drainer pid {self.drainer.pid} (backend "
             f"{self.backend_pid('bench-drainer')}); load generator: pgbench, a child of this "
             "process"
         )
@@ -216,6 +265,14 @@ class Bench:
             "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [application_name]
         ).fetchone()
         return int(row[0]) if row else None
+
+    def listener_mode_for(self, v: Variant) -> str | None:
+        """How the listener runs while ``v`` is measured. "As it happens to be" (None) means
+        idle, which the logical listener is not under another variant's load (its pump
+        decodes all WAL): then the trigger listener, idle, takes its place."""
+        if v.listener is None and self.listener_mode == "logical":
+            return "default"
+        return v.listener
 
     def ensure_listener(self, mode: str | None) -> None:
         """Run the listener the way a variant needs it (restarting it if need be)."""
@@ -230,13 +287,14 @@ class Bench:
             self.listener = None
         self.listener_mode = mode
         if mode != "off":
-            params = {"application_name": "bench-listener"}
+            params = {"application_name": "bench-listener"}  # pgbinding renames its session
             self.listener_stop = self.ctx.Event()
             ready = self.ctx.Event()
+            capture = "logical" if mode == "logical" else "trigger"
             self.listener = self.ctx.Process(
                 target=run_listener,
                 name="bench-listener",
-                args=(with_params(self.dsn, **params), ready, self.listener_stop),
+                args=(with_params(self.dsn, **params), ready, self.listener_stop, capture),
             )
             self.listener.start()
             if not ready.wait(180):
@@ -245,16 +303,20 @@ class Bench:
                     f"{self.listener.exitcode}); BENCH_LISTENER_LOG=INFO shows its log"
                 )
             self.wait_listener_caught_up(30)
+            if mode == "logical":
+                self.wait_slot_passed(slot.flush_lsn(self.conn), 60)
         others: dict[str, int] = {"drainer_py": self.drainer.pid}
         pid = self.backend_pid("bench-drainer")
         if pid:
             others["drainer_pg"] = pid
         if self.listener is not None:
             others["listener_py"] = self.listener.pid
-            pid = self.backend_pid("bench-listener")
+            pid = self.backend_pid(LISTENER_APPLICATION)
             if pid:
                 others["listener_pg"] = pid
         self.meter = common.CpuMeter(self.postmaster, others)
+        #: The same, from the start of the load until the consumer has read everything.
+        self.meter_all = common.CpuMeter(self.postmaster, others)
 
     def stop_consumers(self) -> None:
         if self.listener is not None:
@@ -299,6 +361,31 @@ class Bench:
         row = self.conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
         return int(row[0]) if row else 0
 
+    def wait_slot_passed(self, lsn: int, timeout: float) -> float:
+        """Wait until the logical listener's pump has read the slot up to ``lsn``."""
+        start = time.monotonic()
+        while slot.read_lsn(self.conn) < lsn:
+            if time.monotonic() - start > timeout:
+                raise SystemExit(f"the pump did not read the slot up to {lsn} in {timeout} s")
+            if self.listener is None or not self.listener.is_alive():
+                raise SystemExit("the logical listener process died")
+            time.sleep(0.01)
+        return time.monotonic() - start
+
+    def wait_logical_drained(self, xacts: int, wal_end: int, timeout: float) -> float:
+        """Wait until the pump has written every transaction of the load into the log (one
+        row each; or, should pgbench's count be off, the slot read past the load's WAL) and
+        the listener has read it."""
+        start = time.monotonic()
+        while slot.log_rows(self.conn) < xacts and slot.read_lsn(self.conn) < wal_end:
+            if time.monotonic() - start > timeout:
+                raise SystemExit(f"the pump wrote {slot.log_rows(self.conn)} of {xacts} rows")
+            if self.listener is None or not self.listener.is_alive():
+                raise SystemExit("the logical listener process died")
+            time.sleep(0.01)
+        self.wait_listener_caught_up(max(1.0, timeout - (time.monotonic() - start)))
+        return time.monotonic() - start
+
     def reset(self) -> None:
         """Same starting state for every measurement: 10,000 rows, an empty log, no dead rows,
         a fresh checkpoint (so no measurement pays for another's dirty pages)."""
@@ -319,12 +406,26 @@ class Bench:
             )
         tables = [v.table for v in self.variants]
         tables += ["pgbinding_change", self.wakeup_table, "pgbinding_listener"]
+        if self.logical:
+            tables.append("pgbinding_slot")
         c.execute(f"VACUUM (ANALYZE) {', '.join(tables)}")
+        if self.logical and self.listener_mode != "logical":
+            slot.skip(self.conn)
         c.execute("CHECKPOINT")
+        if self.logical and self.listener_mode != "logical":
+            slot.skip(self.conn)
 
     def measure(self, run: int, workload: str, clients: int, v: Variant) -> dict[str, Any]:
-        self.ensure_listener(v.listener)
-        self.reset()
+        mode = self.listener_mode_for(v)
+        if mode == "logical":
+            # A fresh logical listener after the reset, whose WAL the slot skips (as the
+            # triggers are off for it): its pump decodes nothing but this measurement's load.
+            self.ensure_listener("off")
+            self.reset()
+            self.ensure_listener("logical")
+        else:
+            self.ensure_listener(mode)
+            self.reset()
         waited, idle_busy = 0.0, float("nan")
         if self.args.quiet_cores > 0:
             waited, idle_busy = common.wait_quiet(self.args.quiet_cores, self.args.quiet_wait)
@@ -332,6 +433,7 @@ class Bench:
         script = self.tmp / f"{workload}_{v.table}.sql"
         notified0, wakeups0 = self.notified.value, self.wakeups.value
         wal0 = self.wal_lsn()
+        self.meter_all.start()
         self.meter.start()
         res = common.run_pgbench(
             self.pgbench,
@@ -340,13 +442,24 @@ class Bench:
             clients,
             self.args.seconds,
         )
+        load_end = time.monotonic()
+        wal_end = self.wal_lsn()
         cpu = self.meter.stop()
-        wal = self.wal_lsn() - wal0
+        wal = wal_end - wal0
+        # The drain is counted from the end of the load: meter.stop() waits for pgbench's
+        # backends to be reaped first (usually 0.2-0.5 s), which is its resolution.
         drain = float("nan")
-        if v.captures and self.listener is not None:
-            drain = self.wait_listener_caught_up(120)
+        if v.key == "logical":
+            self.wait_logical_drained(res.xacts, wal_end, 300)
+            drain = time.monotonic() - load_end
+        elif v.captures and self.listener is not None:
+            self.wait_listener_caught_up(120)
+            drain = time.monotonic() - load_end
         elif v.key == "notify":
-            drain = self.wait_drained(notified0 + res.xacts, 120)
+            self.wait_drained(notified0 + res.xacts, 120)
+            drain = time.monotonic() - load_end
+        cpu_all = self.meter_all.stop()
+        wal_all = self.wal_lsn() - wal0
         time.sleep(0.25)  # let the drainer report the wake-ups it got
         if v.key == "notify":
             seen = self.notified.value - notified0
@@ -364,10 +477,22 @@ class Bench:
             "latency_ms": res.latency_ms,
             "drain_s": drain,
             "cpu": cpu,
+            "cpu_all": cpu_all,
             "notifies": seen,
             "wal_per_xact": wal / res.xacts if res.xacts else float("nan"),
             "pg_us_per_xact": cpu["postgres"] * cpu["wall"] / res.xacts * 1e6
             if res.xacts
+            else float("nan"),
+            # From the start of the load until the consumer had read everything.
+            "wal_per_xact_all": wal_all / res.xacts if res.xacts else float("nan"),
+            "pg_us_per_xact_all": cpu_all["postgres"] * cpu_all["wall"] / res.xacts * 1e6
+            if res.xacts
+            else float("nan"),
+            # Changes captured and read per second: the load's transactions over the time from
+            # its start until the consumer had read the last (NaN without a consumer, and for
+            # the experiments: log-floor sends no wake-up, so its listener reads at keep-alive).
+            "captured_per_s": res.xacts / (cpu["wall"] + drain)
+            if drain == drain and not v.key.startswith("exp:")
             else float("nan"),
             "idle_busy": idle_busy,
             "waited_s": waited,
@@ -444,7 +569,8 @@ class Bench:
         hdr = (
             f"{'workload':8} {'clients':>7}  {'variant':{width}} {'pgbench':>7} "
             f"{'postgres':>8} {'consumer':>8} {'busy%':>5} {'iowt%':>5} {'pg us/tx':>8} "
-            f"{'WAL B/tx':>8} {'lat ms':>6} {'drain s':>7} {'NOTIFYs':>7} {'other':>5}"
+            f"{'WAL B/tx':>8} {'lat ms':>6} {'drain s':>7} {'us/tx+d':>7} {'B/tx+d':>7} "
+            f"{'chg/s':>6} {'NOTIFYs':>7} {'other':>5}"
         )
         print(hdr)
         print("-" * len(hdr))
@@ -481,7 +607,10 @@ class Bench:
                         f"{m('postgres'):>8.2f} {consumer:>8.2f} {100 * m('busy'):>5.0f} "
                         f"{100 * m('iowait'):>5.0f} {f('pg_us_per_xact'):>8.0f} "
                         f"{f('wal_per_xact'):>8.0f} {f('latency_ms'):>6.2f} "
-                        f"{f('drain_s'):>7.2f} {wake:>7.0f} {m('other'):>5.2f}"
+                        f"{f('drain_s'):>7.2f} {f('pg_us_per_xact_all'):>7.0f} "
+                        f"{f('wal_per_xact_all'):>7.0f} "
+                        f"{common.fmt(f('captured_per_s'), '.0f'):>6} "
+                        f"{wake:>7.0f} {m('other'):>5.2f}"
                     )
         print(
             "  pgbench  = the load generator's CPU; postgres = all Postgres processes' CPU "
@@ -493,6 +622,10 @@ class Bench:
             "  all sessions (the listener's position saves too); lat ms = pgbench's average "
             "latency;\n"
             "  drain s = time from the end of the load until the consumer had read everything;\n"
+            "  us/tx+d, B/tx+d = Postgres CPU and WAL per transaction from the start of the load "
+            "until then (the logical\n"
+            "  backend's pump writes the log after the commits); chg/s = transactions / (load + "
+            "drain): changes captured and read per second;\n"
             "  NOTIFYs = notifications received (pgbinding: wake-ups on channel 'pgbinding'; "
             "notify: one per row);\n"
             "  other = cores busy with anything else during the measurement (other people's "
@@ -504,6 +637,7 @@ class Bench:
             "clients": a.client_list,
             "workloads": a.workload_list,
             "variants": [[v.key, v.label] for v in self.variants],
+            "wal_level": self.wal_level,
         }
         module.finish(a, params, self.machine, self.results, settings=self.settings)
 
@@ -520,7 +654,8 @@ class Bench:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    with common.server(args.dsn) as dsn:
+    extra = slot.SERVER_SETTINGS if args.logical else None
+    with common.server(args.dsn, extra=extra) as dsn:
         bench = Bench(args, dsn)
         try:
             bench.header()
@@ -537,6 +672,9 @@ def main(argv: list[str] | None = None) -> None:
 # -- the report's section (bench/report.py) ----------------------------------------------------
 
 TARGETS = {1: 0.85, 8: 0.75, 32: 0.6}
+#: The logical backend's targets (issue 14): tps / no-capture tps at each client count.
+LOGICAL_TARGETS = {1: 0.9, 8: 0.9, 32: 0.9}
+NAN = float("nan")
 
 
 def _pick(data: dict[str, Any], workload: str, clients: int, key: str) -> list[dict[str, Any]]:
@@ -591,6 +729,11 @@ def summary(data: dict[str, Any]) -> list[dict[str, Any]]:
                         "postgres": med([r["cpu"].get("postgres", 0.0) for r in rs]),
                         "pg_us": med([r["pg_us_per_xact"] for r in rs]),
                         "wal": med([r["wal_per_xact"] for r in rs]),
+                        # Older JSON has no figures up to the end of the drain.
+                        "pg_us_all": med([r.get("pg_us_per_xact_all", NAN) for r in rs]),
+                        "wal_all": med([r.get("wal_per_xact_all", NAN) for r in rs]),
+                        "drain": med([r.get("drain_s", NAN) for r in rs]),
+                        "captured": med([r.get("captured_per_s", NAN) for r in rs]),
                         "notifies": med([r["notifies"] for r in rs]),
                         "other": med([r["cpu"].get("other", 0.0) for r in rs]),
                     }
@@ -603,6 +746,8 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     rows = summary(data)
     out = []
     for r in rows:
+        if r["variant"] == "logical":
+            out += _logical_targets(r, rows)
         if r["variant"] != "pgbinding" or r["clients"] not in TARGETS:
             continue
         want = TARGETS[r["clients"]]
@@ -638,6 +783,44 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     return out
 
 
+def _logical_targets(r: dict[str, Any], rows: list[dict[str, Any]]) -> list[module.Target]:
+    """The logical backend's rows: its ratio to no capture, and its capture rate (changes
+    captured and read per second, load and drain) against the trigger listener's."""
+    out: list[module.Target] = []
+    if r["clients"] in LOGICAL_TARGETS:
+        want = LOGICAL_TARGETS[r["clients"]]
+        out.append(
+            (
+                f"write path, logical capture, {r['workload']}, {r['clients']} client(s): "
+                "ratio to no capture",
+                f">= {want:.2f}",
+                f"{r['ratio']:.2f}",
+                r["ratio"] >= want,
+            )
+        )
+    trigger = next(
+        (
+            t
+            for t in rows
+            if t["variant"] == "pgbinding"
+            and t["workload"] == r["workload"]
+            and t["clients"] == r["clients"]
+        ),
+        None,
+    )
+    if trigger is not None and r["captured"] == r["captured"]:
+        out.append(
+            (
+                f"write path, logical capture, {r['workload']}, {r['clients']} client(s): "
+                "changes captured and read per second (load + drain)",
+                ">= the trigger listener's",
+                f"{r['captured']:.0f} vs {trigger['captured']:.0f}",
+                r["captured"] >= trigger["captured"],
+            )
+        )
+    return out
+
+
 def markdown(data: dict[str, Any]) -> str:
     p = data["params"]
     lines = [
@@ -646,18 +829,28 @@ def markdown(data: dict[str, Any]) -> str:
         "ratio = median tps / median no-trigger tps, and the range is the spread of the "
         "per-run ratios (each run's variants were measured back to back).",
         "",
+        f"The server ran with `wal_level = {p.get('wal_level', '?')}` for every variant"
+        + (
+            " (the logical variant needs it, so the others pay for it too: like with like)."
+            if any(key == "logical" for key, _ in p["variants"])
+            else "."
+        ),
+        "",
         "| workload | clients | variant | median tps | ratio | per-run ratios | listener/drainer "
-        "CPU (cores) | Postgres µs/tx | WAL B/tx | NOTIFYs |",
-        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|",
+        "CPU (cores) | Postgres µs/tx | WAL B/tx | drain s | Postgres µs/tx to drained | "
+        "WAL B/tx to drained | changes/s captured and read | NOTIFYs |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary(data):
         rng = f"{min(r['ratios']):.2f}-{max(r['ratios']):.2f}" if r["ratios"] else ""
         consumer = "" if r["variant"] == "plain" else f"{r['consumer']:.2f}"
         notifies = "" if r["variant"] == "plain" else f"{r['notifies']:.0f}"
+        f = common.fmt
         lines.append(
             f"| {r['workload']} | {r['clients']} | {r['label']} | {r['tps']:.0f} | "
             f"{r['ratio']:.2f} | {rng} | {consumer} | {r['pg_us']:.0f} | {r['wal']:.0f} | "
-            f"{notifies} |"
+            f"{f(r['drain'], '.2f')} | {f(r['pg_us_all'], '.0f')} | {f(r['wal_all'], '.0f')} | "
+            f"{f(r['captured'], '.0f')} | {notifies} |"
         )
     loadgen = [r["loadgen"] for r in summary(data)]
     lines += [
@@ -667,7 +860,27 @@ def markdown(data: dict[str, Any]) -> str:
         "their CPU (Python process plus Postgres backend) is the listener/drainer column. "
         "NOTIFYs: pgbinding's wake-ups (sent only while the listener sleeps) or, for the notify "
         "trigger, one per row.",
+        "",
+        "Postgres µs/tx is the CPU of every Postgres process (pgbench's backends, the "
+        "listener's, the drainer's) per transaction during the load; WAL B/tx is all WAL "
+        "written during it. *To drained*: the same from the start of the load until the "
+        "consumer had read everything (drain s after the load ended, with a resolution of a few "
+        "tenths of a second), which counts the logical backend's log writes: its pump decodes "
+        "the slot and writes the log after the commits. *Changes/s captured and read* = "
+        "transactions / (load + drain). The logical listener reads the slot through SQL "
+        "functions in its own backend: no walsender runs.",
     ]
+    if any(key == "logical" for key, _ in p["variants"]):
+        lines += [
+            "",
+            '*pgbinding logical*: `PGBINDING["CAPTURE"] = "logical"`, no trigger; the '
+            "table is REPLICA IDENTITY FULL and in the publication, with a pgoutput slot (as "
+            "the migrations set it up), and a pgbinding Listener with that setting in its own "
+            "process: its pump writes the log while pgbench runs. Only the measured variant's "
+            "listener is busy: the logical listener runs only during its own measurements (its "
+            "pump decodes all WAL), and the slot is moved past the other variants' WAL before "
+            "it starts.",
+        ]
     return "\n".join(lines)
 
 
@@ -688,6 +901,9 @@ def plots(data: dict[str, Any], outdir: Path) -> list[Path]:
             ax.plot(xs, ys, marker="o", label=label)
         tx = sorted(c for c in TARGETS if c in p["clients"])
         ax.plot(tx, [TARGETS[c] for c in tx], "k--", lw=1, label="target")
+        if any(key == "logical" for key, _ in p["variants"]):
+            tx = sorted(c for c in LOGICAL_TARGETS if c in p["clients"])
+            ax.plot(tx, [LOGICAL_TARGETS[c] for c in tx], "k:", lw=1, label="logical target")
         ax.set_xscale("log")
         ax.set_xticks(p["clients"], [str(c) for c in p["clients"]])
         ax.set_ylim(0, 1.1)
