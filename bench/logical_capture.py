@@ -6,14 +6,14 @@
 Needs a server with ``wal_level = logical``: the private one is started with it (``--dsn``
 names your own). Each run measures, for ``trigger``, ``logical`` (the slot streamed over a
 replication connection) and ``logical-poll`` (read with the slot's SQL functions), interleaved
-(the order rotating from run to run), on the bench site (bench/site) under daphne with the in-process
-listener and the in-memory layer:
+(the order rotating from run to run), on the bench site (bench/site) under daphne with the
+in-process listener and the in-memory layer:
 
 * **latency**: bench/latency's 1-client measurement unchanged (``latency.measure``: a writer
   process runs ``UPDATE benchapp_tick`` at 50/s, durable commits, and a raw WebSocket client
   takes the time each frame arrives; commit acknowledged -> frame received);
 * **sparse**: the same with one write every 2 s (``--sparse`` writes), so that each change
-  arrives after a quiet spell: the logical listener then looks for WAL every
+  arrives after a quiet spell: the polling listener then looks for WAL every
   ``LOGICAL_IDLE_POLL_INTERVAL`` instead of ``LOGICAL_POLL_INTERVAL``;
 * **idle**: with the listener caught up and nothing written, the CPU (cores) of all of
   Postgres' processes and of daphne over ``--idle`` seconds, and the statements per second
@@ -290,7 +290,8 @@ def markdown(data: module.Data) -> str:
         'The logical capture backend (`PGBINDING["CAPTURE"] = "logical"`) against the '
         "trigger backend: *logical* streams the slot over a replication connection (the "
         "default), *logical-poll* reads it with the slot's SQL functions (`LOGICAL_READER = "
-        '"poll"`, the fallback); on the bench site under daphne with the in-process listener and the "
+        '"poll"`, the fallback); on the bench site under daphne with the in-process listener '
+        "and the "
         f"in-memory layer, the server at `wal_level = {p.get('wal_level', 'logical')}` for both; "
         f"medians of {p['runs']} interleaved run(s). Latency is bench/latency's 1-client "
         "measurement (commit acknowledged to the WebSocket frame arriving) at 50 writes/s "
