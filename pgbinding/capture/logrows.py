@@ -107,13 +107,38 @@ class Converter:
 
 
 def _json(row: dict[str, str | None] | None, info: RelationInfo) -> str | None:
+    """The row as the JSON text ``to_jsonb`` gives for it. Values whose JSON is their text
+    output (most columns) and timestamps go through one ``json.dumps`` of the whole row;
+    json, hstore and array columns are written apart and spliced in (key order does not
+    matter: jsonb orders keys itself)."""
     if row is None:
         return None
-    parts = []
+    kinds = info.kinds
+    if not kinds:
+        return json.dumps(row, ensure_ascii=False)
+    plain: dict[str, str | None] = {}
+    spliced: list[str] = []
     for name, value in row.items():
-        text = "null" if value is None else _value(value, info.kinds.get(name, ""))
-        parts.append(f"{json.dumps(name, ensure_ascii=False)}: {text}")
-    return "{" + ", ".join(parts) + "}"
+        kind = kinds.get(name)
+        if value is None or kind is None:
+            plain[name] = value
+        elif kind in ("timestamptz", "timestamp"):
+            plain[name] = _timestamp(value, kind)
+        else:
+            spliced.append(f"{json.dumps(name, ensure_ascii=False)}: {_value(value, kind)}")
+    text = json.dumps(plain, ensure_ascii=False)
+    if not spliced:
+        return text
+    return text[:-1] + (", " if plain else "") + ", ".join(spliced) + "}"
+
+
+def _timestamp(text: str, kind: str) -> str:
+    """ISO 8601 as to_jsonb writes it ("2026-01-02T03:04:05+00:00"); the text output uses the
+    pinned DateStyle ISO ("2026-01-02 03:04:05+00")."""
+    text = text.replace(" ", "T", 1) if text[:1].isdigit() else text
+    if kind == "timestamptz":
+        text = _OFFSET.sub(r"\1:00\2", text)
+    return text
 
 
 def _value(text: str, kind: str) -> str:
@@ -130,12 +155,7 @@ def _value(text: str, kind: str) -> str:
         except ValueError:
             return json.dumps(text, ensure_ascii=False)
         return _array(items, kind[2:])
-    # timestamp(tz): ISO 8601 as to_jsonb writes it ("2026-01-02T03:04:05+00:00"); the text
-    # output uses the pinned DateStyle ISO ("2026-01-02 03:04:05+00").
-    text = text.replace(" ", "T", 1) if text[:1].isdigit() else text
-    if kind == "timestamptz":
-        text = _OFFSET.sub(r"\1:00\2", text)
-    return json.dumps(text, ensure_ascii=False)
+    return json.dumps(_timestamp(text, kind), ensure_ascii=False)  # timestamp(tz)
 
 
 _OFFSET = re.compile(r"([+-]\d\d)( BC)?$")
