@@ -184,15 +184,11 @@ def _text(raw: Any) -> str | None:
     return None
 
 
-def _db_timezone_name() -> str:
-    from django.db import connections
-
-    from .conf import pgbinding_settings
-
-    return str(connections[pgbinding_settings.DATABASE].timezone_name)
+def _db_timezone_name(connection: Any = None) -> str:
+    return str((connection if connection is not None else db_connection()).timezone_name)
 
 
-def _load_scalar(ctype: ColumnType, raw: Any) -> Any:
+def _load_scalar(ctype: ColumnType, raw: Any, connection: Any = None) -> Any:
     if ctype.name in ("json", "jsonb"):
         # Django loads jsonb as text and parses it in JSONField.from_db_value.
         return json.dumps(plain_json(raw)) if ctype.name == "jsonb" else plain_json(raw)
@@ -208,11 +204,11 @@ def _load_scalar(ctype: ColumnType, raw: Any) -> Any:
         value = _loader().load(ctype.oid, text)
     except Exception as exc:
         if ctype.category == "R" and ctype.element is not None:
-            return _load_range(ctype, text)
+            return _load_range(ctype, text, connection)
         raise Unrepresentable(_fallback_text(ctype, text), f"{exc}") from None
     if ctype.oid == TIMESTAMPTZ and isinstance(value, datetime.datetime):
         # As the ORM reads it: in the connection's time zone (aware with USE_TZ, else naive).
-        local = value.astimezone(zoneinfo.ZoneInfo(_db_timezone_name()))
+        local = value.astimezone(zoneinfo.ZoneInfo(_db_timezone_name(connection)))
         return local if settings.USE_TZ else local.replace(tzinfo=None)
     return value
 
@@ -224,7 +220,7 @@ def _fallback_text(ctype: ColumnType, text: str) -> str:
     return text
 
 
-def _load_range(ctype: ColumnType, text: str) -> Any:
+def _load_range(ctype: ColumnType, text: str, connection: Any = None) -> Any:
     """A range psycopg cannot load (a bound Python cannot hold, like ``infinity``): each bound
     loaded alone, the unloadable one kept as its text."""
     from psycopg.types.range import Range
@@ -241,32 +237,35 @@ def _load_range(ctype: ColumnType, text: str) -> Any:
             part = re.sub(r"\\(.)", r"\1", part[1:-1])
         assert ctype.element is not None
         try:
-            return _load_scalar(ctype.element, part)
+            return _load_scalar(ctype.element, part, connection)
         except Unrepresentable as exc:
             return exc.fallback
 
     return Range(bound(lower), bound(upper), left + right)
 
 
-def load_value(ctype: ColumnType, raw: Any, problems: list[str] | None = None) -> Any:
+def load_value(
+    ctype: ColumnType, raw: Any, problems: list[str] | None = None, connection: Any = None
+) -> Any:
     """One logged (``to_jsonb``) value as psycopg would load the column's text output. An array
-    element Python cannot hold is kept as its text (and said in ``problems``)."""
+    element Python cannot hold is kept as its text (and said in ``problems``). ``connection``:
+    pgbinding's database connection (its time zone), when the caller has it at hand."""
     if raw is None:
         return None
     if ctype.category == "A" and ctype.element is not None and isinstance(raw, list):
         out = []
         for item in raw:
             if isinstance(item, list):  # another dimension
-                out.append(load_value(ctype, item, problems))
+                out.append(load_value(ctype, item, problems, connection))
                 continue
             try:
-                out.append(load_value(ctype.element, item, problems))
+                out.append(load_value(ctype.element, item, problems, connection))
             except Unrepresentable as exc:
                 if problems is not None:
                     problems.append(str(exc))
                 out.append(exc.fallback)
         return out
-    return _load_scalar(ctype, raw)
+    return _load_scalar(ctype, raw, connection)
 
 
 # -- rows to model values ------------------------------------------------------------------------
@@ -290,11 +289,14 @@ def _warn_once(table: str, column: str, raw: Any, reason: str) -> None:
 
 def field_value(field: Field[Any, Any], ctype: ColumnType | None, raw: Any, table: str) -> Any:
     """What the ORM would give for ``field`` from one logged value."""
-    connection = _connection()
+    connection = db_connection()
     return _Column(field, ctype, table, connection).value(raw, connection)
 
 
-def _connection() -> Any:
+def db_connection() -> Any:
+    """pgbinding's database connection (of this thread), whose converters and time zone values
+    are loaded with. Looking it up costs a few microseconds (a thread-local lookup and the
+    settings), so callers that decode many rows take it once and pass it on."""
     from django.db import connections
 
     from .conf import pgbinding_settings
@@ -338,11 +340,11 @@ class _Column:
             value = raw
         elif self.ctype is None:
             # Not a column of the table now (dropped or renamed since): best effort.
-            return _fallback_python(self.field, raw)
+            return _fallback_python(self.field, raw, connection)
         else:
             problems: list[str] = []
             try:
-                value = load_value(self.ctype, raw, problems)
+                value = load_value(self.ctype, raw, problems, connection)
             except Unrepresentable as exc:
                 _warn_once(self.table, self.column, raw, str(exc))
                 return exc.fallback
@@ -386,7 +388,7 @@ def _plan(model: type[models.Model], table: str, connection: Any) -> list[_Colum
     return columns
 
 
-def _fallback_python(field: Field[Any, Any], raw: Any) -> Any:
+def _fallback_python(field: Field[Any, Any], raw: Any, connection: Any = None) -> Any:
     """A logged value without the column's type (unit tests; a column gone since)."""
     if isinstance(field, JSONField):
         return plain_json(raw)
@@ -395,18 +397,22 @@ def _fallback_python(field: Field[Any, Any], raw: Any) -> Any:
     except Exception:
         return plain_json(raw)
     if isinstance(value, datetime.datetime) and value.tzinfo is not None:
-        local = value.astimezone(zoneinfo.ZoneInfo(_db_timezone_name()))
+        local = value.astimezone(zoneinfo.ZoneInfo(_db_timezone_name(connection)))
         return local if settings.USE_TZ else local.replace(tzinfo=None)
     return value
 
 
-def row_values(model: type[models.Model], row: Mapping[str, Any], table: str) -> dict[str, Any]:
+def row_values(
+    model: type[models.Model], row: Mapping[str, Any], table: str, connection: Any = None
+) -> dict[str, Any]:
     """{attname: value} for every concrete field of ``model``, read from one logged row.
 
     A column missing from the row (added after the change was logged) gets the field's default;
-    nothing is ever read from the table itself.
+    nothing is ever read from the table itself. ``connection`` (pgbinding's, see
+    :func:`db_connection`) saves looking it up per row when the caller reads many.
     """
-    connection = _connection()
+    if connection is None:
+        connection = db_connection()
     values: dict[str, Any] = {}
     for column in _plan(model, table, connection):
         if column.column in row:

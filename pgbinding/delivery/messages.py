@@ -34,12 +34,17 @@ class Built:
     changes: list[Message] = field(default_factory=list)
 
 
-def decode(binding: type[Binding], change: Change) -> tuple[Values, Values, Instance, Instance]:
-    """The old and new row of a change as {attname: value} and as model instances."""
+def decode(
+    binding: type[Binding], change: Change, connection: Any = None
+) -> tuple[Values, Values, Instance, Instance]:
+    """The old and new row of a change as {attname: value} and as model instances.
+    ``connection``: :func:`rows.db_connection`, taken once by callers that decode many."""
     model = binding.model
     table = model._meta.db_table
-    old_values = rows.row_values(model, change.old, table) if change.old else None
-    new_values = rows.row_values(model, change.new, table) if change.new else None
+    if connection is None:
+        connection = rows.db_connection()
+    old_values = rows.row_values(model, change.old, table, connection) if change.old else None
+    new_values = rows.row_values(model, change.new, table, connection) if change.new else None
     old = rows.instance(model, old_values) if old_values is not None else None
     new = rows.instance(model, new_values) if new_values is not None else None
     return old_values, new_values, old, new
@@ -51,11 +56,13 @@ def _change(
     return protocol.change(binding.stream, change.id, change.op, old, new, change.position)
 
 
-def change_message(binding: type[Binding], change: Change) -> dict[str, Any] | None:
+def change_message(
+    binding: type[Binding], change: Change, connection: Any = None
+) -> dict[str, Any] | None:
     """The raw change message subscriptions judge (None: nothing of it concerns them)."""
     if change.op == "T":
         return _change(binding, change, None, None)
-    _, _, old, new = decode(binding, change)
+    _, _, old, new = decode(binding, change, connection)
     old_row = binding.row_message(old) if old is not None else None
     new_row = binding.row_message(new) if new is not None else None
     if old_row is not None and old_row == new_row:
@@ -63,7 +70,7 @@ def change_message(binding: type[Binding], change: Change) -> dict[str, Any] | N
     return _change(binding, change, old_row, new_row)
 
 
-def build(binding: type[Binding], change: Change) -> Built:
+def build(binding: type[Binding], change: Change, connection: Any = None) -> Built:
     """Group events (by the group transitions: README, "Group transitions") and raw changes for
     subscriptions, for one change.
 
@@ -78,7 +85,7 @@ def build(binding: type[Binding], change: Change) -> Built:
         built.events = [(g, event) for g in dict.fromkeys(binding.reload_groups())]
         built.changes = [(binding.change_group(), _change(binding, change, None, None))]
         return built
-    old_values, new_values, old, new = decode(binding, change)
+    old_values, new_values, old, new = decode(binding, change, connection)
     old_row = binding.row_message(old) if old is not None else None
     new_row = binding.row_message(new) if new is not None else None
     same = old_row is not None and old_row == new_row

@@ -255,10 +255,11 @@ def _replay(
     # it matched the filter and the user could see it.
     sub.members = None
     token = since.encode()
+    connection = rows.db_connection()
     frames: list[dict[str, Any]] = []
     for change_id, op, old, new in entries:
         change = Change(int(change_id), table, str(op), None, _json(old), _json(new), token)
-        message = messages.change_message(binding, change)
+        message = messages.change_message(binding, change, connection)
         if message is not None:
             frames += evaluate(sub, message)
     return frames
