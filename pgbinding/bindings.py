@@ -267,6 +267,27 @@ class Binding:
             "exact": {f.attname: wire_value(f.value_from_object(instance)) for f in cls._exact},
         }
 
+    @classmethod
+    def row_message_from_values(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """:meth:`row_message` of ``rows.instance(cls.model, values)``, without making the
+        instance. Only when :meth:`reads_values` says the two agree."""
+        pk_field = cls.model._meta.pk
+        assert pk_field is not None
+        get = values.get
+        return {
+            "pk": json_value(pk_field, get(pk_field.attname)),
+            "data": {f.name: json_value(f, get(f.attname)) for f in cls._serialized},
+            "exact": {f.attname: wire_value(get(f.attname)) for f in cls._exact},
+        }
+
+    @classmethod
+    def reads_values(cls) -> bool:
+        """Is :meth:`row_message_from_values` the same as :meth:`row_message` of an instance
+        made from the values (see :func:`pgbinding.rows.reads_values`)?"""
+        pk_field = cls.model._meta.pk
+        assert pk_field is not None
+        return rows.reads_values(cls.model, [pk_field, *cls._serialized, *cls._exact])
+
 
 class WebsocketBinding(Binding):
     """A binding served over WebSocket by pgbinding's demultiplexing consumer."""

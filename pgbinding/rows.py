@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import inspect
 import json
 import logging
 import re
@@ -420,6 +421,44 @@ def row_values(
         else:
             values[column.attname] = column.field.get_default()
     return values
+
+
+#: (model, attnames) -> do instances of the model give back the values they were made with?
+_reads_values: dict[tuple[type[models.Model], tuple[str, ...]], bool] = {}
+
+
+def reads_values(model: type[models.Model], fields: Iterable[Field[Any, Any]]) -> bool:
+    """Does ``field.value_from_object(instance(model, values))`` give ``values.get(attname)``
+    back, unchanged, for each of ``fields``? Then what is computed from those fields of an
+    instance can be computed from the values alone, without making the instance.
+
+    True when nothing of the model's or the fields' own runs on the way: ``__init__`` and
+    ``from_db`` as Django defines them, no ``pre_init`` / ``post_init`` receiver for the model,
+    Django's plain attribute descriptors (a ``FileField``'s, say, wraps what it holds) and
+    ``Field.value_from_object``.
+    """
+    from django.db.models import signals
+    from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
+    from django.db.models.query_utils import DeferredAttribute
+
+    if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
+        return False
+    fields = list(fields)
+    key = (model, tuple(f.attname for f in fields))
+    found = _reads_values.get(key)
+    if found is None:
+        plain = (DeferredAttribute, ForeignKeyDeferredAttribute)
+        found = all(
+            inspect.getattr_static(model, name) is inspect.getattr_static(models.Model, name)
+            for name in ("__init__", "from_db")
+        ) and all(
+            f in model._meta.concrete_fields
+            and type(f).value_from_object is Field.value_from_object
+            and type(inspect.getattr_static(model, f.attname, None)) in plain
+            for f in fields
+        )
+        _reads_values[key] = found
+    return found
 
 
 def instance(model: type[models.Model], values: Mapping[str, Any]) -> models.Model:

@@ -98,3 +98,27 @@ def test_values_are_rebuilt_with_django_types() -> None:
     assert data["due"] == "2026-01-02T02:04:05.123Z"
     assert data["price"] == "1.5000"
     assert data["uid"] == "7d2f8f0e-1f7c-4a8e-8f4e-3a1e0f5d2b11"
+
+
+def test_row_messages_come_from_instances_when_the_model_has_init_receivers() -> None:
+    """Row messages are built from the decoded values only where an instance would give them
+    back unchanged; a post_init receiver (which may change what the instance holds) makes them
+    come from instances again."""
+    from django.db.models.signals import post_init
+
+    change = Change(13, "testapp_item", "U", "1", row(name="a"), row(name="b"))
+    assert ItemBinding.reads_values()
+    message = messages.change_message(ItemBinding, change)
+    assert message is not None and message["new"]["data"]["name"] == "b"
+
+    def rename(sender: type[Item], instance: Item, **kwargs: Any) -> None:
+        instance.name = instance.name.upper()
+
+    post_init.connect(rename, sender=Item)
+    try:
+        assert not ItemBinding.reads_values()
+        message = messages.change_message(ItemBinding, change)
+        assert message is not None and message["new"]["data"]["name"] == "B"
+    finally:
+        post_init.disconnect(rename, sender=Item)
+    assert ItemBinding.reads_values()
