@@ -29,6 +29,7 @@ import inspect
 import json
 import logging
 import re
+import uuid
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -403,21 +404,70 @@ def _fallback_python(field: Field[Any, Any], raw: Any, connection: Any = None) -
     return value
 
 
+#: Values that cannot change once made: one of them may stand in two rows (see ``like``).
+IMMUTABLE = frozenset(
+    {
+        type(None),
+        bool,
+        int,
+        float,
+        str,
+        decimal.Decimal,
+        datetime.datetime,
+        datetime.date,
+        datetime.time,
+        datetime.timedelta,
+        uuid.UUID,
+    }
+)
+_ABSENT = object()
+
+
+def same_logged(a: Any, b: Any) -> bool:
+    """Are two logged (parsed ``to_jsonb``) scalars the same text, so they load the same?
+    Strict: ``1`` and ``1.0`` and ``True`` differ, and decimals must match digit for digit
+    (``1.0`` and ``1.00`` are equal numbers, not the same text). Lists and objects: no."""
+    kind = type(a)
+    if kind is not type(b):
+        return False
+    if kind is str or kind is int or kind is bool:
+        return bool(a == b)
+    if kind is decimal.Decimal:
+        return bool(a.as_tuple() == b.as_tuple())
+    return False
+
+
 def row_values(
-    model: type[models.Model], row: Mapping[str, Any], table: str, connection: Any = None
+    model: type[models.Model],
+    row: Mapping[str, Any],
+    table: str,
+    connection: Any = None,
+    like: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """{attname: value} for every concrete field of ``model``, read from one logged row.
 
     A column missing from the row (added after the change was logged) gets the field's default;
     nothing is ever read from the table itself. ``connection`` (pgbinding's, see
     :func:`db_connection`) saves looking it up per row when the caller reads many.
+
+    ``like``: another logged row of the table and its values (an update's old row, for the new
+    one). A column logged with the same text in both is loaded once: its value is taken from
+    there when it is :data:`IMMUTABLE` (an update usually changes a column or two).
     """
     if connection is None:
         connection = db_connection()
     values: dict[str, Any] = {}
+    like_row, like_values = like if like is not None else ({}, {})
     for column in _plan(model, table, connection):
-        if column.column in row:
-            values[column.attname] = column.value(row[column.column], connection)
+        name = column.column
+        if name in row:
+            raw = row[name]
+            if like is not None and same_logged(raw, like_row.get(name, _ABSENT)):
+                known = like_values.get(column.attname, _ABSENT)
+                if type(known) in IMMUTABLE:
+                    values[column.attname] = known
+                    continue
+            values[column.attname] = column.value(raw, connection)
         else:
             values[column.attname] = column.field.get_default()
     return values

@@ -1218,7 +1218,7 @@ def test_raw_changes_match_row_messages_of_instances(memory_run: Run) -> None:
     model instances where the model allows (``Binding.reads_values``): for every change the
     memory run logged, of every case and lifecycle, the same row messages as
     ``Binding.row_message`` of the instances, to the type of every value."""
-    checked = 0
+    checked = updates = 0
     with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
         configure_connection(conn)  # type: ignore[arg-type]  # only set_json_loads is used
         for binding in BINDINGS.values():
@@ -1233,21 +1233,23 @@ def test_raw_changes_match_row_messages_of_instances(memory_run: Run) -> None:
                 if op == "T":
                     continue
                 change = Change(int(change_id), table, str(op), None, old, new)
-                old_values, new_values, old_instance, new_instance = messages.decode(
-                    binding, change
-                )
                 expected = [
-                    binding.row_message(i) if i is not None else None
-                    for i in (old_instance, new_instance)
+                    binding.row_message(
+                        rows.instance(binding.model, rows.row_values(binding.model, r, table))
+                    )
+                    if r
+                    else None
+                    for r in (old, new)
                 ]
-                got = list(messages.row_messages(binding, old_values, new_values))
+                got = list(messages.row_messages(binding, *messages.decode_values(binding, change)))
                 assert json.dumps(got, default=repr) == json.dumps(expected, default=repr), (
                     binding.label(),
                     change_id,
                 )
                 checked += 1
+                updates += op == "U"
             assert binding.reads_values(), binding.label()
-    assert checked >= len(WRITES)
+    assert checked >= len(WRITES) and updates >= len(LIFECYCLES)
 
 
 def test_every_case_and_fallback_is_used() -> None:
