@@ -94,6 +94,8 @@ class Binding:
     _rule: ClassVar[Rule]
     #: Fields whose exact values travel with each row (filters and the read rule need them).
     _exact: ClassVar[list[Field[Any, Any]]]
+    #: :meth:`reads_values` as far as the declaration decides it (None: not worked out yet).
+    _plain_reads: ClassVar[bool | None] = None
 
     def __init__(self, user: Any = None, scope: dict[str, Any] | None = None) -> None:
         self.user = user
@@ -113,6 +115,7 @@ class Binding:
     def check_declaration(cls) -> None:
         """Raise :class:`BindingConfigError` naming this binding if it is declared wrongly."""
         check(cls, Binding)
+        cls._plain_reads = None  # the fields may have changed: see reads_values
 
     @classmethod
     def label(cls) -> str:
@@ -318,10 +321,15 @@ class Binding:
     @classmethod
     def reads_values(cls) -> bool:
         """Is :meth:`row_message_from_values` the same as :meth:`row_message` of an instance
-        made from the values (see :func:`pgbinding.rows.reads_values`)?"""
-        pk_field = cls.model._meta.pk
-        assert pk_field is not None
-        return rows.reads_values(cls.model, [pk_field, *cls._serialized, *cls._exact])
+        made from the values (see :func:`pgbinding.rows.plain_reads`)? What the declaration
+        decides is worked out once per binding class (and again when it is checked again)."""
+        plain = cls.__dict__.get("_plain_reads")
+        if plain is None:
+            pk_field = cls.model._meta.pk
+            assert pk_field is not None
+            plain = rows.plain_reads(cls.model, [pk_field, *cls._serialized, *cls._exact])
+            cls._plain_reads = plain
+        return plain and not rows.init_receivers(cls.model)
 
 
 class WebsocketBinding(Binding):

@@ -462,7 +462,12 @@ def row_values(
         name = column.column
         if name in row:
             raw = row[name]
-            if like is not None and same_logged(raw, like_row.get(name, _ABSENT)):
+            if (
+                like is not None
+                # an integer or text value its column takes as it is: loading costs no more
+                and type(raw) is not column.same_as_logged
+                and same_logged(raw, like_row.get(name, _ABSENT))
+            ):
                 known = like_values.get(column.attname, _ABSENT)
                 if type(known) in IMMUTABLE:
                     values[column.attname] = known
@@ -473,42 +478,37 @@ def row_values(
     return values
 
 
-#: (model, attnames) -> do instances of the model give back the values they were made with?
-_reads_values: dict[tuple[type[models.Model], tuple[str, ...]], bool] = {}
+def init_receivers(model: type[models.Model]) -> bool:
+    """Has ``model`` a ``pre_init`` or ``post_init`` receiver (which may change what an
+    instance holds)? Looked at on every call: receivers come and go."""
+    from django.db.models import signals
+
+    return signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model)
 
 
-def reads_values(model: type[models.Model], fields: Iterable[Field[Any, Any]]) -> bool:
+def plain_reads(model: type[models.Model], fields: Iterable[Field[Any, Any]]) -> bool:
     """Does ``field.value_from_object(instance(model, values))`` give ``values.get(attname)``
-    back, unchanged, for each of ``fields``? Then what is computed from those fields of an
-    instance can be computed from the values alone, without making the instance.
+    back, unchanged, for each of ``fields``, when ``model`` has no init receivers
+    (:func:`init_receivers`)? Then what is computed from those fields of an instance can be
+    computed from the values alone, without making the instance.
 
     True when nothing of the model's or the fields' own runs on the way: ``__init__`` and
-    ``from_db`` as Django defines them, no ``pre_init`` / ``post_init`` receiver for the model,
-    Django's plain attribute descriptors (a ``FileField``'s, say, wraps what it holds) and
-    ``Field.value_from_object``.
+    ``from_db`` as Django defines them, Django's plain attribute descriptors (a ``FileField``'s,
+    say, wraps what it holds) and ``Field.value_from_object``.
     """
-    from django.db.models import signals
     from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
     from django.db.models.query_utils import DeferredAttribute
 
-    if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
-        return False
-    fields = list(fields)
-    key = (model, tuple(f.attname for f in fields))
-    found = _reads_values.get(key)
-    if found is None:
-        plain = (DeferredAttribute, ForeignKeyDeferredAttribute)
-        found = all(
-            inspect.getattr_static(model, name) is inspect.getattr_static(models.Model, name)
-            for name in ("__init__", "from_db")
-        ) and all(
-            f in model._meta.concrete_fields
-            and type(f).value_from_object is Field.value_from_object
-            and type(inspect.getattr_static(model, f.attname, None)) in plain
-            for f in fields
-        )
-        _reads_values[key] = found
-    return found
+    plain = (DeferredAttribute, ForeignKeyDeferredAttribute)
+    return all(
+        inspect.getattr_static(model, name) is inspect.getattr_static(models.Model, name)
+        for name in ("__init__", "from_db")
+    ) and all(
+        f in model._meta.concrete_fields
+        and type(f).value_from_object is Field.value_from_object
+        and type(inspect.getattr_static(model, f.attname, None)) in plain
+        for f in fields
+    )
 
 
 def instance(model: type[models.Model], values: Mapping[str, Any]) -> models.Model:
