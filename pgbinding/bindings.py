@@ -43,6 +43,7 @@ from .serialize import from_wire, json_value, wire_value
 __all__ = ["Binding", "Change", "WebsocketBinding"]
 
 Message = tuple[str, dict[str, Any]]
+_ABSENT = object()
 
 
 def _short_group(name: str) -> str:
@@ -93,6 +94,8 @@ class Binding:
     _rule: ClassVar[Rule]
     #: Fields whose exact values travel with each row (filters and the read rule need them).
     _exact: ClassVar[list[Field[Any, Any]]]
+    #: :meth:`reads_values` as far as the declaration decides it (None: not worked out yet).
+    _plain_reads: ClassVar[bool | None] = None
 
     def __init__(self, user: Any = None, scope: dict[str, Any] | None = None) -> None:
         self.user = user
@@ -112,6 +115,7 @@ class Binding:
     def check_declaration(cls) -> None:
         """Raise :class:`BindingConfigError` naming this binding if it is declared wrongly."""
         check(cls, Binding)
+        cls._plain_reads = None  # the fields may have changed: see reads_values
 
     @classmethod
     def label(cls) -> str:
@@ -266,6 +270,66 @@ class Binding:
             "data": cls.serialize(instance),
             "exact": {f.attname: wire_value(f.value_from_object(instance)) for f in cls._exact},
         }
+
+    @classmethod
+    def row_message_from_values(
+        cls,
+        values: Mapping[str, Any],
+        like: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`row_message` of ``rows.instance(cls.model, values)``, without making the
+        instance. Only when :meth:`reads_values` says the two agree.
+
+        ``like``: other values of the model and their row message (an update's old row, for
+        the new one); a field holding the very same immutable value object there (an unchanged
+        column, see :func:`rows.row_values`) is not serialized again."""
+        pk_field = cls.model._meta.pk
+        assert pk_field is not None
+        get = values.get
+        if like is None:
+            return {
+                "pk": json_value(pk_field, get(pk_field.attname)),
+                "data": {f.name: json_value(f, get(f.attname)) for f in cls._serialized},
+                "exact": {f.attname: wire_value(get(f.attname)) for f in cls._exact},
+            }
+        like_values, like_row = like
+        like_get = like_values.get
+        like_data, like_exact = like_row["data"], like_row["exact"]
+        immutable = rows.IMMUTABLE
+        data: dict[str, Any] = {}
+        for f in cls._serialized:
+            value = get(f.attname)
+            if value is like_get(f.attname, _ABSENT) and type(value) in immutable:
+                data[f.name] = like_data[f.name]
+            else:
+                data[f.name] = json_value(f, value)
+        exact: dict[str, Any] = {}
+        for f in cls._exact:
+            value = get(f.attname)
+            if value is like_get(f.attname, _ABSENT) and type(value) in immutable:
+                exact[f.attname] = like_exact[f.attname]
+            else:
+                exact[f.attname] = wire_value(value)
+        pk = get(pk_field.attname)
+        same_pk = pk is like_get(pk_field.attname, _ABSENT) and type(pk) in immutable
+        return {
+            "pk": like_row["pk"] if same_pk else json_value(pk_field, pk),
+            "data": data,
+            "exact": exact,
+        }
+
+    @classmethod
+    def reads_values(cls) -> bool:
+        """Is :meth:`row_message_from_values` the same as :meth:`row_message` of an instance
+        made from the values (see :func:`pgbinding.rows.plain_reads`)? What the declaration
+        decides is worked out once per binding class (and again when it is checked again)."""
+        plain = cls.__dict__.get("_plain_reads")
+        if plain is None:
+            pk_field = cls.model._meta.pk
+            assert pk_field is not None
+            plain = rows.plain_reads(cls.model, [pk_field, *cls._serialized, *cls._exact])
+            cls._plain_reads = plain
+        return plain and not rows.init_receivers(cls.model)
 
 
 class WebsocketBinding(Binding):

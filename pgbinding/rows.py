@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import inspect
 import json
 import logging
 import re
+import uuid
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -184,15 +186,11 @@ def _text(raw: Any) -> str | None:
     return None
 
 
-def _db_timezone_name() -> str:
-    from django.db import connections
-
-    from .conf import pgbinding_settings
-
-    return str(connections[pgbinding_settings.DATABASE].timezone_name)
+def _db_timezone_name(connection: Any = None) -> str:
+    return str((connection if connection is not None else db_connection()).timezone_name)
 
 
-def _load_scalar(ctype: ColumnType, raw: Any) -> Any:
+def _load_scalar(ctype: ColumnType, raw: Any, connection: Any = None) -> Any:
     if ctype.name in ("json", "jsonb"):
         # Django loads jsonb as text and parses it in JSONField.from_db_value.
         return json.dumps(plain_json(raw)) if ctype.name == "jsonb" else plain_json(raw)
@@ -208,11 +206,11 @@ def _load_scalar(ctype: ColumnType, raw: Any) -> Any:
         value = _loader().load(ctype.oid, text)
     except Exception as exc:
         if ctype.category == "R" and ctype.element is not None:
-            return _load_range(ctype, text)
+            return _load_range(ctype, text, connection)
         raise Unrepresentable(_fallback_text(ctype, text), f"{exc}") from None
     if ctype.oid == TIMESTAMPTZ and isinstance(value, datetime.datetime):
         # As the ORM reads it: in the connection's time zone (aware with USE_TZ, else naive).
-        local = value.astimezone(zoneinfo.ZoneInfo(_db_timezone_name()))
+        local = value.astimezone(zoneinfo.ZoneInfo(_db_timezone_name(connection)))
         return local if settings.USE_TZ else local.replace(tzinfo=None)
     return value
 
@@ -224,7 +222,7 @@ def _fallback_text(ctype: ColumnType, text: str) -> str:
     return text
 
 
-def _load_range(ctype: ColumnType, text: str) -> Any:
+def _load_range(ctype: ColumnType, text: str, connection: Any = None) -> Any:
     """A range psycopg cannot load (a bound Python cannot hold, like ``infinity``): each bound
     loaded alone, the unloadable one kept as its text."""
     from psycopg.types.range import Range
@@ -241,32 +239,35 @@ def _load_range(ctype: ColumnType, text: str) -> Any:
             part = re.sub(r"\\(.)", r"\1", part[1:-1])
         assert ctype.element is not None
         try:
-            return _load_scalar(ctype.element, part)
+            return _load_scalar(ctype.element, part, connection)
         except Unrepresentable as exc:
             return exc.fallback
 
     return Range(bound(lower), bound(upper), left + right)
 
 
-def load_value(ctype: ColumnType, raw: Any, problems: list[str] | None = None) -> Any:
+def load_value(
+    ctype: ColumnType, raw: Any, problems: list[str] | None = None, connection: Any = None
+) -> Any:
     """One logged (``to_jsonb``) value as psycopg would load the column's text output. An array
-    element Python cannot hold is kept as its text (and said in ``problems``)."""
+    element Python cannot hold is kept as its text (and said in ``problems``). ``connection``:
+    pgbinding's database connection (its time zone), when the caller has it at hand."""
     if raw is None:
         return None
     if ctype.category == "A" and ctype.element is not None and isinstance(raw, list):
         out = []
         for item in raw:
             if isinstance(item, list):  # another dimension
-                out.append(load_value(ctype, item, problems))
+                out.append(load_value(ctype, item, problems, connection))
                 continue
             try:
-                out.append(load_value(ctype.element, item, problems))
+                out.append(load_value(ctype.element, item, problems, connection))
             except Unrepresentable as exc:
                 if problems is not None:
                     problems.append(str(exc))
                 out.append(exc.fallback)
         return out
-    return _load_scalar(ctype, raw)
+    return _load_scalar(ctype, raw, connection)
 
 
 # -- rows to model values ------------------------------------------------------------------------
@@ -290,11 +291,14 @@ def _warn_once(table: str, column: str, raw: Any, reason: str) -> None:
 
 def field_value(field: Field[Any, Any], ctype: ColumnType | None, raw: Any, table: str) -> Any:
     """What the ORM would give for ``field`` from one logged value."""
-    connection = _connection()
+    connection = db_connection()
     return _Column(field, ctype, table, connection).value(raw, connection)
 
 
-def _connection() -> Any:
+def db_connection() -> Any:
+    """pgbinding's database connection (of this thread), whose converters and time zone values
+    are loaded with. Looking it up costs a few microseconds (a thread-local lookup and the
+    settings), so callers that decode many rows take it once and pass it on."""
     from django.db import connections
 
     from .conf import pgbinding_settings
@@ -338,11 +342,11 @@ class _Column:
             value = raw
         elif self.ctype is None:
             # Not a column of the table now (dropped or renamed since): best effort.
-            return _fallback_python(self.field, raw)
+            return _fallback_python(self.field, raw, connection)
         else:
             problems: list[str] = []
             try:
-                value = load_value(self.ctype, raw, problems)
+                value = load_value(self.ctype, raw, problems, connection)
             except Unrepresentable as exc:
                 _warn_once(self.table, self.column, raw, str(exc))
                 return exc.fallback
@@ -386,7 +390,7 @@ def _plan(model: type[models.Model], table: str, connection: Any) -> list[_Colum
     return columns
 
 
-def _fallback_python(field: Field[Any, Any], raw: Any) -> Any:
+def _fallback_python(field: Field[Any, Any], raw: Any, connection: Any = None) -> Any:
     """A logged value without the column's type (unit tests; a column gone since)."""
     if isinstance(field, JSONField):
         return plain_json(raw)
@@ -395,25 +399,116 @@ def _fallback_python(field: Field[Any, Any], raw: Any) -> Any:
     except Exception:
         return plain_json(raw)
     if isinstance(value, datetime.datetime) and value.tzinfo is not None:
-        local = value.astimezone(zoneinfo.ZoneInfo(_db_timezone_name()))
+        local = value.astimezone(zoneinfo.ZoneInfo(_db_timezone_name(connection)))
         return local if settings.USE_TZ else local.replace(tzinfo=None)
     return value
 
 
-def row_values(model: type[models.Model], row: Mapping[str, Any], table: str) -> dict[str, Any]:
+#: Values that cannot change once made: one of them may stand in two rows (see ``like``).
+IMMUTABLE = frozenset(
+    {
+        type(None),
+        bool,
+        int,
+        float,
+        str,
+        decimal.Decimal,
+        datetime.datetime,
+        datetime.date,
+        datetime.time,
+        datetime.timedelta,
+        uuid.UUID,
+    }
+)
+_ABSENT = object()
+
+
+def same_logged(a: Any, b: Any) -> bool:
+    """Are two logged (parsed ``to_jsonb``) scalars the same text, so they load the same?
+    Strict: ``1`` and ``1.0`` and ``True`` differ, and decimals must match digit for digit
+    (``1.0`` and ``1.00`` are equal numbers, not the same text). Lists and objects: no."""
+    kind = type(a)
+    if kind is not type(b):
+        return False
+    if kind is str or kind is int or kind is bool:
+        return bool(a == b)
+    if kind is decimal.Decimal:
+        return bool(a.as_tuple() == b.as_tuple())
+    return False
+
+
+def row_values(
+    model: type[models.Model],
+    row: Mapping[str, Any],
+    table: str,
+    connection: Any = None,
+    like: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """{attname: value} for every concrete field of ``model``, read from one logged row.
 
     A column missing from the row (added after the change was logged) gets the field's default;
-    nothing is ever read from the table itself.
+    nothing is ever read from the table itself. ``connection`` (pgbinding's, see
+    :func:`db_connection`) saves looking it up per row when the caller reads many.
+
+    ``like``: another logged row of the table and its values (an update's old row, for the new
+    one). A column logged with the same text in both is loaded once: its value is taken from
+    there when it is :data:`IMMUTABLE` (an update usually changes a column or two).
     """
-    connection = _connection()
+    if connection is None:
+        connection = db_connection()
     values: dict[str, Any] = {}
+    like_row, like_values = like if like is not None else ({}, {})
     for column in _plan(model, table, connection):
-        if column.column in row:
-            values[column.attname] = column.value(row[column.column], connection)
+        name = column.column
+        if name in row:
+            raw = row[name]
+            if (
+                like is not None
+                # an integer or text value its column takes as it is: loading costs no more
+                and type(raw) is not column.same_as_logged
+                and same_logged(raw, like_row.get(name, _ABSENT))
+            ):
+                known = like_values.get(column.attname, _ABSENT)
+                if type(known) in IMMUTABLE:
+                    values[column.attname] = known
+                    continue
+            values[column.attname] = column.value(raw, connection)
         else:
             values[column.attname] = column.field.get_default()
     return values
+
+
+def init_receivers(model: type[models.Model]) -> bool:
+    """Has ``model`` a ``pre_init`` or ``post_init`` receiver (which may change what an
+    instance holds)? Looked at on every call: receivers come and go."""
+    from django.db.models import signals
+
+    return signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model)
+
+
+def plain_reads(model: type[models.Model], fields: Iterable[Field[Any, Any]]) -> bool:
+    """Does ``field.value_from_object(instance(model, values))`` give ``values.get(attname)``
+    back, unchanged, for each of ``fields``, when ``model`` has no init receivers
+    (:func:`init_receivers`)? Then what is computed from those fields of an instance can be
+    computed from the values alone, without making the instance.
+
+    True when nothing of the model's or the fields' own runs on the way: ``__init__`` and
+    ``from_db`` as Django defines them, Django's plain attribute descriptors (a ``FileField``'s,
+    say, wraps what it holds) and ``Field.value_from_object``.
+    """
+    from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
+    from django.db.models.query_utils import DeferredAttribute
+
+    plain = (DeferredAttribute, ForeignKeyDeferredAttribute)
+    return all(
+        inspect.getattr_static(model, name) is inspect.getattr_static(models.Model, name)
+        for name in ("__init__", "from_db")
+    ) and all(
+        f in model._meta.concrete_fields
+        and type(f).value_from_object is Field.value_from_object
+        and type(inspect.getattr_static(model, f.attname, None)) in plain
+        for f in fields
+    )
 
 
 def instance(model: type[models.Model], values: Mapping[str, Any]) -> models.Model:

@@ -71,10 +71,11 @@ class Dispatcher:
         a thread (``sync_to_async``), as ``group_names`` may use the ORM."""
         by_table = self.by_table()
         out: list[Message] = []
+        connection = rows.db_connection() if changes else None
         for change in changes:
             for binding in by_table.get(change.table, ()):
                 try:
-                    built = messages.build(binding, change)
+                    built = messages.build(binding, change, connection)
                 except Exception:
                     logger.exception(
                         "Binding %s failed on change #%d (%s on %s, pk %s); its group events "

@@ -48,6 +48,9 @@ from .subscriptions import Subscription
 
 logger = logging.getLogger("pgbinding.consumers")
 
+#: ``json.dumps(frame, allow_nan=False)`` without making an encoder per frame (json.dumps
+#: shares one only when called with every option at its default).
+_FRAME_ENCODER = json.JSONEncoder(allow_nan=False)
 #: Wait after the channel layer failed under a socket before trying it again (seconds).
 LAYER_RETRY = 0.5
 _LAYER_LOST = "pgbinding.layer_lost"
@@ -248,7 +251,7 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
     async def send_frame(self, frame: dict[str, Any]) -> None:
         """Send one frame (strict JSON: a value JSON cannot hold is a bug, not a frame). Never
         waits for the client: frames queue, bounded (see :mod:`pgbinding.outbound`)."""
-        text = json.dumps(frame, allow_nan=False)
+        text = _FRAME_ENCODER.encode(frame)
         metrics.frames_out.inc()
         status = frame.get("payload", {}).get("status")
         if status is not None:

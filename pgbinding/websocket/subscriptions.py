@@ -70,39 +70,60 @@ def evaluate(sub: Subscription, message: dict[str, Any]) -> list[dict[str, Any]]
     :meth:`Binding.build`): create when a row enters its view, update while it stays, delete
     when it leaves."""
     binding = sub.binding
-    base = {"model": binding.model_label(), "position": message["position"], "subscription": sub.id}
+    model, position = binding.model_label(), message["position"]
     if message["op"] == "T":
         if sub.members is not None:
             sub.members.clear()
-        return [{"action": "reload", "reason": "truncate", **base}]
+        return [
+            {
+                "action": "reload",
+                "reason": "truncate",
+                "model": model,
+                "position": position,
+                "subscription": sub.id,
+            }
+        ]
     old, new = message.get("old"), message.get("new")
     old_pk = old["pk"] if old is not None else None
     new_pk = new["pk"] if new is not None else None
     old_in = old is not None and _was_in(sub, old)
     new_in = new is not None and _in_view(sub, new) and binding.sees(new)
     out: list[dict[str, Any]] = []
-
-    def event(action: str, pk: Any, data: Any) -> dict[str, Any]:
-        e = {"action": action, "pk": pk, **base}
-        if data is not None:
-            e["data"] = data
-        return e
-
     if old is not None and old_in and new is not None and new_in:
         if old_pk != new_pk:
-            out += [event("delete", old_pk, None), event("create", new_pk, new["data"])]
+            out += [
+                _event("delete", old_pk, None, model, position, sub.id),
+                _event("create", new_pk, new["data"], model, position, sub.id),
+            ]
         elif old["data"] != new["data"]:
-            out.append(event("update", new_pk, new["data"]))
+            out.append(_event("update", new_pk, new["data"], model, position, sub.id))
     elif old is not None and old_in:
         known = sub.members is not None
-        out.append(event("delete", old_pk, old["data"] if known else None))
+        out.append(
+            _event("delete", old_pk, old["data"] if known else None, model, position, sub.id)
+        )
     elif new is not None and new_in:
-        out.append(event("create", new_pk, new["data"]))
+        out.append(_event("create", new_pk, new["data"], model, position, sub.id))
     if sub.members is not None:
         sub.members.discard(old_pk)
         if new_in:
             sub.members.add(new_pk)
     return out
+
+
+def _event(
+    action: str, pk: Any, data: Any, model: str, position: str, sub_id: str
+) -> dict[str, Any]:
+    event = {
+        "action": action,
+        "pk": pk,
+        "model": model,
+        "position": position,
+        "subscription": sub_id,
+    }
+    if data is not None:
+        event["data"] = data
+    return event
 
 
 def _in_view(sub: Subscription, row: dict[str, Any]) -> bool:
@@ -255,10 +276,11 @@ def _replay(
     # it matched the filter and the user could see it.
     sub.members = None
     token = since.encode()
+    connection = rows.db_connection()
     frames: list[dict[str, Any]] = []
     for change_id, op, old, new in entries:
         change = Change(int(change_id), table, str(op), None, _json(old), _json(new), token)
-        message = messages.change_message(binding, change)
+        message = messages.change_message(binding, change, connection)
         if message is not None:
             frames += evaluate(sub, message)
     return frames

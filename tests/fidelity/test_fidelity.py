@@ -59,7 +59,10 @@ from django.db.models import F
 from django.db.models.fields import NOT_PROVIDED, AutoFieldMixin
 from psycopg import sql
 
+from pgbinding import rows
 from pgbinding.consumers import Demultiplexer
+from pgbinding.delivery import messages
+from pgbinding.delivery.changelog import Change, configure_connection
 from pgbinding.delivery.listener import Listener, conninfo_from_django
 from tests.conftest import ListenerHarness, RedisCollector, log_max_id
 from tests.fidelity import bindings
@@ -1208,6 +1211,45 @@ def test_create_event_matches_orm(memory_run: Run, write_id: str) -> None:
 @pytest.mark.parametrize("step", LIFECYCLE_STEPS)
 def test_update_and_delete_events_match_orm(memory_run: Run, step: str) -> None:
     memory_run.lifecycle[step].check()
+
+
+def test_raw_changes_match_row_messages_of_instances(memory_run: Run) -> None:
+    """Raw changes for subscriptions (replays too) are built from the decoded values, without
+    model instances where the model allows (``Binding.reads_values``): for every change the
+    memory run logged, of every case and lifecycle, the same row messages as
+    ``Binding.row_message`` of the instances, to the type of every value."""
+    checked = updates = 0
+    with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
+        configure_connection(conn)  # type: ignore[arg-type]  # only set_json_loads is used
+        for binding in BINDINGS.values():
+            table = binding.model._meta.db_table
+            entries = conn.execute(
+                "SELECT id, op, old, new FROM pgbinding_change WHERE table_name = %s ORDER BY id",
+                [table],
+            ).fetchall()
+            with connection.cursor() as cursor:
+                rows.load_types_sync(cursor, [table])
+            for change_id, op, old, new in entries:
+                if op == "T":
+                    continue
+                change = Change(int(change_id), table, str(op), None, old, new)
+                expected = [
+                    binding.row_message(
+                        rows.instance(binding.model, rows.row_values(binding.model, r, table))
+                    )
+                    if r
+                    else None
+                    for r in (old, new)
+                ]
+                got = list(messages.row_messages(binding, *messages.decode_values(binding, change)))
+                assert json.dumps(got, default=repr) == json.dumps(expected, default=repr), (
+                    binding.label(),
+                    change_id,
+                )
+                checked += 1
+                updates += op == "U"
+            assert binding.reads_values(), binding.label()
+    assert checked >= len(WRITES) and updates >= len(LIFECYCLES)
 
 
 def test_every_case_and_fallback_is_used() -> None:

@@ -98,3 +98,51 @@ def test_values_are_rebuilt_with_django_types() -> None:
     assert data["due"] == "2026-01-02T02:04:05.123Z"
     assert data["price"] == "1.5000"
     assert data["uid"] == "7d2f8f0e-1f7c-4a8e-8f4e-3a1e0f5d2b11"
+
+
+def test_row_messages_come_from_instances_when_the_model_has_init_receivers() -> None:
+    """Row messages are built from the decoded values only where an instance would give them
+    back unchanged; a post_init receiver (which may change what the instance holds) makes them
+    come from instances again."""
+    from django.db.models.signals import post_init
+
+    change = Change(13, "testapp_item", "U", "1", row(name="a"), row(name="b"))
+    assert ItemBinding.reads_values()
+    message = messages.change_message(ItemBinding, change)
+    assert message is not None and message["new"]["data"]["name"] == "b"
+
+    def rename(sender: type[Item], instance: Item, **kwargs: Any) -> None:
+        instance.name = instance.name.upper()
+
+    post_init.connect(rename, sender=Item)
+    try:
+        assert not ItemBinding.reads_values()
+        message = messages.change_message(ItemBinding, change)
+        assert message is not None and message["new"]["data"]["name"] == "B"
+    finally:
+        post_init.disconnect(rename, sender=Item)
+    assert ItemBinding.reads_values()
+
+
+def test_an_update_loads_only_columns_logged_differently() -> None:
+    """The new row of an update takes the old row's value of a column logged with the same
+    text (strictly: 1, 1.0 and true differ, and so do 1.0 and 1.00)."""
+    from decimal import Decimal
+
+    from pgbinding.rows import same_logged
+
+    assert (
+        same_logged("a", "a") and same_logged(1, 1) and same_logged(Decimal("1.0"), Decimal("1.0"))
+    )
+    assert not same_logged(1, Decimal("1")) and not same_logged(1, True)
+    assert not same_logged(Decimal("1.0"), Decimal("1.00")) and not same_logged([1], [1])
+    old, new = (
+        row(due="2026-01-02T03:04:05+00:00", value=1),
+        row(due="2026-01-02T03:04:05+00:00", value=2),
+    )
+    old_values, new_values = messages.decode_values(
+        ItemBinding, Change(14, "testapp_item", "U", "1", old, new)
+    )
+    assert old_values is not None and new_values is not None
+    assert new_values["due"] is old_values["due"] and new_values["value"] == 2
+    assert new_values["extra"] is not old_values["extra"]  # a dict: each row its own
