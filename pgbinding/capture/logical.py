@@ -61,6 +61,17 @@ CONFIRM_SQL = (
     "UPDATE pgbinding_slot SET confirmed_lsn = greatest(confirmed_lsn, %(lsn)s::pg_lsn),"
     " updated_at = now() WHERE name = %(slot)s"
 )
+#: The rows of a round (:func:`pgbinding.capture.logrows.insert_params`), one JSON array per
+#: row in one JSON document: [created_at, table, op, pk, old, new, end LSN]. Postgres takes it
+#: apart in C; arrays of text parameters cost psycopg a Python loop per element.
+ROWS_SQL = (
+    'SELECT (e->>0)::timestamptz AS created_at, e->>1 AS table_name, (e->>2)::"char" AS op,'
+    " e->>3 AS pk,"
+    " CASE WHEN json_typeof(e->4) = 'null' THEN NULL ELSE (e->4)::jsonb END AS old,"
+    " CASE WHEN json_typeof(e->5) = 'null' THEN NULL ELSE (e->5)::jsonb END AS new,"
+    " (e->>6)::pg_lsn AS end_lsn, n"
+    " FROM json_array_elements(%(rows)s::json) WITH ORDINALITY AS r(e, n)"
+)
 #: One statement for a whole round's rows, in commit order (ids are drawn in the ORDER BY's
 #: order), leaving out the transactions written before (end LSN <= confirmed_lsn, which it
 #: locks: writers of one slot's changes take turns).
@@ -68,11 +79,7 @@ INSERT_SQL = (
     "WITH slot AS (SELECT confirmed_lsn FROM pgbinding_slot WHERE name = %(slot)s FOR UPDATE)"
     " INSERT INTO pgbinding_change (created_at, table_name, op, pk, old, new)"
     " SELECT u.created_at, u.table_name, u.op, u.pk, u.old, u.new"
-    " FROM unnest(%(created_at)s::timestamptz[], %(table_name)s::text[],"
-    ' %(op)s::text[]::"char"[], %(pk)s::text[], %(old)s::text[]::jsonb[],'
-    " %(new)s::text[]::jsonb[], %(end_lsn)s::text[]::pg_lsn[]) WITH ORDINALITY"
-    " AS u(created_at, table_name, op, pk, old, new, end_lsn, n), slot"
-    " WHERE u.end_lsn > slot.confirmed_lsn ORDER BY u.n"
+    " FROM ({rows}) u, slot WHERE u.end_lsn > slot.confirmed_lsn ORDER BY u.n"
 )
 #: The pump's write, as one statement (its own transaction: one round trip): committed
 #: durably whatever the session's synchronous_commit; the rows of :data:`INSERT_SQL`, and the
@@ -83,16 +90,14 @@ WRITE_SQL = (
     "  FOR UPDATE OF s),"
     " ins AS (INSERT INTO pgbinding_change (created_at, table_name, op, pk, old, new)"
     "  SELECT u.created_at, u.table_name, u.op, u.pk, u.old, u.new"
-    "  FROM unnest(%(created_at)s::timestamptz[], %(table_name)s::text[],"
-    '  %(op)s::text[]::"char"[], %(pk)s::text[], %(old)s::text[]::jsonb[],'
-    "  %(new)s::text[]::jsonb[], %(end_lsn)s::text[]::pg_lsn[]) WITH ORDINALITY"
-    "  AS u(created_at, table_name, op, pk, old, new, end_lsn, n), slot"
-    "  WHERE u.end_lsn > slot.confirmed_lsn ORDER BY u.n RETURNING 1),"
+    "  FROM ({rows}) u, slot WHERE u.end_lsn > slot.confirmed_lsn ORDER BY u.n RETURNING 1),"
     " upd AS (UPDATE pgbinding_slot SET updated_at = now(),"
     "  confirmed_lsn = greatest(confirmed_lsn, %(lsn)s::pg_lsn)"
     "  WHERE name = %(slot)s AND EXISTS (SELECT FROM slot) RETURNING 1)"
     " SELECT (SELECT count(*) FROM ins)::integer, (SELECT count(*) FROM upd)::integer"
 )
+INSERT_SQL = INSERT_SQL.format(rows=ROWS_SQL)
+WRITE_SQL = WRITE_SQL.format(rows=ROWS_SQL)
 #: Ends the walsender of a pgbinding listener's stream that holds slot %s (a listener that lost
 #: the lead, or one a migration or drop-slot needs out of the way: it reconnects, polling
 #: meanwhile). Returns the pids ended. Needs the right to signal that backend (the same role,

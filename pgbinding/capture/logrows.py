@@ -215,14 +215,13 @@ def parse_array(text: str) -> list[Any]:
 
 
 def insert_params(slot: str, rows: Sequence[LogRow]) -> dict[str, Any]:
-    """Parameters of :data:`INSERT_SQL` for ``rows``."""
-    return {
-        "slot": slot,
-        "end_lsn": [lsn_text(r[6]) for r in rows],
-        "created_at": [r[0] for r in rows],
-        "table_name": [r[1] for r in rows],
-        "op": [r[2] for r in rows],
-        "pk": [r[3] for r in rows],
-        "old": [r[4] for r in rows],
-        "new": [r[5] for r in rows],
-    }
+    """Parameters of :data:`~pgbinding.capture.logical.INSERT_SQL` (and ``WRITE_SQL``) for
+    ``rows``: one JSON document, a JSON array per row (old and new are JSON already, spliced
+    in as they are)."""
+    parts = [
+        f'["{at.isoformat()}", {json.dumps(table, ensure_ascii=False)}, "{op}", '
+        f"{json.dumps(pk, ensure_ascii=False)}, {old or 'null'}, {new or 'null'}, "
+        f'"{lsn_text(end)}"]'
+        for at, table, op, pk, old, new, end in rows
+    ]
+    return {"slot": slot, "rows": "[" + ", ".join(parts) + "]"}
