@@ -24,6 +24,7 @@ lists and dicts of them), so every channel layer can carry it.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -327,7 +328,14 @@ class Binding:
         if plain is None:
             pk_field = cls.model._meta.pk
             assert pk_field is not None
-            plain = rows.plain_reads(cls.model, [pk_field, *cls._serialized, *cls._exact])
+            # A subclass that serializes rows its own way is served through instances.
+            own = any(
+                inspect.getattr_static(cls, name) is not inspect.getattr_static(Binding, name)
+                for name in ("row_message", "serialize", "serialize_pk")
+            )
+            plain = not own and rows.plain_reads(
+                cls.model, [pk_field, *cls._serialized, *cls._exact]
+            )
             cls._plain_reads = plain
         return plain and not rows.init_receivers(cls.model)
 

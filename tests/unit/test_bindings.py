@@ -7,6 +7,7 @@ from pgbinding.bindings import Binding
 from pgbinding.delivery import messages
 from pgbinding.delivery.changelog import Change
 from pgbinding.delivery.messages import Message
+from pgbinding.registry import registry
 from tests.testapp.bindings import ItemBinding, ItemValueBinding
 from tests.testapp.models import Item
 
@@ -122,6 +123,28 @@ def test_row_messages_come_from_instances_when_the_model_has_init_receivers() ->
     finally:
         post_init.disconnect(rename, sender=Item)
     assert ItemBinding.reads_values()
+
+
+def test_row_messages_come_from_instances_when_the_binding_serializes_its_own_way() -> None:
+    """A binding that overrides row_message (or serialize_pk) is served through instances, so
+    its own serialization is what subscribers get."""
+
+    class Shouting(ItemBinding):
+        stream = "items-shouting"
+
+        @classmethod
+        def row_message(cls, instance: Any) -> dict[str, Any]:
+            message = super().row_message(instance)
+            message["data"]["name"] = str(message["data"]["name"]).upper()
+            return message
+
+    try:
+        assert ItemBinding.reads_values() and not Shouting.reads_values()
+        change = Change(14, "testapp_item", "U", "1", row(name="a"), row(name="b"))
+        message = messages.change_message(Shouting, change)
+        assert message is not None and message["new"]["data"]["name"] == "B"
+    finally:
+        registry.unregister(Shouting)
 
 
 def test_an_update_loads_only_columns_logged_differently() -> None:
