@@ -291,9 +291,9 @@ def markdown(data: module.Data) -> str:
         "trigger backend: *logical* streams the slot over a replication connection (the "
         "default), *logical-poll* reads it with the slot's SQL functions (`LOGICAL_READER = "
         '"poll"`, the fallback); on the bench site under daphne with the in-process listener '
-        "and the "
-        f"in-memory layer, the server at `wal_level = {p.get('wal_level', 'logical')}` for both; "
-        f"medians of {p['runs']} interleaved run(s). Latency is bench/latency's 1-client "
+        "and the in-memory layer, the server at "
+        f"`wal_level = {p.get('wal_level', 'logical')}` for all three; "
+        f"medians of {p['runs']} interleaved run(s). Latency is bench/latency.py's 1-client "
         "measurement (commit acknowledged to the WebSocket frame arriving) at 50 writes/s "
         f"({p['writes']} writes) and at one write every 2 s ({p['sparse']} writes: each change "
         "after a quiet spell, when the polling listener looks for WAL less often); *idle* is "
