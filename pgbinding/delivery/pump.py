@@ -3,28 +3,31 @@
 With ``PGBINDING["CAPTURE"] = "logical"`` no trigger writes ``pgbinding_change``: the leading
 listener does, in front of its usual loop. Each :meth:`Pump.round`:
 
-1. reads the WAL flush position ``L`` (one cheap query; nothing more when WAL has not moved);
-2. peeks the slot's committed transactions before ``L``
-   (``pg_logical_slot_peek_binary_changes``, protocol 1, the publication of the bound
-   tables), decodes them (:mod:`pgbinding.capture.pgoutput`) and turns them into log rows
-   (:class:`pgbinding.capture.logrows.Converter`);
-3. in one transaction, committed durably: locks the slot's row in ``pgbinding_slot``, skips
+1. takes the transactions committed since the last round: from the replication stream
+   (:class:`pgbinding.capture.walstream.WalStream`, ``LOGICAL_READER = "stream"``: the
+   walsender pushes each one as its commit is flushed), or, polling (``"poll"``, or while the
+   server refuses the stream), by reading the WAL flush position ``L`` and peeking the slot's
+   transactions before it (``pg_logical_slot_peek_binary_changes``); protocol 1, the
+   publication of the bound tables, decoded by :mod:`pgbinding.capture.pgoutput` and turned
+   into log rows by :class:`pgbinding.capture.logrows.Converter`;
+2. in one transaction, committed durably: locks the slot's row in ``pgbinding_slot``, skips
    the transactions it has already written (end LSN <= its ``confirmed_lsn``: a restart, or a
    migration that drained the slot), inserts the rest in commit order with one statement
-   (the log ids follow commit order, so these rows open no gaps), and stores ``L`` (or the last
-   transaction's end, for a partial peek) as ``confirmed_lsn``;
-4. only after that transaction committed, and the listener sent what it read, advances the
-   slot to it (``pg_replication_slot_advance``, :meth:`Pump.sent`): not on the way from
-   commit to client (and at least every ``ADVANCE_INTERVAL`` during a long catch-up).
+   (the log ids follow commit order, so these rows open no gaps), and stores how far it has
+   read (the stream's sent position, or ``L``) as ``confirmed_lsn``;
+3. only after that transaction committed, and the listener sent what it read, lets the slot
+   go of it (:meth:`Pump.sent`): a status update on the stream, or, polling,
+   ``pg_replication_slot_advance`` (at least every ``ADVANCE_INTERVAL`` during a long
+   catch-up). Never on the way from commit to client.
 
-A crash anywhere loses nothing (the slot still holds what was not committed in step 3) and
-writes nothing twice (step 3 skips it). The log reader, positions and ``since``, dispatch and
+A crash anywhere loses nothing (the slot still holds what was not committed in step 2) and
+writes nothing twice (step 2 skips it). The log reader, positions and ``since``, dispatch and
 consumers then work as with triggers.
 
-There is no NOTIFY: between rounds the listener waits in :meth:`Pump.wait`, one statement
-(``pgbinding_wait_wal``, schema v3) that looks at the flush position every
-``LOGICAL_POLL_INTERVAL`` inside the server, or ``LOGICAL_IDLE_POLL_INTERVAL`` after
-``LOGICAL_IDLE_AFTER`` seconds without a change.
+There is no NOTIFY: between rounds the listener waits in :meth:`Pump.wait`, on the stream's
+socket, or, polling, in one statement (``pgbinding_wait_wal``, schema v3) that looks at the
+flush position every ``LOGICAL_POLL_INTERVAL`` inside the server, or
+``LOGICAL_IDLE_POLL_INTERVAL`` after ``LOGICAL_IDLE_AFTER`` seconds without a change.
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ class Pump:
         self._conninfo: str | None = None
         self._stream_name = ""
         self._stream_retry_at = 0.0
-        #: Transactions written through the stream / by peeking (for logs, tests, benchmarks).
+        #: Transactions read from the stream (for logs, tests and benchmarks).
         self.streamed = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
