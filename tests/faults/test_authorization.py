@@ -18,6 +18,7 @@ from django.test import Client
 
 from pgbinding.delivery.listener import conninfo_from_django
 from tests.faults.conftest import Report, Stack, report_exits
+from tests.support.capture import BACKENDS
 from tests.support.processes import WsClient, wait_until
 from tests.testapp.models import Item
 
@@ -83,8 +84,9 @@ def seen_values(client: WsClient, stream: str) -> tuple[dict[Any, list[int]], se
     return values, pks
 
 
+@pytest.mark.parametrize("capture", BACKENDS)
 def test_redis_killed_while_two_users_rows_change_leaks_nothing_and_loses_nothing(
-    make_stack: Callable[..., Stack],
+    make_stack: Callable[..., Stack], capture: str
 ) -> None:
     """alice and bob each own ROWS_EACH items of stream ``myitems`` (read rule
     ``Owner("owner")``). alice subscribes (``/all/``, resuming with ``since`` whenever the server
@@ -96,7 +98,7 @@ def test_redis_killed_while_two_users_rows_change_leaks_nothing_and_loses_nothin
     anonymous socket gets a 403 and no row at all, and each subscriber ends with every
     committed value of each of its rows, in commit order (a value seen again after a cut-off
     replay is allowed: applying an event twice is harmless)."""
-    stack = make_stack("core")
+    stack = make_stack("core", capture=capture)
     alice = User.objects.create(username="alice")
     bob = User.objects.create(username="bob")
     owned = {
