@@ -86,6 +86,14 @@ class Settings:
     #: Seconds a snapshot or replay query may run before Postgres cancels it (the client is
     #: asked to retry, or told to resync).
     REPLAY_TIMEOUT: float = 5.0
+    #: Worker processes each server process builds long replays in (decoding, judging and
+    #: encoding every replayed change), so its event loop and other sockets keep their share of
+    #: the GIL: started at the first long replay; 0 builds every replay on the database
+    #: threads (docs/deploy.md, "Resume replays").
+    REPLAY_PROCESSES: int = 1
+    #: Replays of at least this many changes go to a worker process; shorter ones cost less
+    #: than the hand-over and are built on a database thread.
+    REPLAY_IN_PROCESS_FROM: int = 1000
     #: Threads each process runs pgbinding's ORM work in (the sockets' snapshots, replays,
     #: actions and per-user judging; the listener's message building): a long replay holds
     #: one, the others keep serving. Each may hold a database connection (CONN_MAX_AGE).

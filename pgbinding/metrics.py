@@ -24,6 +24,8 @@ Server (every ASGI process with pgbinding's consumer):
 - ``pgbinding_replies_total{status}`` (counter): replies by status (200, 201, 400, 403, ...)
 - ``pgbinding_replays_total`` (counter): resumes answered with a replay
 - ``pgbinding_resyncs_total`` (counter): resumes answered with resync
+- ``pgbinding_replays_built_in_process_total`` (counter): long replays built in a worker
+  process (:mod:`pgbinding.processes`)
 - ``pgbinding_closes_total{code}`` (counter): sockets pgbinding closed, by code (4008/4009/4012)
 """
 
@@ -78,6 +80,9 @@ frames_out = _make("Counter", "pgbinding_frames_out", "frames sent to clients")
 replies = _make("Counter", "pgbinding_replies", "replies by status", ("status",))
 replays = _make("Counter", "pgbinding_replays", "resumes answered with a replay")
 resyncs = _make("Counter", "pgbinding_resyncs", "resumes answered with resync")
+replays_in_process = _make(
+    "Counter", "pgbinding_replays_built_in_process", "long replays built in a worker process"
+)
 closes = _make("Counter", "pgbinding_closes", "sockets closed by pgbinding", ("code",))
 
 

@@ -80,8 +80,13 @@ def remember_types(table: str, rows: Iterable[tuple[Any, ...]]) -> dict[str, Col
     for name, oid, typname, category, elem_oid, elem_name in rows:
         element = ColumnType(int(elem_oid), str(elem_name), "") if elem_oid else None
         columns[str(name)] = ColumnType(int(oid), str(typname), str(category), element)
-    _types[table] = columns
+    remember_column_types(table, columns)
     return columns
+
+
+def remember_column_types(table: str, columns: dict[str, ColumnType]) -> None:
+    """Store ``table``'s column types as another process read them (:func:`known_types`)."""
+    _types[table] = columns
 
 
 def known_types(table: str) -> dict[str, ColumnType] | None:

@@ -13,7 +13,6 @@ user see, judged on the logged row of each change.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any, ClassVar
@@ -39,7 +38,7 @@ from ..protocol import (
 )
 from ..registry import registry
 from ..threads import in_thread
-from . import actions, layerwatch
+from . import actions, frames, layerwatch, outbound
 from .events import RepeatFilter, evaluate_all, judge_all
 from .frames import check_request_id, parse_frame
 from .outbound import OutboundQueue
@@ -48,9 +47,6 @@ from .subscriptions import Subscription
 
 logger = logging.getLogger("pgbinding.consumers")
 
-#: ``json.dumps(frame, allow_nan=False)`` without making an encoder per frame (json.dumps
-#: shares one only when called with every option at its default).
-_FRAME_ENCODER = json.JSONEncoder(allow_nan=False)
 #: Wait after the channel layer failed under a socket before trying it again (seconds).
 LAYER_RETRY = 0.5
 _LAYER_LOST = "pgbinding.layer_lost"
@@ -251,11 +247,14 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
     async def send_frame(self, frame: dict[str, Any]) -> None:
         """Send one frame (strict JSON: a value JSON cannot hold is a bug, not a frame). Never
         waits for the client: frames queue, bounded (see :mod:`pgbinding.outbound`)."""
-        text = _FRAME_ENCODER.encode(frame)
-        metrics.frames_out.inc()
         status = frame.get("payload", {}).get("status")
         if status is not None:
             metrics.replies.labels(status).inc()
+        await self.send_encoded(frames.encode(frame))
+
+    async def send_encoded(self, text: str) -> None:
+        """Send one frame already encoded as JSON (see :func:`frames.encode`)."""
+        metrics.frames_out.inc()
         if self.outbound is None:
             await self.send(text_data=text)
         else:
@@ -285,7 +284,8 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
                 )
             if not self.bucket.take():
                 raise RequestError(429, "Too many requests on this socket; slow down.")
-            await self.handle_frame(parse_frame(text_data))
+            with outbound.serving_request():
+                await self.handle_frame(parse_frame(text_data))
         except RequestError as bad:
             await self.send_frame(
                 reply(bad.stream, bad.action, bad.request_id, bad.status, errors=bad.errors)

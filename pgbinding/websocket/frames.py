@@ -1,4 +1,4 @@
-"""Reading client frames safely.
+"""Reading client frames safely, and encoding ours.
 
 Every inbound frame is checked before anything acts on it: size, strict JSON (no ``NaN`` or
 ``Infinity``, no number JSON cannot hold), nesting depth, and strings that are valid Unicode
@@ -31,6 +31,15 @@ def _finite(text: str) -> float:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+#: Outbound frames are strict JSON: a value JSON cannot hold (NaN) is a bug, not a frame.
+_ENCODER = json.JSONEncoder(allow_nan=False)
+encode = _ENCODER.encode
+
+
+def stream_frame(stream: str, payload: str) -> str:
+    """The frame ``{"stream": stream, "payload": ...}`` around a payload already encoded, as
+    :func:`encode` would write it whole."""
+    return f'{{"stream": {encode(stream)}, "payload": {payload}}}'
 
 
 def parse_frame(text: str) -> Any:

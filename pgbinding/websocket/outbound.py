@@ -72,12 +72,15 @@ connection if the client does not answer the close within its ``closeHandshakeTi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, Final
 
+from .. import threads
 from .transport import TransportWatch, attach
 
 logger = logging.getLogger("pgbinding.outbound")
@@ -93,8 +96,45 @@ CLOSE_TOO_SLOW_REASON: Final = "too slow: outbound queue full; resume with since
 #: frame to ``send`` never waits, so 10,000 frames in one go held every other socket of the
 #: process for their whole duration.
 FRAMES_PER_TURN = 32
+#: ... and, while other sockets of the process have requests in flight (or pgbinding's
+#: database threads have work), it waits this long (seconds) instead of only yielding, so they
+#: get the CPU and the GIL: a 10,000-frame replay sent flat out took other sockets' ``list``
+#: from 12 to 31-54 ms p99 on the 2-core benchmark machine, and 18 ms with the pause
+#: (bench/replay.py, bench/analysis.md). Alone, it goes flat out.
+GIL_PAUSE = 0.002
 #: Proposed default of ``PGBINDING["MAX_OUTBOUND_BYTES"]``.
 DEFAULT_MAX_OUTBOUND_BYTES: Final = 4 * 1024 * 1024
+
+
+#: Requests being served by this process's consumers (they run on its one event loop).
+_requests = 0
+#: Set in the task serving a request: a replay's own ``subscribe`` is not another's request.
+_in_request: ContextVar[bool] = ContextVar("pgbinding_in_request", default=False)
+
+
+@contextlib.contextmanager
+def serving_request() -> Iterator[None]:
+    """Count a client request in flight while the block runs (the consumer wraps each)."""
+    global _requests
+    _requests += 1
+    token = _in_request.set(True)
+    try:
+        yield
+    finally:
+        _requests -= 1
+        _in_request.reset(token)
+
+
+def others_busy() -> bool:
+    """Do other requests, or pgbinding's database threads, have work in this process?"""
+    return _requests > _in_request.get() or threads.running() > 0
+
+
+async def _give_turn() -> None:
+    """Let the loop's other tasks run; while others are busy, leave them the CPU and the GIL
+    for :data:`GIL_PAUSE`."""
+    await asyncio.sleep(GIL_PAUSE if others_busy() else 0)
+
 
 #: The ASGI ``send`` callable.
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -225,7 +265,7 @@ class OutboundQueue:
         sent = await self._hand_over(text)
         self._sends += 1
         if self._sends % FRAMES_PER_TURN == 0:
-            await asyncio.sleep(0)
+            await _give_turn()
         return sent
 
     async def _hand_over(self, text: str) -> bool:
@@ -378,7 +418,7 @@ class OutboundQueue:
                 if self._frames and not self._paused and not self._inline:
                     sent += 1
                     if sent % FRAMES_PER_TURN == 0:
-                        await asyncio.sleep(0)  # let other sockets' tasks run
+                        await _give_turn()
                         continue
                     text, size = self._frames.popleft()
                     self._queued -= size

@@ -13,7 +13,7 @@ from ..exceptions import RequestError
 from ..positions import Cursor
 from ..serialize import json_value
 from ..threads import in_thread
-from . import actions, subscriptions
+from . import actions, frames, subscriptions
 from .subscriptions import Subscription
 
 
@@ -27,7 +27,8 @@ class LayerUnavailable(RequestError):
 
 class Subscribing:
     """Subscriptions of one socket. Needs the consumer's ``bindings``, ``subscriptions``,
-    ``joined``, ``_join``, ``send_frame``, ``connection_groups`` and ``channel_layer``."""
+    ``joined``, ``_join``, ``send_frame``, ``send_encoded``, ``connection_groups`` and
+    ``channel_layer``."""
 
     subscriptions: dict[str, Subscription]
     joined: set[str]
@@ -39,6 +40,9 @@ class Subscribing:
         raise NotImplementedError
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def send_encoded(self, text: str) -> None:
         raise NotImplementedError
 
     def connection_groups(self, **kwargs: Any) -> list[str]:
@@ -93,7 +97,7 @@ class Subscribing:
         if snap.replay is not None:
             # Resuming: the changes missed, then the reply with the new position.
             for event in snap.replay:
-                await self.send_frame({"stream": stream, "payload": event})
+                await self.send_encoded(frames.stream_frame(stream, event))
             sub.members = snap.members
             return 200, {
                 "subscription": sub_id,

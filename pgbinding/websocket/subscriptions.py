@@ -9,19 +9,23 @@ a ``create``.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import OperationalError, connections, transaction
 
-from .. import filters, rows
+from .. import filters, metrics, processes, rows
 from ..bindings import Binding, row_python
 from ..conf import pgbinding_settings
 from ..delivery import messages
 from ..delivery.changelog import Change, loads
 from ..exceptions import RequestError
 from ..positions import Cursor
+from . import frames
 
 logger = logging.getLogger("pgbinding.subscriptions")
 
@@ -50,8 +54,9 @@ class Snapshot:
 
     rows: list[dict[str, Any]]
     cursor: Cursor
-    #: The frames replaying what a resuming client missed (None: not resuming, or resync).
-    replay: list[dict[str, Any]] | None = None
+    #: The events replaying what a resuming client missed, each encoded as JSON (None: not
+    #: resuming, or resync).
+    replay: list[str] | None = None
     resync: bool = False
     #: pks of the rows in the subscription's view in this snapshot (after a replay: the rows
     #: the client holds once it has applied it).
@@ -238,10 +243,8 @@ def snapshot(sub: Subscription, since: Cursor | None) -> Snapshot:
         raise
 
 
-def _replay(
-    sub: Subscription, since: Cursor, state: Cursor, cursor: Any
-) -> list[dict[str, Any]] | None:
-    """The frames a client resuming from ``since`` missed, or None (resync) when they are
+def _replay(sub: Subscription, since: Cursor, state: Cursor, cursor: Any) -> list[str] | None:
+    """The events (encoded) a client resuming from ``since`` missed, or None (resync) when they are
     pruned, too many, or ``since`` is not a position of this log."""
     binding = type(sub.binding)
     if since.position > state.position:
@@ -276,14 +279,54 @@ def _replay(
     # it matched the filter and the user could see it.
     sub.members = None
     token = since.encode()
+    types = rows.known_types(table)
+    if len(entries) >= pgbinding_settings.current.REPLAY_IN_PROCESS_FROM:
+        built = processes.run(replay_events, _portable(sub), table, types, entries, token)
+        if built is not None:
+            metrics.replays_in_process.inc()
+            return built
+    return replay_events(sub, table, types, entries, token)
+
+
+def replay_events(
+    sub: Subscription,
+    table: str,
+    types: dict[str, rows.ColumnType] | None,
+    entries: list[tuple[Any, ...]],
+    token: str,
+) -> list[str]:
+    """The events of a replay, each encoded as JSON: the logged changes ``entries`` (id, op,
+    old and new row as jsonb text) judged for ``sub``. Pure computation on what it is given
+    (the table's column types included), so it runs in a worker process as well as here
+    (:mod:`pgbinding.processes`)."""
+    if types is not None and rows.known_types(table) != types:
+        rows.remember_column_types(table, types)
+    binding = type(sub.binding)
     connection = rows.db_connection()
-    frames: list[dict[str, Any]] = []
+    encode = frames.encode
+    out: list[str] = []
     for change_id, op, old, new in entries:
         change = Change(int(change_id), table, str(op), None, _json(old), _json(new), token)
         message = messages.change_message(binding, change, connection)
         if message is not None:
-            frames += evaluate(sub, message)
-    return frames
+            out += map(encode, evaluate(sub, message))
+    return out
+
+
+def _portable(sub: Subscription) -> Subscription:
+    """A copy of ``sub`` that can go to a worker process: its binding keeps the user and the
+    scope entries that pickle (a session store or a lazy object of the server may not)."""
+    binding = copy.copy(sub.binding)
+    binding.scope = {key: value for key, value in binding.scope.items() if _pickles(value)}
+    return dataclasses.replace(sub, binding=binding)
+
+
+def _pickles(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:
+        return False
+    return True
 
 
 def _view(sub: Subscription) -> list[dict[str, Any]]:

@@ -588,3 +588,69 @@ async def test_send_failing_inline_stops_the_queue() -> None:
     await asyncio.wait_for(queue.join(), 1)
     assert not queue.put("b")
     await queue.close()
+
+
+async def test_long_sends_pause_while_other_requests_are_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every FRAMES_PER_TURN frames a long send yields; while another request is being served
+    (in another task, or on pgbinding's database threads) it waits GIL_PAUSE instead, so that
+    request gets the CPU and the GIL (bench/replay.py measured other sockets' ``list`` at 31-54
+    ms p99 during a 10,000-frame replay sent flat out, 12 ms without a replay). Alone, or with
+    only its own request in flight (a replay's ``subscribe``), it goes flat out."""
+    import threading
+
+    from pgbinding import threads
+    from pgbinding.websocket import outbound
+
+    real_sleep = asyncio.sleep
+    pauses: list[float] = []
+
+    async def recording_sleep(delay: float, *args: Any) -> Any:
+        pauses.append(delay)
+        return await real_sleep(delay, *args)
+
+    transport, _channel, send = daphne_shape()
+    queue = OutboundQueue(send, max_bytes=10_000_000)
+    queue.start()
+    await settle()
+    monkeypatch.setattr(asyncio, "sleep", recording_sleep)
+
+    async def send_two_turns(label: str) -> list[float]:
+        pauses.clear()
+        for n in range(2 * outbound.FRAMES_PER_TURN):
+            assert await queue.send(f"{label} {n}")
+        return pauses[:2]
+
+    assert await send_two_turns("alone") == [0, 0]
+    with outbound.serving_request():
+        assert await send_two_turns("own request") == [0, 0]
+
+    other_started, other_done = asyncio.Event(), asyncio.Event()
+
+    async def another_sockets_request() -> None:
+        with outbound.serving_request():
+            other_started.set()
+            await other_done.wait()
+
+    other = asyncio.ensure_future(another_sockets_request())
+    await other_started.wait()
+    with outbound.serving_request():
+        assert await send_two_turns("other request") == [outbound.GIL_PAUSE] * 2
+    other_done.set()
+    await other
+
+    release, started = threading.Event(), threading.Event()
+
+    def database_work() -> None:
+        started.set()
+        release.wait(10)
+
+    work = asyncio.ensure_future(threads.in_thread(database_work)())
+    assert await asyncio.to_thread(started.wait, 10)
+    assert await send_two_turns("database work") == [outbound.GIL_PAUSE] * 2
+    release.set()
+    await work
+    assert threads.running() == 0 and not outbound.others_busy()
+    transport.drain()
+    await queue.close()

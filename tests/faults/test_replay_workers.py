@@ -1,0 +1,152 @@
+"""Long replays in the production shape: daphne builds them in its replay worker process
+(pgbinding.processes), pglisten in its own process, channels-redis, real WebSocket clients
+signed in with a session cookie, writes from another connection. The worker is SIGKILLed, and
+then daphne itself: a resume never loses or leaks a row, and no worker outlives its server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+import psycopg
+import pytest
+from django.contrib.auth.models import User
+from websockets.sync.client import connect
+
+from pgbinding.delivery.listener import conninfo_from_django
+from tests.faults.conftest import Stack
+from tests.faults.test_authorization import session_cookie
+from tests.support.processes import Daphne, wait_until
+from tests.testapp.models import Item
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
+
+ROWS_EACH = 5
+CHANGES = 400
+#: Replays of at least this many changes go to the worker (the default is 1,000).
+IN_PROCESS_FROM = 100
+READY = re.compile(r"Replay worker process (\d+) ready")
+
+
+def resume(server: Daphne, user: User, since: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A fresh socket of ``user`` resumes ``myitems`` from ``since``: (events, reply)."""
+    with connect(server.url("/all/"), additional_headers=session_cookie(user), max_size=None) as ws:
+        frame = {"action": "subscribe", "request_id": "s", "since": since}
+        ws.send(json.dumps({"stream": "myitems", "payload": frame}))
+        events: list[dict[str, Any]] = []
+        while True:
+            payload = json.loads(ws.recv(timeout=30))["payload"]
+            if payload.get("request_id") == "s":
+                assert payload["status"] == 200, payload
+                return events, payload
+            events.append(payload)
+
+
+def position(server: Daphne, user: User) -> str:
+    with connect(server.url("/all/"), additional_headers=session_cookie(user)) as ws:
+        frame = {"action": "subscribe", "request_id": "s"}
+        ws.send(json.dumps({"stream": "myitems", "payload": frame}))
+        reply = json.loads(ws.recv(timeout=30))["payload"]
+        assert reply["status"] == 200, reply
+        return str(reply["data"]["position"])
+
+
+def write_changes(owned: dict[int, list[int]]) -> dict[int, list[int]]:
+    """CHANGES single-row UPDATEs, round robin over both users' items: committed values."""
+    pks = [pk for rows in owned.values() for pk in rows]
+    committed: dict[int, list[int]] = {pk: [] for pk in pks}
+    with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
+        for n in range(CHANGES):
+            pk = pks[n % len(pks)]
+            row = conn.execute(
+                "UPDATE testapp_item SET value = value + 1 WHERE id = %s RETURNING value", [pk]
+            ).fetchone()
+            assert row is not None
+            committed[pk].append(int(row[0]))
+    return committed
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie until its parent reaps it counts)."""
+    try:
+        status: str = psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
+        return True
+    return status == str(psutil.STATUS_ZOMBIE)
+
+
+def worker_pid(server: Daphne, since: int = 0) -> int:
+    wait_until(
+        lambda: bool(READY.search(server.output()[since:])) or not server.running,
+        lambda: f"a replay worker to start; daphne's output ends:\n{server.tail()}",
+        timeout=60,
+    )
+    found = READY.findall(server.output()[since:])
+    assert found, server.tail()
+    return int(found[-1])
+
+
+def test_resumes_through_a_replay_worker_that_is_killed_lose_and_leak_nothing(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack("core")
+    stack.env["PGBINDING_TEST_PGBINDING"] = json.dumps({"REPLAY_IN_PROCESS_FROM": IN_PROCESS_FROM})
+    alice = User.objects.create(username="alice")
+    bob = User.objects.create(username="bob")
+    owned = {
+        user.pk: [
+            Item.objects.create(name=f"{user.username}{n}", owner=user).pk for n in range(ROWS_EACH)
+        ]
+        for user in (alice, bob)
+    }
+    stack.pglisten("pglisten").wait_output("Caught up", timeout=30)
+    server = stack.daphne("daphne")
+    server.wait_ready()
+    since = position(server, alice)
+    committed = write_changes(owned)
+    mark = server.mark()
+    stack.listeners[0].wait_output("Caught up", since=0, timeout=30)
+    time.sleep(1.0)  # the listener's position reaches the log's end
+
+    def judge(events: list[dict[str, Any]], reply: dict[str, Any], how: str) -> None:
+        assert reply["data"]["replayed"] == len(events), how
+        values: dict[int, list[int]] = {}
+        for event in events:
+            assert event["pk"] in owned[alice.pk], f"{how}: bob's row {event}"
+            values.setdefault(event["pk"], []).append(event["data"]["value"])
+        for pk in owned[alice.pk]:
+            assert values.get(pk) == committed[pk], f"{how}, row {pk}"
+
+    # The first long replay starts the worker and is built in daphne meanwhile.
+    first = resume(server, alice, since)
+    judge(*first, "built in daphne")
+    pid = worker_pid(server, since=mark)
+    assert psutil.Process(pid).ppid() == server.pid
+    judge(*resume(server, alice, since), "built in the worker")
+    assert "died" not in server.output()[mark:]
+
+    os.kill(pid, 9)
+    wait_until(lambda: gone(pid), lambda: "the worker to die")
+    mark = server.mark()
+    judge(*resume(server, alice, since), "after the worker was killed")
+    server.wait_output("died; building this replay in a thread", since=mark)
+    replacement = worker_pid(server, since=mark)
+    assert replacement != pid
+    judge(*resume(server, alice, since), "built in the new worker")
+
+    # A server killed outright leaves no worker behind (its pipe closes).
+    server.kill()
+    wait_until(
+        lambda: (
+            not psutil.pid_exists(replacement)
+            or psutil.Process(replacement).status() == psutil.STATUS_ZOMBIE
+        ),
+        lambda: f"worker {replacement} to exit after its daphne was killed",
+        timeout=20,
+    )
