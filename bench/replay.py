@@ -451,10 +451,12 @@ def markdown(data: dict[str, Any]) -> str:
         + f". Requests refused (429 or errors): {s['refused']}.",
         "",
         "*daphne µs CPU/event*: daphne's CPU over a replay alone divided by the events replayed "
-        "(reading the log, judging and serializing each change, the frames). *daphne cores* "
-        "and *whole machine*: CPU over the replay with the list loops running. With `memory` "
-        "the listener runs inside daphne, but it had caught up before the replays and had "
-        "nothing to do during them.",
+        "(reading the log and sending the frames; decoding, judging and encoding each change "
+        "run in daphne's replay worker process, `pgbinding/processes.py`, which is not "
+        "counted here, and which a first, untimed replay of the smallest size started). "
+        "*daphne cores* and *whole machine*: CPU over the replay with the list loops running. "
+        "With `memory` the listener runs inside daphne, but it had caught up before the "
+        "replays and had nothing to do during them.",
     ]
     return "\n".join(lines)
 
