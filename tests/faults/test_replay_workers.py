@@ -28,7 +28,7 @@ from tests.testapp.models import Item
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
 ROWS_EACH = 5
-CHANGES = 400
+CHANGES = 2000
 #: Replays of at least this many changes go to the worker (the default is 1,000).
 IN_PROCESS_FROM = 100
 READY = re.compile(r"Replay worker process (\d+) ready")
@@ -81,6 +81,11 @@ def gone(pid: int) -> bool:
     return status == str(psutil.STATUS_ZOMBIE)
 
 
+def worker_cpu(worker: psutil.Process) -> float:
+    times = worker.cpu_times()
+    return float(times.user + times.system)
+
+
 def worker_pid(server: Daphne, since: int = 0) -> int:
     wait_until(
         lambda: bool(READY.search(server.output()[since:])) or not server.running,
@@ -127,9 +132,13 @@ def test_resumes_through_a_replay_worker_that_is_killed_lose_and_leak_nothing(
     first = resume(server, alice, since)
     judge(*first, "built in daphne")
     pid = worker_pid(server, since=mark)
-    assert psutil.Process(pid).ppid() == server.pid
+    worker = psutil.Process(pid)
+    assert worker.ppid() == server.pid
+    busy = worker_cpu(worker)
     judge(*resume(server, alice, since), "built in the worker")
+    assert worker_cpu(worker) > busy, "the worker did not build the replay"
     assert "died" not in server.output()[mark:]
+    assert "does not pickle" not in server.output()  # the signed-in user's binding went over
 
     os.kill(pid, 9)
     wait_until(lambda: gone(pid), lambda: "the worker to die")
@@ -138,7 +147,9 @@ def test_resumes_through_a_replay_worker_that_is_killed_lose_and_leak_nothing(
     server.wait_output("died; building this replay in a thread", since=mark)
     replacement = worker_pid(server, since=mark)
     assert replacement != pid
+    busy = worker_cpu(psutil.Process(replacement))
     judge(*resume(server, alice, since), "built in the new worker")
+    assert worker_cpu(psutil.Process(replacement)) > busy
 
     # A server killed outright leaves no worker behind (its pipe closes).
     server.kill()
