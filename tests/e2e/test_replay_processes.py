@@ -53,9 +53,12 @@ async def worker_pid(within: float = 60) -> int:
         await asyncio.sleep(0.1)
 
 
-async def changes(live: Live, alice: User, bob: User) -> str:
-    """A position, then CHANGES changes after it: alice's and bob's items, owners handed
-    over, values moving in and out of the filter ``value__gte=5``, a delete."""
+async def changes(live: Live) -> tuple[User, str]:
+    """Users alice and bob; a position, then CHANGES changes after it: their items, owners
+    handed over, values moving in and out of the filter ``value__gte=5``, a delete.
+    (alice, the position)."""
+    alice = await sync_to_async(User.objects.create)(username="alice")
+    bob = await sync_to_async(User.objects.create)(username="bob")
     items = [
         await sync_to_async(Item.objects.create)(name=f"i{n}", value=n, owner=alice)
         for n in range(4)
@@ -73,7 +76,7 @@ async def changes(live: Live, alice: User, bob: User) -> str:
         done += 1
     await sync_to_async(Item.objects.filter(pk=items[0].pk).delete)()
     await live.settle()
-    return position
+    return alice, position
 
 
 def staff() -> User:
@@ -116,9 +119,7 @@ async def resume(live: Live, user: User, position: str) -> list[dict[str, Any]]:
 async def test_a_long_replay_is_built_in_a_worker_with_the_frames_a_thread_builds(
     live: Live, small_long_replays: Any
 ) -> None:
-    alice = await sync_to_async(User.objects.create)(username="alice")
-    bob = await sync_to_async(User.objects.create)(username="bob")
-    position = await changes(live, alice, bob)
+    alice, position = await changes(live)
 
     small_long_replays.PGBINDING = {**small_long_replays.PGBINDING, "REPLAY_PROCESSES": 0}
     in_thread = await resume(live, alice, position)
@@ -142,9 +143,7 @@ async def test_a_long_replay_is_built_in_a_worker_with_the_frames_a_thread_build
 async def test_a_replay_worker_that_died_costs_no_replay(
     live: Live, small_long_replays: Any
 ) -> None:
-    alice = await sync_to_async(User.objects.create)(username="alice")
-    bob = await sync_to_async(User.objects.create)(username="bob")
-    position = await changes(live, alice, bob)
+    alice, position = await changes(live)
     expected = await resume(live, alice, position)  # starts the workers; built in a thread
     pid = await worker_pid()
 
@@ -161,9 +160,7 @@ async def test_a_replay_worker_that_died_costs_no_replay(
 async def test_short_replays_and_bindings_that_do_not_pickle_stay_in_the_server_process(
     live: Live, small_long_replays: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    alice = await sync_to_async(User.objects.create)(username="alice")
-    bob = await sync_to_async(User.objects.create)(username="bob")
-    position = await changes(live, alice, bob)
+    alice, position = await changes(live)
     await worker_pid()
     expected = await resume(live, alice, position)
 

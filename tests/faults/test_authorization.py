@@ -27,6 +27,19 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 ROWS_EACH = 6
 
 
+def alice_and_bob(rows_each: int) -> tuple[User, User, dict[int, list[int]]]:
+    """Users alice and bob, each owning ``rows_each`` items: (alice, bob, pks by user pk)."""
+    alice = User.objects.create(username="alice")
+    bob = User.objects.create(username="bob")
+    owned = {
+        user.pk: [
+            Item.objects.create(name=f"{user.username}{n}", owner=user).pk for n in range(rows_each)
+        ]
+        for user in (alice, bob)
+    }
+    return alice, bob, owned
+
+
 def session_cookie(user: User) -> dict[str, str]:
     client = Client()
     client.force_login(user)
@@ -99,14 +112,7 @@ def test_redis_killed_while_two_users_rows_change_leaks_nothing_and_loses_nothin
     committed value of each of its rows, in commit order (a value seen again after a cut-off
     replay is allowed: applying an event twice is harmless)."""
     stack = make_stack("core", capture=capture)
-    alice = User.objects.create(username="alice")
-    bob = User.objects.create(username="bob")
-    owned = {
-        user.pk: [
-            Item.objects.create(name=f"{user.username}{n}", owner=user).pk for n in range(ROWS_EACH)
-        ]
-        for user in (alice, bob)
-    }
+    alice, bob, owned = alice_and_bob(ROWS_EACH)
     stack.pglisten("pglisten-1").wait_output("Caught up", timeout=30)
     stack.pglisten("pglisten-2")
     server = stack.daphne("daphne")

@@ -21,9 +21,8 @@ from websockets.sync.client import connect
 
 from pgbinding.delivery.listener import conninfo_from_django
 from tests.faults.conftest import Stack
-from tests.faults.test_authorization import session_cookie
+from tests.faults.test_authorization import alice_and_bob, session_cookie
 from tests.support.processes import Daphne, wait_until
-from tests.testapp.models import Item
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
@@ -102,14 +101,7 @@ def test_resumes_through_a_replay_worker_that_is_killed_lose_and_leak_nothing(
 ) -> None:
     stack = make_stack("core")
     stack.env["PGBINDING_TEST_PGBINDING"] = json.dumps({"REPLAY_IN_PROCESS_FROM": IN_PROCESS_FROM})
-    alice = User.objects.create(username="alice")
-    bob = User.objects.create(username="bob")
-    owned = {
-        user.pk: [
-            Item.objects.create(name=f"{user.username}{n}", owner=user).pk for n in range(ROWS_EACH)
-        ]
-        for user in (alice, bob)
-    }
+    alice, _bob, owned = alice_and_bob(ROWS_EACH)
     stack.pglisten("pglisten").wait_output("Caught up", timeout=30)
     server = stack.daphne("daphne")
     server.wait_ready()
