@@ -36,12 +36,6 @@ R = TypeVar("R")
 
 _pool: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
-_running = 0
-
-
-def running() -> int:
-    """How many calls are running on the database threads now."""
-    return _running
 
 
 def _executor() -> ThreadPoolExecutor:
@@ -60,15 +54,10 @@ def in_thread(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
 
     @functools.wraps(func)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        global _running
-        with _lock:
-            _running += 1
         close_old_connections()
         try:
             return func(*args, **kwargs)
         finally:
             close_old_connections()
-            with _lock:
-                _running -= 1
 
     return sync_to_async(call, thread_sensitive=False, executor=_executor())

@@ -80,7 +80,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, Final
 
-from .. import threads
 from .transport import TransportWatch, attach
 
 logger = logging.getLogger("pgbinding.outbound")
@@ -96,11 +95,11 @@ CLOSE_TOO_SLOW_REASON: Final = "too slow: outbound queue full; resume with since
 #: frame to ``send`` never waits, so 10,000 frames in one go held every other socket of the
 #: process for their whole duration.
 FRAMES_PER_TURN = 32
-#: ... and, while other sockets of the process have requests in flight (or pgbinding's
-#: database threads have work), it waits this long (seconds) instead of only yielding, so they
-#: get the CPU and the GIL: a 10,000-frame replay sent flat out took other sockets' ``list``
-#: from 12 to 31-54 ms p99 on the 2-core benchmark machine, and 18 ms with the pause
-#: (bench/replay.py, bench/analysis.md). Alone, it goes flat out.
+#: ... and, while other sockets of the process have requests in flight (their database calls
+#: included), it waits this long (seconds) instead of only yielding, so they get the CPU and
+#: the GIL: a 10,000-frame replay sent flat out took other sockets' ``list`` from 12 to 31-54
+#: ms p99 on the 2-core benchmark machine, and 19-24 ms with the pause (bench/replay.py,
+#: bench/analysis.md). Alone, it goes flat out.
 GIL_PAUSE = 0.002
 #: Proposed default of ``PGBINDING["MAX_OUTBOUND_BYTES"]``.
 DEFAULT_MAX_OUTBOUND_BYTES: Final = 4 * 1024 * 1024
@@ -126,8 +125,9 @@ def serving_request() -> Iterator[None]:
 
 
 def others_busy() -> bool:
-    """Do other requests, or pgbinding's database threads, have work in this process?"""
-    return _requests > _in_request.get() or threads.running() > 0
+    """Are other sockets' requests being served in this process? (Not the listener's work,
+    nor this socket's own request: a burst of events, or a replay, alone goes flat out.)"""
+    return _requests > _in_request.get()
 
 
 async def _give_turn() -> None:

@@ -593,14 +593,12 @@ async def test_send_failing_inline_stops_the_queue() -> None:
 async def test_long_sends_pause_while_other_requests_are_in_flight(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Every FRAMES_PER_TURN frames a long send yields; while another request is being served
-    (in another task, or on pgbinding's database threads) it waits GIL_PAUSE instead, so that
-    request gets the CPU and the GIL (bench/replay.py measured other sockets' ``list`` at 31-54
-    ms p99 during a 10,000-frame replay sent flat out, 12 ms without a replay). Alone, or with
-    only its own request in flight (a replay's ``subscribe``), it goes flat out."""
-    import threading
-
-    from pgbinding import threads
+    """Every FRAMES_PER_TURN frames a long send yields; while another socket's request is being
+    served (its database call included) it waits GIL_PAUSE instead, so that request gets the
+    CPU and the GIL (bench/replay.py measured other sockets' ``list`` at 31-54 ms p99 during a
+    10,000-frame replay sent flat out, 12 ms without a replay). Alone, with only its own
+    request in flight (a replay's ``subscribe``), or beside the listener's work, it goes flat
+    out."""
     from pgbinding.websocket import outbound
 
     real_sleep = asyncio.sleep
@@ -640,17 +638,23 @@ async def test_long_sends_pause_while_other_requests_are_in_flight(
     other_done.set()
     await other
 
+    # The listener's work on the database threads (building messages, judging events) is not
+    # a request: a socket draining a backlog of events does not slow down for it.
+    import threading
+
+    from pgbinding import threads
+
     release, started = threading.Event(), threading.Event()
 
-    def database_work() -> None:
+    def listener_build() -> None:
         started.set()
         release.wait(10)
 
-    work = asyncio.ensure_future(threads.in_thread(database_work)())
+    work = asyncio.ensure_future(threads.in_thread(listener_build)())
     assert await asyncio.to_thread(started.wait, 10)
-    assert await send_two_turns("database work") == [outbound.GIL_PAUSE] * 2
+    assert await send_two_turns("listener work") == [0, 0]
     release.set()
     await work
-    assert threads.running() == 0 and not outbound.others_busy()
+    assert not outbound.others_busy()
     transport.drain()
     await queue.close()
