@@ -140,11 +140,11 @@ class _Pool:
             kind, data = _read(worker.receive)  # sent once Django is set up
             if kind != _RESULT:
                 raise RuntimeError(pickle.loads(data))
-        except (OSError, EOFError, RuntimeError) as exc:
+        except Exception as exc:  # cannot spawn, pass_fds unsupported, setup failed...
             logger.warning(
                 "A replay worker process failed to start (%s); replays are built in threads, "
                 "and the worker is tried again in %d s",
-                exc or "it exited",
+                str(exc) or "it exited before it was ready",
                 RETRY_START,
             )
             if worker is not None:

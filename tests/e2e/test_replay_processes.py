@@ -198,3 +198,32 @@ def test_the_worker_copy_keeps_the_scope_entries_that_pickle() -> None:
     assert set(portable.binding.scope) == {"path", "lock", "f"}
     assert "local" in sub.binding.scope  # the socket's own binding is left as it was
     assert pickle.loads(pickle.dumps(portable)).binding.scope["path"] == "/all/"
+
+
+def test_a_worker_that_cannot_start_leaves_replays_in_the_server_process(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker whose Django setup fails is reported, replays stay in the server process, and
+    another is tried RETRY_START later (here at once)."""
+    import logging
+    import time
+
+    processes.shutdown()
+    monkeypatch.setattr(processes, "_settings_module", lambda: "no_such_settings_module")
+    monkeypatch.setattr(processes, "RETRY_START", 0.0)
+    caplog.set_level(logging.WARNING, logger="pgbinding.processes")
+    try:
+        assert processes.run(os.getpid) is None  # starts one
+        deadline = time.monotonic() + 30
+        while "failed to start" not in caplog.text:
+            assert time.monotonic() < deadline, "the failed start was not reported"
+            time.sleep(0.05)
+        assert "no_such_settings_module" in caplog.text
+        assert processes.run(os.getpid) is None  # still none ready: tries again
+        assert processes.worker_pids() == []
+        deadline = time.monotonic() + 30
+        while caplog.text.count("failed to start") < 2:
+            assert time.monotonic() < deadline, "no second try"
+            time.sleep(0.05)
+    finally:
+        processes.shutdown()
