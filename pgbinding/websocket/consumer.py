@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import nullcontext
 from typing import Any, ClassVar
 
 from channels.consumer import get_handler_name
@@ -38,7 +39,7 @@ from ..protocol import (
 )
 from ..registry import registry
 from ..threads import in_thread
-from . import actions, frames, layerwatch, outbound
+from . import actions, frames, layerwatch
 from .events import RepeatFilter, evaluate_all, judge_all
 from .frames import check_request_id, parse_frame
 from .outbound import OutboundQueue
@@ -284,7 +285,8 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
                 )
             if not self.bucket.take():
                 raise RequestError(429, "Too many requests on this socket; slow down.")
-            with outbound.serving_request():
+            serving = self.outbound.serving_request() if self.outbound else nullcontext()
+            with serving:
                 await self.handle_frame(parse_frame(text_data))
         except RequestError as bad:
             await self.send_frame(

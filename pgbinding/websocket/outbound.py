@@ -77,7 +77,6 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from contextvars import ContextVar
 from typing import Any, Final
 
 from .transport import TransportWatch, attach
@@ -107,33 +106,6 @@ DEFAULT_MAX_OUTBOUND_BYTES: Final = 4 * 1024 * 1024
 
 #: Requests being served by this process's consumers (they run on its one event loop).
 _requests = 0
-#: Set in the task serving a request: a replay's own ``subscribe`` is not another's request.
-_in_request: ContextVar[bool] = ContextVar("pgbinding_in_request", default=False)
-
-
-@contextlib.contextmanager
-def serving_request() -> Iterator[None]:
-    """Count a client request in flight while the block runs (the consumer wraps each)."""
-    global _requests
-    _requests += 1
-    token = _in_request.set(True)
-    try:
-        yield
-    finally:
-        _requests -= 1
-        _in_request.reset(token)
-
-
-def others_busy() -> bool:
-    """Are other sockets' requests being served in this process? (Not the listener's work,
-    nor this socket's own request: a burst of events, or a replay, alone goes flat out.)"""
-    return _requests > _in_request.get()
-
-
-async def _give_turn() -> None:
-    """Let the loop's other tasks run; while others are busy, leave them the CPU and the GIL
-    for :data:`GIL_PAUSE`."""
-    await asyncio.sleep(GIL_PAUSE if others_busy() else 0)
 
 
 #: The ASGI ``send`` callable.
@@ -204,6 +176,7 @@ class OutboundQueue:
         self._sending = False  # the writer awaits send()
         self._inline = False  # send() hands a frame to the server in the caller's task
         self._sends = 0  # calls of send(), for FRAMES_PER_TURN
+        self._requests = 0  # this socket's requests being served (serving_request)
         self._task: asyncio.Task[None] | None = None
         self._owner: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -256,6 +229,29 @@ class OutboundQueue:
             self._owner = owner
             owner.add_done_callback(self._owner_done)
 
+    @contextlib.contextmanager
+    def serving_request(self) -> Iterator[None]:
+        """Count one of this socket's requests as in flight while the block runs (the
+        consumer wraps each): long sends of the other sockets leave it room."""
+        global _requests
+        _requests += 1
+        self._requests += 1
+        try:
+            yield
+        finally:
+            _requests -= 1
+            self._requests -= 1
+
+    def others_busy(self) -> bool:
+        """Are other sockets' requests being served in this process? (Not this socket's own,
+        such as the ``subscribe`` whose replay it sends, nor the listener's work.)"""
+        return _requests > self._requests
+
+    async def _give_turn(self) -> None:
+        """Let the loop's other tasks run; while other sockets' requests are in flight, leave
+        them the CPU and the GIL for :data:`GIL_PAUSE`."""
+        await asyncio.sleep(GIL_PAUSE if self.others_busy() else 0)
+
     async def send(self, text: str) -> bool:
         """Like :meth:`put` (same result, never waits for the client), but when the server is
         known not to wait (daphne, its transport watched) and nothing is queued or paused, the
@@ -265,7 +261,7 @@ class OutboundQueue:
         sent = await self._hand_over(text)
         self._sends += 1
         if self._sends % FRAMES_PER_TURN == 0:
-            await _give_turn()
+            await self._give_turn()
         return sent
 
     async def _hand_over(self, text: str) -> bool:
@@ -418,7 +414,7 @@ class OutboundQueue:
                 if self._frames and not self._paused and not self._inline:
                     sent += 1
                     if sent % FRAMES_PER_TURN == 0:
-                        await _give_turn()
+                        await self._give_turn()
                         continue
                     text, size = self._frames.popleft()
                     self._queued -= size

@@ -621,20 +621,22 @@ async def test_long_sends_pause_while_other_requests_are_in_flight(
         return pauses[:2]
 
     assert await send_two_turns("alone") == [0, 0]
-    with outbound.serving_request():
+    with queue.serving_request():
         assert await send_two_turns("own request") == [0, 0]
 
+    other_socket = OutboundQueue(FakeSend(), max_bytes=1000)
     other_started, other_done = asyncio.Event(), asyncio.Event()
 
     async def another_sockets_request() -> None:
-        with outbound.serving_request():
+        with other_socket.serving_request():
             other_started.set()
             await other_done.wait()
 
     other = asyncio.ensure_future(another_sockets_request())
     await other_started.wait()
-    with outbound.serving_request():
-        assert await send_two_turns("other request") == [outbound.GIL_PAUSE] * 2
+    assert await send_two_turns("other request") == [outbound.GIL_PAUSE] * 2
+    with queue.serving_request():
+        assert await send_two_turns("both") == [outbound.GIL_PAUSE] * 2
     other_done.set()
     await other
 
@@ -655,6 +657,20 @@ async def test_long_sends_pause_while_other_requests_are_in_flight(
     assert await send_two_turns("listener work") == [0, 0]
     release.set()
     await work
-    assert not outbound.others_busy()
+    assert not queue.others_busy()
     transport.drain()
     await queue.close()
+
+    # Where frames go out through the writer task (uvicorn's shape), that task is not the
+    # request's: the socket's own request still does not make it pause.
+    writer_sent = FakeSend()
+    written = OutboundQueue(writer_sent, max_bytes=10_000_000)
+    written.start()
+    pauses.clear()
+    with written.serving_request():
+        for n in range(2 * outbound.FRAMES_PER_TURN + 1):
+            assert written.put(f"queued {n}")
+        await settle()
+    assert len(writer_sent.texts()) == 2 * outbound.FRAMES_PER_TURN + 1
+    assert outbound.GIL_PAUSE not in pauses
+    await written.close()
