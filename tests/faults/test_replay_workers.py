@@ -17,11 +17,13 @@ import psutil
 import psycopg
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from websockets.sync.client import connect
 
 from pgbinding.delivery.listener import conninfo_from_django
+from tests import servers
 from tests.faults.conftest import Stack
-from tests.faults.test_authorization import alice_and_bob, session_cookie
+from tests.faults.test_authorization import ItemWriter, alice_and_bob, session_cookie
 from tests.support.processes import Daphne, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
@@ -33,18 +35,48 @@ IN_PROCESS_FROM = 100
 READY = re.compile(r"Replay worker process (\d+) ready")
 
 
-def resume(server: Daphne, user: User, since: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """A fresh socket of ``user`` resumes ``myitems`` from ``since``: (events, reply)."""
-    with connect(server.url("/all/"), additional_headers=session_cookie(user), max_size=None) as ws:
-        frame = {"action": "subscribe", "request_id": "s", "since": since}
-        ws.send(json.dumps({"stream": "myitems", "payload": frame}))
-        events: list[dict[str, Any]] = []
-        while True:
-            payload = json.loads(ws.recv(timeout=30))["payload"]
-            if payload.get("request_id") == "s":
-                assert payload["status"] == 200, payload
-                return events, payload
-            events.append(payload)
+def resume(
+    server: Daphne, user: User | None, since: str, status: int = 200
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A fresh socket of ``user`` (None: signed out) resumes ``myitems`` from ``since``:
+    (events, reply); the reply must have ``status``. Like a client, it reconnects and tries
+    again after a 503 (the channel layer was unavailable: after a Redis restart, the first
+    use of each of daphne's stale Redis connections fails)."""
+    headers = session_cookie(user) if user is not None else None
+    for _ in range(5):
+        with connect(server.url("/all/"), additional_headers=headers, max_size=None) as ws:
+            frame = {"action": "subscribe", "request_id": "s", "since": since}
+            ws.send(json.dumps({"stream": "myitems", "payload": frame}))
+            events: list[dict[str, Any]] = []
+            while True:
+                payload = json.loads(ws.recv(timeout=30))["payload"]
+                if payload.get("request_id") == "s":
+                    break
+                events.append(payload)
+        if payload["status"] != 503:
+            assert payload["status"] == status, payload
+            return events, payload
+        assert not events, events  # nothing goes out before a refused subscribe's reply
+        time.sleep(0.2)
+    raise AssertionError(f"the subscribe kept failing: {payload}")
+
+
+def judge(
+    replayed: tuple[list[dict[str, Any]], dict[str, Any]],
+    rows: list[int],
+    committed: dict[int, list[int]],
+    how: str,
+) -> None:
+    """The replay holds every committed value of each of ``rows``, in order, and no other
+    row."""
+    events, reply = replayed
+    assert reply["data"]["replayed"] == len(events), how
+    values: dict[int, list[int]] = {}
+    for event in events:
+        assert event["pk"] in rows, f"{how}: another user's row {event}"
+        values.setdefault(event["pk"], []).append(event["data"]["value"])
+    for pk in rows:
+        assert values.get(pk) == committed[pk], f"{how}, row {pk}"
 
 
 def position(server: Daphne, user: User) -> str:
@@ -111,23 +143,14 @@ def test_resumes_through_a_replay_worker_that_is_killed_lose_and_leak_nothing(
     stack.listeners[0].wait_output("Caught up", since=0, timeout=30)
     time.sleep(1.0)  # the listener's position reaches the log's end
 
-    def judge(events: list[dict[str, Any]], reply: dict[str, Any], how: str) -> None:
-        assert reply["data"]["replayed"] == len(events), how
-        values: dict[int, list[int]] = {}
-        for event in events:
-            assert event["pk"] in owned[alice.pk], f"{how}: bob's row {event}"
-            values.setdefault(event["pk"], []).append(event["data"]["value"])
-        for pk in owned[alice.pk]:
-            assert values.get(pk) == committed[pk], f"{how}, row {pk}"
-
     # The first long replay starts the worker and is built in daphne meanwhile.
     first = resume(server, alice, since)
-    judge(*first, "built in daphne")
+    judge(first, owned[alice.pk], committed, "built in daphne")
     pid = worker_pid(server, since=mark)
     worker = psutil.Process(pid)
     assert worker.ppid() == server.pid
     busy = worker_cpu(worker)
-    judge(*resume(server, alice, since), "built in the worker")
+    judge(resume(server, alice, since), owned[alice.pk], committed, "built in the worker")
     assert worker_cpu(worker) > busy, "the worker did not build the replay"
     assert "died" not in server.output()[mark:]
     assert "does not pickle" not in server.output()  # the signed-in user's binding went over
@@ -135,21 +158,76 @@ def test_resumes_through_a_replay_worker_that_is_killed_lose_and_leak_nothing(
     os.kill(pid, 9)
     wait_until(lambda: gone(pid), lambda: "the worker to die")
     mark = server.mark()
-    judge(*resume(server, alice, since), "after the worker was killed")
+    judge(resume(server, alice, since), owned[alice.pk], committed, "after the worker was killed")
     server.wait_output("died; building this replay in a thread", since=mark)
     replacement = worker_pid(server, since=mark)
     assert replacement != pid
     busy = worker_cpu(psutil.Process(replacement))
-    judge(*resume(server, alice, since), "built in the new worker")
+    judge(resume(server, alice, since), owned[alice.pk], committed, "built in the new worker")
     assert worker_cpu(psutil.Process(replacement)) > busy
 
     # A server killed outright leaves no worker behind (its pipe closes).
     server.kill()
     wait_until(
-        lambda: (
-            not psutil.pid_exists(replacement)
-            or psutil.Process(replacement).status() == psutil.STATUS_ZOMBIE
-        ),
+        lambda: gone(replacement),
         lambda: f"worker {replacement} to exit after its daphne was killed",
         timeout=20,
     )
+
+
+def test_long_resumes_after_redis_listener_and_postgres_faults_reach_only_their_owner(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """While alice's and bob's items change: Redis is SIGKILLed and started again empty, and
+    the leading pglisten is SIGKILLed (its standby takes over); after the writes, Postgres is
+    restarted (immediate). Then alice and bob resume from the same position, long replays
+    built in daphne's worker, and a signed-out socket tries the same.
+
+    Required: each gets every committed value of each of their own rows, in commit order, and
+    no row of the other (the position is not a secret: bob resumes from alice's); the
+    signed-out socket gets 403 and nothing else; the worker built the replays."""
+    stack = make_stack("core")
+    stack.env["PGBINDING_TEST_PGBINDING"] = json.dumps({"REPLAY_IN_PROCESS_FROM": IN_PROCESS_FROM})
+    alice, bob, owned = alice_and_bob(ROWS_EACH)
+    leader = stack.pglisten("pglisten-1")
+    leader.wait_output("Caught up", timeout=30)
+    standby = stack.pglisten("pglisten-2")
+    server = stack.daphne("daphne")
+    server.wait_ready()
+    since = position(server, alice)
+
+    writer = ItemWriter(owned[alice.pk] + owned[bob.pk]).start()
+    time.sleep(2)
+    stack.redis.kill()
+    time.sleep(1.5)
+    stack.redis.start()
+    time.sleep(1.5)
+    leader.kill()
+    standby.wait_output("took over", timeout=30)
+    time.sleep(2)
+    writer.stop()
+    committed = writer.committed
+    assert all(len(committed[pk]) >= 10 for pk in owned[alice.pk] + owned[bob.pk]), committed
+
+    postgres = servers.postgres_server()
+    if postgres is not None:
+        try:
+            postgres.restart(mode="immediate")
+        finally:
+            if not postgres.is_running():
+                postgres.start()
+            connection.close()  # Django's own connection died with the server
+
+    # A first long replay starts the worker (and is built in daphne meanwhile).
+    mark = server.mark()
+    judge(resume(server, alice, since), owned[alice.pk], committed, "alice, built in daphne")
+    worker = psutil.Process(worker_pid(server, since=mark))
+    busy = worker_cpu(worker)
+    judge(resume(server, alice, since), owned[alice.pk], committed, "alice")
+    judge(resume(server, bob, since), owned[bob.pk], committed, "bob, from alice's position")
+    assert worker_cpu(worker) > busy, "the worker did not build the replays"
+    events, reply = resume(server, None, since, status=403)
+    assert events == [], events
+    assert "data" not in reply or not reply["data"], reply
+    assert "died" not in server.output()
+    assert standby.running, standby.tail()
