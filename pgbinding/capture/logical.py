@@ -72,14 +72,18 @@ ROWS_SQL = (
     " (e->>6)::pg_lsn AS end_lsn, n"
     " FROM json_array_elements(%(rows)s::json) WITH ORDINALITY AS r(e, n)"
 )
-#: One statement for a whole round's rows, in commit order (ids are drawn in the ORDER BY's
-#: order), leaving out the transactions written before (end LSN <= confirmed_lsn, which it
-#: locks: writers of one slot's changes take turns).
-INSERT_SQL = (
-    "WITH slot AS (SELECT confirmed_lsn FROM pgbinding_slot WHERE name = %(slot)s FOR UPDATE)"
-    " INSERT INTO pgbinding_change (created_at, table_name, op, pk, old, new)"
+#: The log rows of a round not written before (end LSN <= the ``slot`` CTE's confirmed_lsn),
+#: in commit order (ids are drawn in the ORDER BY's order).
+_INSERT_ROWS = (
+    "INSERT INTO pgbinding_change (created_at, table_name, op, pk, old, new)"
     " SELECT u.created_at, u.table_name, u.op, u.pk, u.old, u.new"
     " FROM ({rows}) u, slot WHERE u.end_lsn > slot.confirmed_lsn ORDER BY u.n"
+)
+#: One statement for a whole round's rows, leaving out the transactions written before
+#: (confirmed_lsn, which it locks: writers of one slot's changes take turns).
+INSERT_SQL = (
+    "WITH slot AS (SELECT confirmed_lsn FROM pgbinding_slot WHERE name = %(slot)s FOR UPDATE)"
+    " {insert}"
 )
 #: The pump's write, as one statement (its own transaction: one round trip): committed
 #: durably whatever the session's synchronous_commit; the rows of :data:`INSERT_SQL`, and the
@@ -88,16 +92,15 @@ WRITE_SQL = (
     "WITH durable AS (SELECT set_config('synchronous_commit', 'on', true)),"
     " slot AS (SELECT s.confirmed_lsn FROM pgbinding_slot s, durable WHERE s.name = %(slot)s"
     "  FOR UPDATE OF s),"
-    " ins AS (INSERT INTO pgbinding_change (created_at, table_name, op, pk, old, new)"
-    "  SELECT u.created_at, u.table_name, u.op, u.pk, u.old, u.new"
-    "  FROM ({rows}) u, slot WHERE u.end_lsn > slot.confirmed_lsn ORDER BY u.n RETURNING 1),"
+    " ins AS ({insert} RETURNING 1),"
     " upd AS (UPDATE pgbinding_slot SET updated_at = now(),"
     "  confirmed_lsn = greatest(confirmed_lsn, %(lsn)s::pg_lsn)"
     "  WHERE name = %(slot)s AND EXISTS (SELECT FROM slot) RETURNING 1)"
     " SELECT (SELECT count(*) FROM ins)::integer, (SELECT count(*) FROM upd)::integer"
 )
-INSERT_SQL = INSERT_SQL.format(rows=ROWS_SQL)
-WRITE_SQL = WRITE_SQL.format(rows=ROWS_SQL)
+_INSERT_ROWS = _INSERT_ROWS.format(rows=ROWS_SQL)
+INSERT_SQL = INSERT_SQL.format(insert=_INSERT_ROWS)
+WRITE_SQL = WRITE_SQL.format(insert=_INSERT_ROWS)
 #: Ends the walsender of a pgbinding listener's stream that holds slot %s (a listener that lost
 #: the lead, or one a migration or drop-slot needs out of the way: it reconnects, polling
 #: meanwhile). Returns the pids ended. Needs the right to signal that backend (the same role,
