@@ -647,6 +647,20 @@ class Report:
             )
 
 
+def restart_postgres(server: Any) -> float:
+    """Restart the embedded Postgres ``server`` in immediate mode (a crash: no checkpoint),
+    start it again if the restart failed half-way, and drop Django's own connection, which
+    died with it. Returns the seconds it took."""
+    started = time.monotonic()
+    try:
+        server.restart(mode="immediate")
+    finally:
+        if not server.is_running():
+            server.start()
+        connection.close()
+    return time.monotonic() - started
+
+
 def settle(
     stack: Stack,
     writers: Writers | list[Writers],

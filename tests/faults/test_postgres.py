@@ -7,10 +7,17 @@ import time
 from collections.abc import Callable
 
 import pytest
-from django.db import connection
 
 from tests import servers
-from tests.faults.conftest import Report, Stack, counter_keys, judge_counters, report_exits, settle
+from tests.faults.conftest import (
+    Report,
+    Stack,
+    counter_keys,
+    judge_counters,
+    report_exits,
+    restart_postgres,
+    settle,
+)
 from tests.support.capture import BACKENDS
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
@@ -37,14 +44,7 @@ def test_postgres_immediate_restart(make_stack: Callable[..., Stack], capture: s
     # Four busy writers: a restart is likely to catch a COMMIT in flight (outcome unknown).
     writers = stack.write(keys, threads=4, pause=0, synchronous_commit=True)
     time.sleep(3)
-    started = time.monotonic()
-    try:
-        server.restart(mode="immediate")
-    finally:
-        if not server.is_running():
-            server.start()
-        connection.close()  # Django's own connection died with the server
-    restart = time.monotonic() - started
+    restart = restart_postgres(server)
     time.sleep(6)
     writers.stop()
     waited = settle(stack, writers, [group, subscriber], timeout=40)

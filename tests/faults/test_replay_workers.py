@@ -17,12 +17,11 @@ import psutil
 import psycopg
 import pytest
 from django.contrib.auth.models import User
-from django.db import connection
 from websockets.sync.client import connect
 
 from pgbinding.delivery.listener import conninfo_from_django
 from tests import servers
-from tests.faults.conftest import Stack
+from tests.faults.conftest import Stack, restart_postgres
 from tests.faults.test_authorization import ItemWriter, alice_and_bob, session_cookie
 from tests.support.processes import Daphne, wait_until
 
@@ -211,12 +210,7 @@ def test_long_resumes_after_redis_listener_and_postgres_faults_reach_only_their_
 
     postgres = servers.postgres_server()
     if postgres is not None:
-        try:
-            postgres.restart(mode="immediate")
-        finally:
-            if not postgres.is_running():
-                postgres.start()
-            connection.close()  # Django's own connection died with the server
+        restart_postgres(postgres)
 
     # A first long replay starts the worker (and is built in daphne meanwhile).
     mark = server.mark()
