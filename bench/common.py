@@ -240,6 +240,12 @@ def machine_ticks() -> tuple[int, int, int]:
     return sum(parts[:8]), parts[3], parts[4]
 
 
+def steal_ticks() -> int:
+    """Jiffies the hypervisor gave other guests while this VM wanted to run (``steal`` in
+    /proc/stat), summed over all CPUs: a run during which it grows measured a slower machine."""
+    return int(Path("/proc/stat").read_text().splitlines()[0].split()[8])
+
+
 def children_of(pid: int) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
