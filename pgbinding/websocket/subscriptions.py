@@ -251,28 +251,10 @@ def _replay(sub: Subscription, since: Cursor, state: Cursor, cursor: Any) -> lis
         return None  # ahead of this log: from another database, or made up
     limit = pgbinding_settings.current.MAX_REPLAY
     table = binding.model._meta.db_table
-    cursor.execute(
-        """
-        (SELECT c.id, c.op, c.old::text, c.new::text
-           FROM unnest(%(los)s::bigint[], %(his)s::bigint[]) AS g(lo, hi)
-           JOIN pgbinding_change c ON c.id BETWEEN g.lo AND g.hi AND c.table_name = %(t)s)
-        UNION ALL
-        (SELECT id, op, old::text, new::text FROM pgbinding_change
-          WHERE id > %(p)s AND table_name = %(t)s ORDER BY id LIMIT %(n)s)
-        ORDER BY 1 LIMIT %(n)s
-        """,
-        {
-            "los": [lo for lo, _ in since.gaps],
-            "his": [hi for _, hi in since.gaps],
-            "p": since.position,
-            "t": table,
-            "n": limit + 1,
-        },
-    )
-    entries = cursor.fetchall()
+    count, entries = read_log(cursor, since, table, limit + 1)
     cursor.execute("SELECT pruned_through FROM pgbinding_state")
     pruned = cursor.fetchone()
-    if (pruned and pruned[0] > since.floor) or len(entries) > limit:
+    if (pruned and pruned[0] > since.floor) or count > limit:
         return None
     rows.load_types_sync(cursor, [table])
     # While replaying, which rows the client holds is not known: an old row counts as held if
@@ -280,7 +262,7 @@ def _replay(sub: Subscription, since: Cursor, state: Cursor, cursor: Any) -> lis
     sub.members = None
     token = since.encode()
     types = rows.known_types(table)
-    if len(entries) >= pgbinding_settings.current.REPLAY_IN_PROCESS_FROM:
+    if count >= pgbinding_settings.current.REPLAY_IN_PROCESS_FROM:
         built = processes.run(replay_events, _portable(sub), table, types, entries, token)
         if built is not None:
             metrics.replays_in_process.inc()
@@ -288,16 +270,54 @@ def _replay(sub: Subscription, since: Cursor, state: Cursor, cursor: Any) -> lis
     return replay_events(sub, table, types, entries, token)
 
 
+#: The changes to a table that a cursor does not cover, at most ``n``: how many, and them as
+#: one JSON text ``[[id, op, old row, new row], ...]`` in log order.
+READ_LOG_SQL = """
+SELECT count(*), coalesce(json_agg(json_build_array(r.id, r.op, r.old, r.new)
+                                   ORDER BY r.id), '[]')::text
+  FROM ((SELECT c.id, c.op, c.old, c.new
+           FROM unnest(%(los)s::bigint[], %(his)s::bigint[]) AS g(lo, hi)
+           JOIN pgbinding_change c ON c.id BETWEEN g.lo AND g.hi AND c.table_name = %(t)s)
+        UNION ALL
+        (SELECT id, op, old, new FROM pgbinding_change
+          WHERE id > %(p)s AND table_name = %(t)s ORDER BY id LIMIT %(n)s)
+        ORDER BY 1 LIMIT %(n)s) AS r
+"""
+
+
+def read_log(cursor: Any, since: Cursor, table: str, n: int) -> tuple[int, str]:
+    """The logged changes to ``table`` that ``since`` does not cover (its gaps, then after its
+    position), at most ``n``: how many, and them as one JSON text of ``[id, op, old, new]``
+    (:data:`READ_LOG_SQL`), for :func:`replay_events`.
+
+    One text rather than a row per change: fetching it, and pickling it for a replay worker,
+    holds the server process's GIL for a millisecond or two, where 10,000 rows of four values
+    held it for 5-13 ms (bench/replay.py), each time stalling every other socket of the
+    process. Postgres prints the jsonb either way; the worker parses it."""
+    cursor.execute(
+        READ_LOG_SQL,
+        {
+            "los": [lo for lo, _ in since.gaps],
+            "his": [hi for _, hi in since.gaps],
+            "p": since.position,
+            "t": table,
+            "n": n,
+        },
+    )
+    found = cursor.fetchone()
+    return (int(found[0]), str(found[1])) if found else (0, "[]")
+
+
 def replay_events(
     sub: Subscription,
     table: str,
     types: dict[str, rows.ColumnType] | None,
-    entries: list[tuple[Any, ...]],
+    entries: str,
     token: str,
 ) -> list[str]:
-    """The events of a replay, each encoded as JSON: the logged changes ``entries`` (id, op,
-    old and new row as jsonb text) judged for ``sub``. Pure computation on what it is given
-    (the table's column types included), so it runs in a worker process as well as here
+    """The events of a replay, each encoded as JSON: the logged changes ``entries`` (a JSON
+    array of [id, op, old row, new row]) judged for ``sub``. Pure computation on what it is
+    given (the table's column types included), so it runs in a worker process as well as here
     (:mod:`pgbinding.processes`)."""
     if types is not None and rows.known_types(table) != types:
         rows.remember_column_types(table, types)
@@ -305,8 +325,8 @@ def replay_events(
     connection = rows.db_connection()
     encode = frames.encode
     out: list[str] = []
-    for change_id, op, old, new in entries:
-        change = Change(int(change_id), table, str(op), None, _json(old), _json(new), token)
+    for change_id, op, old, new in loads(entries):
+        change = Change(int(change_id), table, str(op), None, old, new, token)
         message = messages.change_message(binding, change, connection)
         if message is not None:
             out += map(encode, evaluate(sub, message))

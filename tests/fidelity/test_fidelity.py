@@ -61,9 +61,11 @@ from psycopg import sql
 
 from pgbinding import rows
 from pgbinding.consumers import Demultiplexer
-from pgbinding.delivery import messages
+from pgbinding.delivery import changelog, messages
 from pgbinding.delivery.changelog import Change, configure_connection
 from pgbinding.delivery.listener import Listener, conninfo_from_django
+from pgbinding.positions import Cursor
+from pgbinding.websocket import subscriptions
 from tests.conftest import ListenerHarness, RedisCollector, log_max_id
 from tests.fidelity import bindings
 from tests.fidelity import models as m
@@ -1250,6 +1252,31 @@ def test_raw_changes_match_row_messages_of_instances(memory_run: Run) -> None:
                 updates += op == "U"
             assert binding.reads_values(), binding.label()
     assert checked >= len(WRITES) and updates >= len(LIFECYCLES)
+
+
+def test_replays_read_every_logged_value_exactly(memory_run: Run) -> None:
+    """A resume reads the log as one JSON text (``subscriptions.read_log``, for the server
+    process's GIL): for every change the memory run logged, of every case, session setting and
+    lifecycle, it parses to the same id, op and old and new rows, to the digit and type of
+    every value, as the log's rows read one by one (what the listener decodes)."""
+    checked = 0
+    with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
+        configure_connection(conn)  # type: ignore[arg-type]  # only set_json_loads is used
+        for binding in BINDINGS.values():
+            table = binding.model._meta.db_table
+            entries = conn.execute(
+                "SELECT id, op, old, new FROM pgbinding_change WHERE table_name = %s ORDER BY id",
+                [table],
+            ).fetchall()
+            with connection.cursor() as cursor:
+                count, text = subscriptions.read_log(cursor, Cursor(0), table, len(entries) + 1)
+            assert count == len(entries), binding.label()
+            read = [tuple(entry) for entry in changelog.loads(text)]
+            assert json.dumps(read, default=repr) == json.dumps(entries, default=repr), (
+                binding.label()
+            )
+            checked += count
+    assert checked >= len(WRITES)
 
 
 def test_every_case_and_fallback_is_used() -> None:
