@@ -92,8 +92,13 @@ CLOSE_TOO_SLOW_REASON: Final = "too slow: outbound queue full; resume with since
 #: A task that sends many frames in a row (a replay, a coalesced run of group events, the writer
 #: draining a long queue) gives the event loop back after this many: under daphne handing a
 #: frame to ``send`` never waits, so 10,000 frames in one go held every other socket of the
-#: process for their whole duration.
-FRAMES_PER_TURN = 32
+#: process for their whole duration. Each frame costs daphne ~20 us, and another socket's
+#: request needs several turns of the loop (its frame read, its database call's return, its
+#: reply), each waiting for one such run: with 32, other sockets' ``list`` replies sent while a
+#: 10,000-frame replay went out were slow (over 18 ms, ~9 without a replay) for 65 of 202
+#: requests, with 8 for 21 of 240, with 4 for 6 of 266 (bench/replay.py, 3 runs each); the
+#: replay took ~0.75 s instead of ~0.5 with the other sockets busy.
+FRAMES_PER_TURN = 4
 #: ... and, while other sockets of the process have requests in flight (their database calls
 #: included), it waits this long (seconds) instead of only yielding, so they get the CPU and
 #: the GIL: a 10,000-frame replay sent flat out took other sockets' ``list`` from 12 to 31-54

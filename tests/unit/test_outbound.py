@@ -61,7 +61,7 @@ class CountingEvent(asyncio.Event):
 async def settle() -> None:
     """Let the writer task run until it has nothing left to do (it gives the loop back every
     FRAMES_PER_TURN frames)."""
-    for _ in range(500):
+    for _ in range(5000):
         await asyncio.sleep(0)
 
 
