@@ -51,3 +51,8 @@ if peers.DCRF and "dcrf" in peers.enabled():
 application = ProtocolTypeRouter({"websocket": URLRouter(routes)})
 if settings.LAYER == "memory" and os.environ.get("BENCH_IN_PROCESS_LISTENER", "1") == "1":
     application = with_listener(application)
+
+if os.environ.get("BENCH_GC_FREEZE") == "1":  # experiment: startup objects out of the GC's way
+    import gc
+
+    gc.freeze()
