@@ -1215,12 +1215,12 @@ def test_update_and_delete_events_match_orm(memory_run: Run, step: str) -> None:
     memory_run.lifecycle[step].check()
 
 
-def test_raw_changes_match_row_messages_of_instances(memory_run: Run) -> None:
-    """Raw changes for subscriptions (replays too) are built from the decoded values, without
-    model instances where the model allows (``Binding.reads_values``): for every change the
-    memory run logged, of every case and lifecycle, the same row messages as
-    ``Binding.row_message`` of the instances, to the type of every value."""
-    checked = updates = 0
+def logged_changes() -> Iterator[
+    tuple[type[bindings._FidelityBinding], str, list[tuple[Any, ...]]]
+]:
+    """Each binding of the fidelity app, its table, and the changes logged to that table as
+    the listener reads them (id, op, old and new row, jsonb decoded keeping every digit), in
+    log order."""
     with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
         configure_connection(conn)  # type: ignore[arg-type]  # only set_json_loads is used
         for binding in BINDINGS.values():
@@ -1229,28 +1229,38 @@ def test_raw_changes_match_row_messages_of_instances(memory_run: Run) -> None:
                 "SELECT id, op, old, new FROM pgbinding_change WHERE table_name = %s ORDER BY id",
                 [table],
             ).fetchall()
-            with connection.cursor() as cursor:
-                rows.load_types_sync(cursor, [table])
-            for change_id, op, old, new in entries:
-                if op == "T":
-                    continue
-                change = Change(int(change_id), table, str(op), None, old, new)
-                expected = [
-                    binding.row_message(
-                        rows.instance(binding.model, rows.row_values(binding.model, r, table))
-                    )
-                    if r
-                    else None
-                    for r in (old, new)
-                ]
-                got = list(messages.row_messages(binding, *messages.decode_values(binding, change)))
-                assert json.dumps(got, default=repr) == json.dumps(expected, default=repr), (
-                    binding.label(),
-                    change_id,
+            yield binding, table, entries
+
+
+def test_raw_changes_match_row_messages_of_instances(memory_run: Run) -> None:
+    """Raw changes for subscriptions (replays too) are built from the decoded values, without
+    model instances where the model allows (``Binding.reads_values``): for every change the
+    memory run logged, of every case and lifecycle, the same row messages as
+    ``Binding.row_message`` of the instances, to the type of every value."""
+    checked = updates = 0
+    for binding, table, entries in logged_changes():
+        with connection.cursor() as cursor:
+            rows.load_types_sync(cursor, [table])
+        for change_id, op, old, new in entries:
+            if op == "T":
+                continue
+            change = Change(int(change_id), table, str(op), None, old, new)
+            expected = [
+                binding.row_message(
+                    rows.instance(binding.model, rows.row_values(binding.model, r, table))
                 )
-                checked += 1
-                updates += op == "U"
-            assert binding.reads_values(), binding.label()
+                if r
+                else None
+                for r in (old, new)
+            ]
+            got = list(messages.row_messages(binding, *messages.decode_values(binding, change)))
+            assert json.dumps(got, default=repr) == json.dumps(expected, default=repr), (
+                binding.label(),
+                change_id,
+            )
+            checked += 1
+            updates += op == "U"
+        assert binding.reads_values(), binding.label()
     assert checked >= len(WRITES) and updates >= len(LIFECYCLES)
 
 
@@ -1260,22 +1270,13 @@ def test_replays_read_every_logged_value_exactly(memory_run: Run) -> None:
     lifecycle, it parses to the same id, op and old and new rows, to the digit and type of
     every value, as the log's rows read one by one (what the listener decodes)."""
     checked = 0
-    with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
-        configure_connection(conn)  # type: ignore[arg-type]  # only set_json_loads is used
-        for binding in BINDINGS.values():
-            table = binding.model._meta.db_table
-            entries = conn.execute(
-                "SELECT id, op, old, new FROM pgbinding_change WHERE table_name = %s ORDER BY id",
-                [table],
-            ).fetchall()
-            with connection.cursor() as cursor:
-                count, text = subscriptions.read_log(cursor, Cursor(0), table, len(entries) + 1)
-            assert count == len(entries), binding.label()
-            read = [tuple(entry) for entry in changelog.loads(text)]
-            assert json.dumps(read, default=repr) == json.dumps(entries, default=repr), (
-                binding.label()
-            )
-            checked += count
+    for binding, table, entries in logged_changes():
+        with connection.cursor() as cursor:
+            count, text = subscriptions.read_log(cursor, Cursor(0), table, len(entries) + 1)
+        assert count == len(entries), binding.label()
+        read = [tuple(entry) for entry in changelog.loads(text)]
+        assert json.dumps(read, default=repr) == json.dumps(entries, default=repr), binding.label()
+        checked += count
     assert checked >= len(WRITES)
 
 
