@@ -270,27 +270,32 @@ def _replay(sub: Subscription, since: Cursor, state: Cursor, cursor: Any) -> lis
     return replay_events(sub, table, types, entries, token)
 
 
-#: The changes to a table that a cursor does not cover, at most ``n``: how many, and them as
-#: one JSON text ``[[id, op, old row, new row], ...]`` in log order.
+#: The changes to a table that a cursor does not cover, at most ``n``, in log order: JSON texts
+#: ``[[id, op, old row, new row], ...]`` of up to ``chunk`` changes each, and how many each holds.
 READ_LOG_SQL = """
-SELECT count(*), coalesce(json_agg(json_build_array(r.id, r.op, r.old, r.new)
-                                   ORDER BY r.id), '[]')::text
-  FROM ((SELECT c.id, c.op, c.old, c.new
-           FROM unnest(%(los)s::bigint[], %(his)s::bigint[]) AS g(lo, hi)
-           JOIN pgbinding_change c ON c.id BETWEEN g.lo AND g.hi AND c.table_name = %(t)s)
-        UNION ALL
-        (SELECT id, op, old, new FROM pgbinding_change
-          WHERE id > %(p)s AND table_name = %(t)s ORDER BY id LIMIT %(n)s)
-        ORDER BY 1 LIMIT %(n)s) AS r
+SELECT json_agg(json_build_array(r.id, r.op, r.old, r.new) ORDER BY r.id)::text, count(*)
+  FROM (SELECT q.*, (row_number() OVER (ORDER BY q.id) - 1) / %(chunk)s AS chunk
+          FROM ((SELECT c.id, c.op, c.old, c.new
+                   FROM unnest(%(los)s::bigint[], %(his)s::bigint[]) AS g(lo, hi)
+                   JOIN pgbinding_change c ON c.id BETWEEN g.lo AND g.hi AND c.table_name = %(t)s)
+                UNION ALL
+                (SELECT id, op, old, new FROM pgbinding_change
+                  WHERE id > %(p)s AND table_name = %(t)s ORDER BY id LIMIT %(n)s)
+                ORDER BY 1 LIMIT %(n)s) AS q) AS r
+ GROUP BY r.chunk
+ ORDER BY r.chunk
 """
+#: Changes per JSON text of :func:`read_log`: a text is one value, which Postgres caps at 1 GB.
+READ_LOG_CHUNK = 100
 
 
-def read_log(cursor: Any, since: Cursor, table: str, n: int) -> tuple[int, str]:
+def read_log(cursor: Any, since: Cursor, table: str, n: int) -> tuple[int, list[str]]:
     """The logged changes to ``table`` that ``since`` does not cover (its gaps, then after its
-    position), at most ``n``: how many, and them as one JSON text of ``[id, op, old, new]``
-    (:data:`READ_LOG_SQL`), for :func:`replay_events`.
+    position), at most ``n``: how many, and them as JSON texts of up to
+    :data:`READ_LOG_CHUNK` ``[id, op, old, new]`` each, in log order (:data:`READ_LOG_SQL`),
+    for :func:`replay_events`.
 
-    One text rather than a row per change: fetching it, and pickling it for a replay worker,
+    Texts rather than a row per change: fetching them, and pickling them for a replay worker,
     holds the server process's GIL for a millisecond or two, where 10,000 rows of four values
     held it for 5-13 ms (bench/replay.py), each time stalling every other socket of the
     process. Postgres prints the jsonb either way; the worker parses it."""
@@ -302,34 +307,36 @@ def read_log(cursor: Any, since: Cursor, table: str, n: int) -> tuple[int, str]:
             "p": since.position,
             "t": table,
             "n": n,
+            "chunk": READ_LOG_CHUNK,
         },
     )
-    found = cursor.fetchone()
-    return (int(found[0]), str(found[1])) if found else (0, "[]")
+    chunks = cursor.fetchall()
+    return sum(int(count) for _, count in chunks), [str(text) for text, _ in chunks]
 
 
 def replay_events(
     sub: Subscription,
     table: str,
     types: dict[str, rows.ColumnType] | None,
-    entries: str,
+    entries: list[str],
     token: str,
 ) -> list[str]:
-    """The events of a replay, each encoded as JSON: the logged changes ``entries`` (a JSON
-    array of [id, op, old row, new row]) judged for ``sub``. Pure computation on what it is
-    given (the table's column types included), so it runs in a worker process as well as here
-    (:mod:`pgbinding.processes`)."""
+    """The events of a replay, each encoded as JSON: the logged changes ``entries`` (JSON
+    arrays of [id, op, old row, new row], from :func:`read_log`) judged for ``sub``. Pure
+    computation on what it is given (the table's column types included), so it runs in a
+    worker process as well as here (:mod:`pgbinding.processes`)."""
     if types is not None and rows.known_types(table) != types:
         rows.remember_column_types(table, types)
     binding = type(sub.binding)
     connection = rows.db_connection()
     encode = frames.encode
     out: list[str] = []
-    for change_id, op, old, new in loads(entries):
-        change = Change(int(change_id), table, str(op), None, old, new, token)
-        message = messages.change_message(binding, change, connection)
-        if message is not None:
-            out += map(encode, evaluate(sub, message))
+    for chunk in entries:
+        for change_id, op, old, new in loads(chunk):
+            change = Change(int(change_id), table, str(op), None, old, new, token)
+            message = messages.change_message(binding, change, connection)
+            if message is not None:
+                out += map(encode, evaluate(sub, message))
     return out
 
 

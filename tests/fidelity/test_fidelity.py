@@ -1264,17 +1264,22 @@ def test_raw_changes_match_row_messages_of_instances(memory_run: Run) -> None:
     assert checked >= len(WRITES) and updates >= len(LIFECYCLES)
 
 
-def test_replays_read_every_logged_value_exactly(memory_run: Run) -> None:
-    """A resume reads the log as one JSON text (``subscriptions.read_log``, for the server
+def test_replays_read_every_logged_value_exactly(
+    memory_run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume reads the log as JSON texts (``subscriptions.read_log``, for the server
     process's GIL): for every change the memory run logged, of every case, session setting and
     lifecycle, it parses to the same id, op and old and new rows, to the digit and type of
-    every value, as the log's rows read one by one (what the listener decodes)."""
+    every value, as the log's rows read one by one (what the listener decodes). In texts of 7
+    changes, so that every table's changes span several."""
+    monkeypatch.setattr(subscriptions, "READ_LOG_CHUNK", 7)
     checked = 0
     for binding, table, entries in logged_changes():
         with connection.cursor() as cursor:
-            count, text = subscriptions.read_log(cursor, Cursor(0), table, len(entries) + 1)
+            count, texts = subscriptions.read_log(cursor, Cursor(0), table, len(entries) + 1)
         assert count == len(entries), binding.label()
-        read = [tuple(entry) for entry in changelog.loads(text)]
+        assert len(texts) == -(-count // 7), binding.label()
+        read = [tuple(entry) for text in texts for entry in changelog.loads(text)]
         assert json.dumps(read, default=repr) == json.dumps(entries, default=repr), binding.label()
         checked += count
     assert checked >= len(WRITES)
