@@ -97,7 +97,11 @@ CLOSE_TOO_SLOW_REASON: Final = "too slow: outbound queue full; resume with since
 #: reply), each waiting for one such run: with 32, other sockets' ``list`` replies sent while a
 #: 10,000-frame replay went out were slow (over 18 ms, ~9 without a replay) for 65 of 202
 #: requests, with 8 for 21 of 240, with 4 for 6 of 266 (bench/replay.py, 3 runs each); the
-#: replay took ~0.75 s instead of ~0.5 with the other sockets busy.
+#: replay took ~0.75 s instead of ~0.5 with the other sockets busy. Pooled p99 of the others,
+#: two triple runs each, side by side: 22.2 and 20.9 ms with 4, 26.6 and 27.3 with 8 (~15
+#: without a replay). The price: one socket draining a burst of subscription events takes
+#: ~10% fewer a second (bench/throughput --quick, redis, medians of 5 runs: 10,288 against
+#: 11,371 with 32); group events to one socket, no measurable change.
 FRAMES_PER_TURN = 4
 #: ... and, while other sockets of the process have requests in flight (their database calls
 #: included), it waits this long (seconds) instead of only yielding, so they get the CPU and
