@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
@@ -47,6 +48,7 @@ from .subscribing import LayerUnavailable, Subscribing
 from .subscriptions import Subscription
 
 logger = logging.getLogger("pgbinding.consumers")
+T = TypeVar("T")
 
 #: Wait after the channel layer failed under a socket before trying it again (seconds).
 LAYER_RETRY = 0.5
@@ -93,7 +95,17 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         if self.channel_layer is not None:
-            self.channel_name = await self.channel_layer.new_channel()
+            try:
+                self.channel_name = await _again_once(self.channel_layer.new_channel)
+            except Exception as exc:
+                # No channel, no socket: refuse the handshake (daphne answers HTTP 403), as a
+                # client would be refused by a server that is down, not with a 500.
+                logger.warning(
+                    "The channel layer is unavailable (%r); refusing a WebSocket handshake", exc
+                )
+                await receive()  # websocket.connect
+                await send({"type": "websocket.close", "code": WS_4012_SERVICE_RESTART})
+                return
         self.base_send = send
         self.outbound: OutboundQueue | None = None
         sources = [receive, self._layer_receive] if self.channel_layer is not None else [receive]
@@ -222,9 +234,10 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
         self.joined = set()
 
     async def _join(self, group: str) -> None:
-        if group not in self.joined:
-            await self.channel_layer.group_add(group, self.channel_name)
-            self.joined.add(group)
+        if group in self.joined:
+            return
+        await _again_once(self.channel_layer.group_add, group, self.channel_name)
+        self.joined.add(group)
 
     async def pgbinding_rejoin_groups(self, message: dict[str, Any] | None = None) -> None:
         """Join this socket's groups again (see :mod:`pgbinding.websocket.layerwatch`: the core
@@ -414,3 +427,15 @@ async def _sleep(seconds: float) -> None:
 
 #: Channels 1.x name.
 WebsocketDemultiplexer = Demultiplexer
+
+
+async def _again_once(call: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``await call(*args)``, and once more if it fails. A channel layer's pooled connection
+    can be stale: after Redis restarts, the first command on each of channels_redis's old
+    connections fails and drops it (tests/faults/test_redis.py). The second try runs on
+    another connection; a layer that is really down fails again, and that error is raised."""
+    try:
+        return await call(*args)
+    except Exception as exc:
+        logger.info("The channel layer failed (%r); trying once more", exc)
+        return await call(*args)
