@@ -100,7 +100,7 @@ CLOSE_TOO_SLOW_REASON: Final = "too slow: outbound queue full; resume with since
 #: replay took ~0.75 s instead of ~0.5 with the other sockets busy. Pooled p99 of the others,
 #: two triple runs each, side by side: 22.2 and 20.9 ms with 4, 26.6 and 27.3 with 8 (~15
 #: without a replay). The price: one socket draining a burst of subscription events takes
-#: ~10% fewer a second (bench/throughput --quick, redis, medians of 5 runs: 10,288 against
+#: ~10% fewer a second (python -m bench.throughput --quick, redis, medians of 5 runs: 10,288 against
 #: 11,371 with 32); group events to one socket ~6%, within the runs' spread.
 FRAMES_PER_TURN = 4
 #: ... and, while other sockets of the process have requests in flight (their database calls
