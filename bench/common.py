@@ -234,16 +234,22 @@ def proc_cpu(pid: int, children: bool = False) -> float:
     return ticks / CLK_TCK
 
 
+def _cpu_jiffies() -> list[int]:
+    """The ``cpu`` line of /proc/stat: user, nice, system, idle, iowait, irq, softirq, steal,
+    ... jiffies summed over all CPUs."""
+    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+
+
 def machine_ticks() -> tuple[int, int, int]:
     """(total, idle, iowait) jiffies summed over all CPUs."""
-    parts = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    parts = _cpu_jiffies()
     return sum(parts[:8]), parts[3], parts[4]
 
 
 def steal_ticks() -> int:
     """Jiffies the hypervisor gave other guests while this VM wanted to run (``steal`` in
     /proc/stat), summed over all CPUs: a run during which it grows measured a slower machine."""
-    return int(Path("/proc/stat").read_text().splitlines()[0].split()[8])
+    return _cpu_jiffies()[7]
 
 
 def children_of(pid: int) -> list[int]:

@@ -245,7 +245,6 @@ def run_once(
     for r in loaded:
         inside = [(a, b) for a, b, _ in samples if a < r["reply_ns"] and b > r["sent_ns"]]
         during = [(b - a) / 1e6 for a, b in inside]
-        r["during"] = stats(during)
         r["during_ms"] = [round(x, 3) for x in during]
         # when each of those requests was sent, ms from the replay's subscribe (< 0: before)
         r["during_at_ms"] = [round((a - r["sent_ns"]) / 1e6, 3) for a, _ in inside]
@@ -344,30 +343,19 @@ def summary(data: dict[str, Any]) -> dict[str, Any]:
     pooled: every request in flight during any loaded replay of a size (all runs, all
     repeats), against every request of the baselines; a p99 of the ~20 requests one replay
     overlaps would be their maximum, which decides nothing. Per run: the pooled p99 of that
-    run. (Data written before ``--repeats`` holds no samples: medians of each replay's p99.)"""
+    run."""
     res = data["results"]
     med = common.median
-    pooled = all("baseline_ms" in r for r in res)
     rows = []
     for size in data["params"]["sizes"]:
         rs = [x for r in res for x in r["replays"] if x["size"] == size]
         alone = [x for r in res for x in r["alone"] if x["size"] == size]
         if not rs:
             continue
-        if pooled:
-            during = _pooled([x["during_ms"] for x in rs])
-            per_run = [
-                _pooled([x["during_ms"] for x in r["replays"] if x["size"] == size])["p99"]
-                for r in res
-            ]
-        else:
-            during = {
-                "p50": med([x["during"]["p50"] for x in rs]),
-                "p99": med([x["during"]["p99"] for x in rs]),
-                "max": med([x["during"]["max"] for x in rs]),
-                "n": sum(x["during"]["n"] for x in rs),
-            }
-            per_run = [x["during"]["p99"] for x in rs]
+        during = _pooled([x["during_ms"] for x in rs])
+        per_run = [
+            _pooled([x["during_ms"] for x in r["replays"] if x["size"] == size])["p99"] for r in res
+        ]
         rows.append(
             {
                 "size": size,
@@ -388,25 +376,17 @@ def summary(data: dict[str, Any]) -> dict[str, Any]:
                 "max": during["max"],
                 "n": during["n"],
                 "p99_runs": per_run,
-                "steal_max": max((x.get("steal", 0.0) for x in rs), default=0.0),
+                "steal_max": max(x["steal"] for x in rs),
             }
         )
-    if pooled:
-        base = _pooled([r["baseline_ms"] for r in res])
-        base_runs = [r["baseline"]["p99"] for r in res]
-    else:
-        base = {k: med([r["baseline"][k] for r in res]) for k in ("p50", "p99", "max")} | {
-            "n": sum(r["baseline"]["n"] for r in res)
-        }
-        base_runs = [r["baseline"]["p99"] for r in res]
+    base = _pooled([r["baseline_ms"] for r in res])
     return {
         "rows": rows,
-        "pooled": pooled,
         "base_p50": base["p50"],
         "base_p99": base["p99"],
         "base_max": base["max"],
         "base_n": base["n"],
-        "base_p99_runs": base_runs,
+        "base_p99_runs": [r["baseline"]["p99"] for r in res],
         "refused": sum(r["refused"] for r in res),
     }
 
@@ -420,10 +400,9 @@ def report_text(data: dict[str, Any]) -> str:
     p = data["params"]
     out = [
         f"== resume replay, {p['layer']} layer: subscribe with since -> reply, ms; medians of "
-        f"{p['runs']} run(s); alone, then {p.get('repeats', 1)} time(s) per run with "
+        f"{p['runs']} run(s); alone, then {p['repeats']} time(s) per run with "
         f"{p['probes']} other sockets sending list at {p['probe_rate']:g}/s each (their "
-        "latencies "
-        + ("pooled over every loaded replay)" if s["pooled"] else "medians of each replay)"),
+        "latencies pooled over every loaded replay)",
         f"   their list latency without a replay: p50 {_f(s['base_p50'])} p99 "
         f"{_f(s['base_p99'])} max {_f(s['base_max'])} ms (n={s['base_n']}); refused: "
         f"{s['refused']}",
@@ -478,11 +457,7 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
                 f"unaffected (<= {UNAFFECTED_RATIO:g}x or +{UNAFFECTED_MS:g} ms of the p99 "
                 "without a replay)",
                 f"{_f(r['p99'])} ms vs {_f(s['base_p99'])} ms without ("
-                + (
-                    f"{r['n']:,} and {s['base_n']:,} requests pooled over the runs; per run "
-                    if s["pooled"]
-                    else "median of the runs; per run "
-                )
+                f"{r['n']:,} and {s['base_n']:,} requests pooled over the runs; per run "
                 + " / ".join(_f(x) for x in r["p99_runs"])
                 + " ms)",
                 unaffected(r["p99"], s["base_p99"]),
@@ -504,7 +479,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"{p['probes']} other sockets send `list` (page size 10) in a loop, at most "
         f"{p['probe_rate']:g}/s each (*with list loops*); their reply latency is given without a "
         f"replay ({p['baseline']:g} s before the first replay) and for the requests in flight "
-        f"during the replays, each size replayed {p.get('repeats', 1)} time(s) per run half a "
+        f"during the replays, each size replayed {p['repeats']} time(s) per run half a "
         "second apart and the requests of all of them pooled (one replay overlaps only ~20 "
         "requests, whose p99 would be their maximum). Layer "
         f"`{p['layer']}`; a fresh daphne per run; replay times are medians of "
