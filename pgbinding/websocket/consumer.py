@@ -196,13 +196,14 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
         asyncio.get_running_loop().create_task(self._leave_groups())
 
     async def _leave_groups(self) -> None:
-        for group in list(self.joined):
+        """Leave every joined group; stop at one the layer refuses twice (it is down: the
+        memberships expire with it)."""
+        for group in list(getattr(self, "joined", ())):
             try:
-                await self.channel_layer.group_discard(group, self.channel_name)
-            except Exception as exc:
+                await self._leave(group)
+            except Exception as exc:  # the layer may be what failed
                 logger.info("Could not leave group %r: %s", group, exc)
                 return
-            self.joined.discard(group)
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         if code in (WS_4008_TOO_SLOW, WS_4009_MESSAGE_TOO_BIG, WS_4012_SERVICE_RESTART):
@@ -225,12 +226,7 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
             metrics.subscriptions.dec(len(getattr(self, "subscriptions", {})))
         if self.outbound is not None:
             await self.outbound.close()
-        for group in list(getattr(self, "joined", ())):
-            try:
-                await self.channel_layer.group_discard(group, self.channel_name)
-            except Exception as exc:  # the layer may be what failed
-                logger.info("Could not leave group %r on disconnect: %s", group, exc)
-                break
+        await self._leave_groups()
         self.joined = set()
 
     async def _join(self, group: str) -> None:
@@ -239,11 +235,15 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
         await _again_once(self.channel_layer.group_add, group, self.channel_name)
         self.joined.add(group)
 
+    async def _leave(self, group: str) -> None:
+        await _again_once(self.channel_layer.group_discard, group, self.channel_name)
+        self.joined.discard(group)
+
     async def pgbinding_rejoin_groups(self, message: dict[str, Any] | None = None) -> None:
         """Join this socket's groups again (see :mod:`pgbinding.websocket.layerwatch`: the core
         Redis layer forgets members after ``group_expiry``)."""
         for group in list(self.joined):
-            await self.channel_layer.group_add(group, self.channel_name)
+            await _again_once(self.channel_layer.group_add, group, self.channel_name)
 
     async def pgbinding_layer_lost(self, message: dict[str, Any]) -> None:
         if self._closing:

@@ -27,7 +27,7 @@ class LayerUnavailable(RequestError):
 
 class Subscribing:
     """Subscriptions of one socket. Needs the consumer's ``bindings``, ``subscriptions``,
-    ``joined``, ``_join``, ``send_frame``, ``send_encoded``, ``connection_groups`` and
+    ``joined``, ``_join``, ``_leave``, ``send_frame``, ``send_encoded``, ``connection_groups`` and
     ``channel_layer``."""
 
     subscriptions: dict[str, Subscription]
@@ -37,6 +37,9 @@ class Subscribing:
     channel_name: str
 
     async def _join(self, group: str) -> None:
+        raise NotImplementedError
+
+    async def _leave(self, group: str) -> None:
         raise NotImplementedError
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
@@ -128,8 +131,7 @@ class Subscribing:
         if not any(s.stream == sub.stream for s in self.subscriptions.values()):
             for group in self._change_groups(sub.binding):
                 if group in self.joined and group not in self._connection_groups():
-                    await self.channel_layer.group_discard(group, self.channel_name)
-                    self.joined.discard(group)
+                    await self._leave(group)
         return 200, {"subscription": sub.id}
 
     def _connection_groups(self) -> set[str]:
