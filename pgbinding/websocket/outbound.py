@@ -96,13 +96,12 @@ CLOSE_TOO_SLOW_REASON: Final = "too slow: outbound queue full; resume with since
 #: request needs several turns of the loop (its frame read, its database call's return, its
 #: reply), each waiting for one such run: with 32, other sockets' ``list`` replies sent while a
 #: 10,000-frame replay went out were slow (over 18 ms, ~9 without a replay) for 65 of 202
-#: requests, with 8 for 21 of 240, with 4 for 6 of 266 (bench/replay.py, 3 runs each); the
-#: replay took ~0.75 s instead of ~0.5 with the other sockets busy. Pooled p99 of the others,
-#: two triple runs each, side by side: 22.2 and 20.9 ms with 4, 26.6 and 27.3 with 8 (~15
-#: without a replay). The price: one socket draining a burst of subscription events takes
-#: ~10% fewer a second (python -m bench.throughput --quick, redis, medians of 5 runs: 10,288 against
-#: 11,371 with 32); group events to one socket ~6%, within the runs' spread.
-FRAMES_PER_TURN = 4
+#: requests, with 8 for 21 of 240, with 4 for 6 of 266 (bench/replay.py, 3 runs each). 4 was
+#: better still for them (pooled p99 22.2 and 20.9 ms against 26.6 and 27.3 with 8, ~15 without
+#: a replay), but let daphne's memory grow by 7-14 MB in 3 of 4 runs of
+#: tests/faults/test_slow_client.py (bound 8 MB), where 8 and 32 stayed within 1 MB in 4 of 4;
+#: why was not found. With 8, one socket draining a burst loses no measurable speed.
+FRAMES_PER_TURN = 8
 #: ... and, while other sockets of the process have requests in flight (their database calls
 #: included), it waits this long (seconds) instead of only yielding, so they get the CPU and
 #: the GIL: a 10,000-frame replay sent flat out took other sockets' ``list`` from 12 to 31-54
