@@ -20,8 +20,8 @@ from a script without an ``if __name__ == "__main__"`` guard.
 
 When a job cannot go to a worker (its arguments do not pickle, e.g. a binding class defined
 inside a function) or its worker dies, the caller builds the replay on its own thread, as
-before: nothing is lost either way. A worker ends when the server process does (its pipe
-closes).
+before: nothing is lost either way. A worker that exits (killed, out of memory) is reaped at
+once and another started. A worker ends when the server process does (its pipe closes).
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ class _Pool:
     def start_one(self) -> None:
         with self.lock:
             self.starting += 1
-        threading.Thread(target=self._start, name="pgbinding-worker-start", daemon=True).start()
+        # The thread starts the worker, then waits for it to exit (_watch).
+        threading.Thread(target=self._start, name="pgbinding-replay-worker", daemon=True).start()
 
     def _start(self) -> None:
         worker = None
@@ -161,6 +162,23 @@ class _Pool:
             self.workers.append(worker)
         logger.info("Replay worker process %d ready", worker.pid)
         self.idle.put(worker)
+        self._watch(worker)
+
+    def _watch(self, worker: _Worker) -> None:
+        """Wait for the worker to exit (this thread reaps it: no zombie is left), and when it
+        was not closed on purpose, start another at once instead of at the next replay."""
+        code = worker.process.wait()
+        with self.lock:
+            lost = worker in self.workers and not self.closed
+            if lost:
+                self.workers.remove(worker)
+        if lost:
+            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            logger.warning(
+                "Replay worker process %d exited (%s); starting another", worker.pid, how
+            )
+            worker.close()
+            self.start_one()
 
     def call(self, job: bytes) -> tuple[int, bytes] | None:
         """Run a job on the next idle worker (waiting for one); None if the pool closed or the
@@ -168,10 +186,14 @@ class _Pool:
         while True:
             try:
                 worker = self.idle.get(timeout=1)
-                break
             except queue.Empty:
                 if self.closed or not self.workers:
                     return None
+                continue
+            with self.lock:
+                if worker in self.workers:
+                    break
+            # It exited while idle (its watch has started another): skip it.
         try:
             answer = worker.call(job)
         except (OSError, EOFError, ValueError):  # ValueError: closed by close() meanwhile
@@ -179,13 +201,14 @@ class _Pool:
                 died = worker in self.workers and not self.closed
                 if died:
                     self.workers.remove(worker)
+                closed = self.closed
             worker.close()
-            if died:
+            if not closed:
                 logger.warning(
-                    "Replay worker process %d died; building this replay in a thread and "
-                    "starting another worker",
+                    "Replay worker process %d died; building this replay in a thread",
                     worker.pid,
                 )
+            if died:  # (else its watch has started another)
                 self.start_one()
             return None
         self.idle.put(worker)

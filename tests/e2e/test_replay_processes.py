@@ -149,7 +149,8 @@ async def test_a_replay_worker_that_died_costs_no_replay(
 
     os.kill(pid, signal.SIGKILL)
     await asyncio.sleep(0.2)
-    assert await resume(live, alice, position) == expected  # built in a thread again
+    # Built in a thread, or in the worker that replaced the killed one.
+    assert await resume(live, alice, position) == expected
     replacement = await worker_pid()
     assert replacement != pid
     before = counted()
@@ -184,6 +185,35 @@ async def test_short_replays_and_bindings_that_do_not_pickle_stay_in_the_server_
     monkeypatch.setattr(subscriptions, "_portable", unpicklable)
     assert await resume(live, alice, position) == expected
     assert counted() == before
+
+
+def die() -> int:
+    """A job that kills its worker while the server waits for the answer."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    return 0  # (never reached)
+
+
+async def test_a_worker_that_dies_during_a_job_is_reaped_and_replaced_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server sees the pipe close and its watch sees the exit, at about the same time:
+    the job falls back (None), the dead worker is reaped and exactly one worker replaces it."""
+    import logging
+
+    import psutil
+
+    caplog.set_level(logging.INFO, logger="pgbinding.processes")
+    try:
+        pid = await worker_pid()
+        assert await asyncio.to_thread(processes.run, die) is None
+        replacement = await worker_pid()
+        assert replacement != pid
+        assert not psutil.pid_exists(pid), "the dead worker was left a zombie"
+        await asyncio.sleep(0.5)  # a second replacement, if one were started, is ready by now
+        assert processes.worker_pids() == [replacement]
+        assert caplog.text.count(" ready") == 2, caplog.text
+    finally:
+        processes.shutdown()
 
 
 def test_the_worker_copy_keeps_the_scope_entries_that_pickle() -> None:

@@ -149,16 +149,18 @@ def test_resumes_through_a_replay_worker_that_is_killed_lose_and_leak_nothing(
     assert "died" not in server.output()[mark:]
     assert "does not pickle" not in server.output()  # the signed-in user's binding went over
 
-    os.kill(pid, 9)
-    wait_until(lambda: gone(pid), lambda: "the worker to die")
+    # A worker killed while idle is reaped (no zombie left) and replaced at once, before any
+    # replay needs it.
     mark = server.mark()
-    judge(resume(server, alice, since), owned[alice.pk], committed, "after the worker was killed")
-    server.wait_output("died; building this replay in a thread", since=mark)
+    os.kill(pid, 9)
+    wait_until(lambda: not psutil.pid_exists(pid), lambda: f"worker {pid} to be reaped")
+    server.wait_output(f"Replay worker process {pid} exited (killed by signal 9)", since=mark)
     replacement = worker_pid(server, since=mark)
     assert replacement != pid
     busy = worker_cpu(psutil.Process(replacement))
     judge(resume(server, alice, since), owned[alice.pk], committed, "built in the new worker")
     assert worker_cpu(psutil.Process(replacement)) > busy
+    assert "died" not in server.output()[mark:]
 
     # A server killed outright leaves no worker behind (its pipe closes).
     server.kill()
