@@ -105,8 +105,10 @@ FRAMES_PER_TURN = 8
 #: ... and, while other sockets of the process have requests in flight (their database calls
 #: included), it waits this long (seconds) instead of only yielding, so they get the CPU and
 #: the GIL: a 10,000-frame replay sent flat out took other sockets' ``list`` from 12 to 31-54
-#: ms p99 on the 2-core benchmark machine, and 19-31 ms with the pause (bench/replay.py,
-#: bench/analysis.md). Alone, it goes flat out.
+#: ms p99 on the 2-core benchmark machine, and 19-31 ms with the pause. Those p99s were of the
+#: ~20 requests one replay overlaps (bench/replay.py's old measurement); the pause's own effect
+#: has not been measured again with the pooled one (bench/analysis.md, section 8). Alone, it
+#: goes flat out.
 GIL_PAUSE = 0.002
 #: Proposed default of ``PGBINDING["MAX_OUTBOUND_BYTES"]``.
 DEFAULT_MAX_OUTBOUND_BYTES: Final = 4 * 1024 * 1024
