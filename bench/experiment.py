@@ -28,6 +28,13 @@ lean            the leaner trigger tried for issue 14 (bench/analysis.md, "A lea
                 this table carry partial old rows: measure, do not deliver). Pinned settings
                 as the released function, plus ``plan_cache_mode = force_generic_plan``.
 rowlean         the same log rows from a row-level function (no pinned settings).
+noset           the released v2 function without its pinned settings (only schema v4's
+                ``plan_cache_mode``): what setting six settings on every call costs. Not
+                usable: its log rows depend on the writer's session settings.
+onerow          the released v2 function (settings pinned, generic plans) with a fast path
+                for a single-row UPDATE: two one-row SELECTs and an INSERT ... VALUES instead
+                of the full join of the transition tables; statements of more rows, and a
+                row whose key changed, go the released way. Same log rows.
 """
 
 from __future__ import annotations
@@ -240,6 +247,95 @@ CREATE TRIGGER bench_stmt_floor_d AFTER DELETE ON {table}
 """
 
 
+#: The released v2 function's body (schema_v2.sql), with a place for a fast path.
+_V2_BODY = """
+DECLARE
+    pk_col text := TG_ARGV[0];
+    captured bigint;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO pgbinding_change (table_name, op, pk, old, new)
+        SELECT TG_TABLE_NAME, 'I', n.j ->> pk_col, NULL, n.j
+        FROM (SELECT to_jsonb(t) AS j FROM pgbinding_new t) n;
+    ELSIF TG_OP = 'UPDATE' THEN
+        {fast_path}INSERT INTO pgbinding_change (table_name, op, pk, old, new)
+        SELECT TG_TABLE_NAME,
+               CASE WHEN o.j IS NULL THEN 'I' WHEN n.j IS NULL THEN 'D' ELSE 'U' END,
+               coalesce(n.j ->> pk_col, o.j ->> pk_col), o.j, n.j
+        FROM (SELECT j, j -> pk_col AS k
+                FROM (SELECT to_jsonb(t) AS j FROM pgbinding_old t OFFSET 0) x) o
+        FULL JOIN (SELECT j, j -> pk_col AS k
+                FROM (SELECT to_jsonb(t) AS j FROM pgbinding_new t OFFSET 0) x) n
+          ON o.k = n.k
+        WHERE o.j IS DISTINCT FROM n.j;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO pgbinding_change (table_name, op, pk, old, new)
+        SELECT TG_TABLE_NAME, 'D', o.j ->> pk_col, o.j, NULL
+        FROM (SELECT to_jsonb(t) AS j FROM pgbinding_old t) o;
+    END IF;
+    GET DIAGNOSTICS captured = ROW_COUNT;
+    IF captured > 0 AND (SELECT sleeping FROM {{wakeup_table}}) THEN
+        PERFORM pg_notify('pgbinding', '');
+    END IF;
+    RETURN NULL;
+END
+"""
+
+NOSET_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION bench_capture_noset() RETURNS trigger LANGUAGE plpgsql"
+    " SET plan_cache_mode = force_generic_plan AS $body$"
+    + _V2_BODY.format(fast_path="")
+    + "$body$;"
+)
+
+ONEROW_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION bench_capture_onerow() RETURNS trigger LANGUAGE plpgsql\n"  # noqa: S608
+    + """SET TimeZone = 'UTC'
+SET DateStyle = 'ISO, YMD'
+SET IntervalStyle = 'postgres'
+SET bytea_output = 'hex'
+SET extra_float_digits = 1
+SET plan_cache_mode = force_generic_plan
+SET search_path = pg_catalog, public, pg_temp
+"""
+    + "AS $body$"
+    + _V2_BODY.replace(
+        "captured bigint;", "captured bigint;\n    news jsonb[];\n    o jsonb;"
+    ).format(
+        fast_path="""SELECT array_agg(j) INTO news
+          FROM (SELECT to_jsonb(t) AS j FROM pgbinding_new t LIMIT 2) x;
+        IF cardinality(news) = 1 THEN
+            SELECT to_jsonb(t) INTO o FROM pgbinding_old t;
+            IF o IS NOT DISTINCT FROM news[1] THEN
+                RETURN NULL;
+            ELSIF (o -> pk_col) = (news[1] -> pk_col) THEN
+                INSERT INTO pgbinding_change (table_name, op, pk, old, new)
+                VALUES (TG_TABLE_NAME, 'U', news[1] ->> pk_col, o, news[1]);
+                IF (SELECT sleeping FROM {wakeup_table}) THEN
+                    PERFORM pg_notify('pgbinding', '');
+                END IF;
+                RETURN NULL;
+            END IF;
+        END IF;
+        """
+    )
+    + "$body$;"
+)
+
+
+def _v2_triggers(name: str) -> str:
+    """The released trigger_v2 statements, calling bench_capture_<name>."""
+    return "\n".join(
+        f"CREATE TRIGGER bench_{name}_{op} AFTER {op.upper()} ON {{table}} {ref}"
+        f" FOR EACH STATEMENT EXECUTE FUNCTION bench_capture_{name}('id');"
+        for op, ref in (
+            ("insert", "REFERENCING NEW TABLE AS pgbinding_new"),
+            ("update", "REFERENCING OLD TABLE AS pgbinding_old NEW TABLE AS pgbinding_new"),
+            ("delete", "REFERENCING OLD TABLE AS pgbinding_old"),
+        )
+    )
+
+
 @dataclass(frozen=True)
 class Experiment:
     description: str
@@ -274,6 +370,18 @@ EXPERIMENTS: dict[str, Experiment] = {
         "default",
         ROWLEAN_FUNCTION,
         ROWLEAN_TRIGGERS,
+    ),
+    "noset": Experiment(
+        "the released function without its pinned settings",
+        "default",
+        NOSET_FUNCTION,
+        _v2_triggers("noset"),
+    ),
+    "onerow": Experiment(
+        "the released function with a single-row UPDATE fast path",
+        "default",
+        ONEROW_FUNCTION,
+        _v2_triggers("onerow"),
     ),
 }
 

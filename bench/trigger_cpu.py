@@ -41,6 +41,8 @@ VARIANTS = [
     ("rowlevel", "EXP rowlevel"),
     ("lean", "EXP lean"),
     ("rowlean", "EXP rowlean"),
+    ("noset", "EXP noset"),
+    ("onerow", "EXP onerow"),
     ("notify", "row notify"),
 ]
 ROWS = 10_000
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
             common.create_table(conn, table, ROWS)
             if key.startswith("pgbinding"):
                 common.install_pgbinding_trigger(conn, table)
-            elif key in ("log_floor", "rowlevel", "lean", "rowlean"):
+            elif key in ("log_floor", "rowlevel", "lean", "rowlean", "noset", "onerow"):
                 install_experiment(conn, key.replace("_", "-"), table)
             elif key == "notify":
                 conn.execute(
