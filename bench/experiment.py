@@ -44,7 +44,7 @@ from typing import Any
 
 import psycopg
 
-from pgbinding.capture.sql import trigger_sql
+from pgbinding.capture.sql import template, trigger_sql
 
 ROWLEVEL_FUNCTION = """
 CREATE OR REPLACE FUNCTION bench_capture_rowlevel() RETURNS trigger
@@ -247,62 +247,20 @@ CREATE TRIGGER bench_stmt_floor_d AFTER DELETE ON {table}
 """
 
 
-#: The released v2 function's body (schema_v2.sql), with a place for a fast path.
-_V2_BODY = """
-DECLARE
-    pk_col text := TG_ARGV[0];
-    captured bigint;
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO pgbinding_change (table_name, op, pk, old, new)
-        SELECT TG_TABLE_NAME, 'I', n.j ->> pk_col, NULL, n.j
-        FROM (SELECT to_jsonb(t) AS j FROM pgbinding_new t) n;
-    ELSIF TG_OP = 'UPDATE' THEN
-        {fast_path}INSERT INTO pgbinding_change (table_name, op, pk, old, new)
-        SELECT TG_TABLE_NAME,
-               CASE WHEN o.j IS NULL THEN 'I' WHEN n.j IS NULL THEN 'D' ELSE 'U' END,
-               coalesce(n.j ->> pk_col, o.j ->> pk_col), o.j, n.j
-        FROM (SELECT j, j -> pk_col AS k
-                FROM (SELECT to_jsonb(t) AS j FROM pgbinding_old t OFFSET 0) x) o
-        FULL JOIN (SELECT j, j -> pk_col AS k
-                FROM (SELECT to_jsonb(t) AS j FROM pgbinding_new t OFFSET 0) x) n
-          ON o.k = n.k
-        WHERE o.j IS DISTINCT FROM n.j;
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO pgbinding_change (table_name, op, pk, old, new)
-        SELECT TG_TABLE_NAME, 'D', o.j ->> pk_col, o.j, NULL
-        FROM (SELECT to_jsonb(t) AS j FROM pgbinding_old t) o;
-    END IF;
-    GET DIAGNOSTICS captured = ROW_COUNT;
-    IF captured > 0 AND (SELECT sleeping FROM {{wakeup_table}}) THEN
-        PERFORM pg_notify('pgbinding', '');
-    END IF;
-    RETURN NULL;
-END
-"""
+def _v2_body(fast_path: str = "") -> str:
+    """The released v2 function's body, as schema_v2.sql has it, with ``fast_path`` first in
+    its UPDATE branch (and the variables that needs)."""
+    text = template("schema_v2")
+    body = text[text.index("AS $body$") + len("AS $body$") : text.index("$body$;")]
+    if fast_path:
+        body = body.replace("captured bigint;", "captured bigint;\n    news jsonb[];\n    o jsonb;")
+        branch = "ELSIF TG_OP = 'UPDATE' THEN\n"
+        body = body.replace(branch, branch + fast_path, 1)
+    return body
 
-NOSET_FUNCTION = (
-    "CREATE OR REPLACE FUNCTION bench_capture_noset() RETURNS trigger LANGUAGE plpgsql"
-    " SET plan_cache_mode = force_generic_plan AS $body$"
-    + _V2_BODY.format(fast_path="")
-    + "$body$;"
-)
 
-ONEROW_FUNCTION = (
-    "CREATE OR REPLACE FUNCTION bench_capture_onerow() RETURNS trigger LANGUAGE plpgsql\n"  # noqa: S608
-    + """SET TimeZone = 'UTC'
-SET DateStyle = 'ISO, YMD'
-SET IntervalStyle = 'postgres'
-SET bytea_output = 'hex'
-SET extra_float_digits = 1
-SET plan_cache_mode = force_generic_plan
-SET search_path = pg_catalog, public, pg_temp
-"""
-    + "AS $body$"
-    + _V2_BODY.replace(
-        "captured bigint;", "captured bigint;\n    news jsonb[];\n    o jsonb;"
-    ).format(
-        fast_path="""SELECT array_agg(j) INTO news
+#: A single-row UPDATE logged with two one-row SELECTs and an INSERT ... VALUES.
+_ONEROW_PATH = """        SELECT array_agg(j) INTO news
           FROM (SELECT to_jsonb(t) AS j FROM pgbinding_new t LIMIT 2) x;
         IF cardinality(news) = 1 THEN
             SELECT to_jsonb(t) INTO o FROM pgbinding_old t;
@@ -317,9 +275,19 @@ SET search_path = pg_catalog, public, pg_temp
                 RETURN NULL;
             END IF;
         END IF;
-        """
-    )
-    + "$body$;"
+"""
+
+NOSET_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION bench_capture_noset() RETURNS trigger LANGUAGE plpgsql"
+    " SET plan_cache_mode = force_generic_plan AS $body$" + _v2_body() + "$body$;"
+)
+
+ONEROW_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION bench_capture_onerow() RETURNS trigger LANGUAGE plpgsql"
+    " SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres'"
+    " SET bytea_output = 'hex' SET extra_float_digits = 1"
+    " SET plan_cache_mode = force_generic_plan SET search_path = pg_catalog, public, pg_temp"
+    " AS $body$" + _v2_body(_ONEROW_PATH) + "$body$;"
 )
 
 
