@@ -31,6 +31,14 @@ rowlean         the same log rows from a row-level function (no pinned settings)
 noset           the released v2 function without its pinned settings (only schema v4's
                 ``plan_cache_mode``): what setting six settings on every call costs. Not
                 usable: its log rows depend on the writer's session settings.
+guarded         the released v2 function without per-call settings but plan_cache_mode: it
+                compares the session's five rendering settings with the pinned values in one
+                expression (DateStyle's output style only: Postgres' default ``ISO, MDY``
+                renders as ``ISO, YMD`` does) and only when one differs sets them for the
+                transaction
+                (set_config) and puts them back before it returns (an error rolls them back
+                with the statement's transaction or savepoint). Same log rows; what pinning
+                would cost if writers' sessions already match (Django's do, with USE_TZ).
 onerow          the released v2 function (settings pinned, generic plans) with a fast path
                 for a single-row UPDATE: two one-row SELECTs and an INSERT ... VALUES instead
                 of the full join of the transition tables; statements of more rows, and a
@@ -277,6 +285,46 @@ _ONEROW_PATH = """        SELECT array_agg(j) INTO news
         END IF;
 """
 
+#: The settings v2 pins for rendering (search_path aside), and their pinned values.
+_PINNED = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "bytea_output": "hex",
+    "extra_float_digits": "1",
+}
+#: DateStyle's second part (MDY, YMD ...) only orders input; ISO output is the same for all.
+_DIFFERS = " OR ".join(
+    "split_part(current_setting('DateStyle'), ',', 1) <> 'ISO'"
+    if k == "DateStyle"
+    else f"current_setting('{k}') <> '{v}'"
+    for k, v in _PINNED.items()
+)
+_SAVE = ", ".join(f"current_setting('{k}')" for k in _PINNED)
+_PIN = ", ".join(f"set_config('{k}', '{v}', true)" for k, v in _PINNED.items())
+_RESTORE = ", ".join(f"set_config('{k}', saved[{i + 1}], true)" for i, k in enumerate(_PINNED))
+
+
+def _guarded_body() -> str:
+    body = _v2_body().replace("captured bigint;", "captured bigint;\n    saved text[];")
+    body = body.replace(
+        "BEGIN\n",
+        f"BEGIN\n    IF {_DIFFERS} THEN\n        saved := ARRAY[{_SAVE}];\n"
+        f"        PERFORM {_PIN};\n    END IF;\n",
+        1,
+    )
+    tail = "    RETURN NULL;\nEND"
+    assert body.count(tail) == 1
+    return body.replace(
+        tail, f"    IF saved IS NOT NULL THEN\n        PERFORM {_RESTORE};\n    END IF;\n{tail}"
+    )
+
+
+GUARDED_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION bench_capture_guarded() RETURNS trigger LANGUAGE plpgsql"
+    " SET plan_cache_mode = force_generic_plan AS $body$" + _guarded_body() + "$body$;"
+)
+
 NOSET_FUNCTION = (
     "CREATE OR REPLACE FUNCTION bench_capture_noset() RETURNS trigger LANGUAGE plpgsql"
     " SET plan_cache_mode = force_generic_plan AS $body$" + _v2_body() + "$body$;"
@@ -344,6 +392,12 @@ EXPERIMENTS: dict[str, Experiment] = {
         "default",
         NOSET_FUNCTION,
         _v2_triggers("noset"),
+    ),
+    "guarded": Experiment(
+        "the released function, settings pinned only when the session differs",
+        "default",
+        GUARDED_FUNCTION,
+        _v2_triggers("guarded"),
     ),
     "onerow": Experiment(
         "the released function with a single-row UPDATE fast path",

@@ -5,16 +5,17 @@
 Runs ``--statements`` single-row UPDATEs (then INSERTs) inside one DO block, so one transaction
 and no network: what remains is the executor's work per statement, trigger included. Compared:
 no trigger, pgbinding's released capture (with the ``sleeping`` flag false, as under load), the
-log-floor, rowlevel, lean and rowlean experiments (bench/experiment.py) and the row-level
-pg_notify trigger (whose real cost, the commit lock, does not show here at all). Median of
-``--repeat``.
+log-floor, rowlevel, lean, rowlean, noset, guarded and onerow experiments (bench/experiment.py)
+and the row-level pg_notify trigger (whose real cost, the commit lock, does not show here at
+all). Median of ``--repeat``.
 
-Each variant runs in a session of its own that first does what a busy application session may
-do: 10 single-row statements, then, after an ``ANALYZE pgbinding_change`` (autovacuum's, on a
-busy log: it invalidates every session's plans), one statement over all 10,000 rows.
-``pgbinding, auto plans`` is the released function as schema v3 left it, with Postgres' default
-``plan_cache_mode``: after that prelude it plans its INSERT anew for every statement (schema v4
-forces the generic plan; tests/integration/test_capture_plans.py).
+Each variant runs in a session of its own (``TimeZone`` set to ``UTC``, as Django sets it with
+``USE_TZ``) that first does what a busy application session may do: 10 single-row statements,
+then, after an ``ANALYZE pgbinding_change`` (autovacuum's, on a busy log: it invalidates every
+session's plans), one statement over all 10,000 rows. ``pgbinding, auto plans`` is the
+released function as schema v3 left it, with Postgres' default ``plan_cache_mode``: after that
+prelude it plans its INSERT anew for every statement (schema v4 forces the generic plan;
+tests/integration/test_capture_plans.py).
 
 Table names in the SQL below are this module's own constants, never input.
 """
@@ -42,6 +43,7 @@ VARIANTS = [
     ("lean", "EXP lean"),
     ("rowlean", "EXP rowlean"),
     ("noset", "EXP noset"),
+    ("guarded", "EXP guarded"),
     ("onerow", "EXP onerow"),
     ("notify", "row notify"),
 ]
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             common.create_table(conn, table, ROWS)
             if key.startswith("pgbinding"):
                 common.install_pgbinding_trigger(conn, table)
-            elif key in ("log_floor", "rowlevel", "lean", "rowlean", "noset", "onerow"):
+            elif key in ("log_floor", "rowlevel", "lean", "rowlean", "noset", "guarded", "onerow"):
                 install_experiment(conn, key.replace("_", "-"), table)
             elif key == "notify":
                 conn.execute(
@@ -114,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
                         + (AUTO_PLANS if key == "pgbinding_auto" else GENERIC_PLANS)
                     )
                     with psycopg.connect(dsn, autocommit=True) as session:
+                        # As Django's connections have it (USE_TZ = True).
+                        session.execute("SET TimeZone = 'UTC'")
                         one, every = (q.format(t=table, rows=ROWS) for q in preludes[workload])
                         for _ in range(10):
                             session.execute(one)
@@ -141,7 +145,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"commits, no network): the executor's CPU per statement, trigger included. Median of "
         f"{p['repeat']}. `EXP log-floor` is not a capture: a row-level trigger that inserts only "
         "(table, op, key) into the log, the least any log-table capture does. Each variant runs "
-        "in a fresh session after 10 single-row statements, an `ANALYZE pgbinding_change` (as "
+        "in a fresh session (`TimeZone` UTC, as Django sets it) after 10 single-row statements, an "
+        "`ANALYZE pgbinding_change` (as "
         "autovacuum does on a busy log) and one statement over all 10,000 rows; `auto plans` is "
         "the released function without schema v4's `plan_cache_mode = force_generic_plan`, which "
         "after that prelude plans its INSERT anew for every statement.",
