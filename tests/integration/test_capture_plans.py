@@ -51,7 +51,7 @@ def test_a_big_statement_after_the_log_is_analyzed_keeps_the_generic_plan(
     ):
         try:
             conn.execute("LOAD 'auto_explain'")
-        except psycopg.Error as exc:  # a server without contrib (TEST_DATABASE_URL)
+        except psycopg.Error as exc:  # a server without contrib (PGBINDING_TEST_DATABASE_URL)
             pytest.skip(f"auto_explain is not available: {exc}")
         for n in ids[:10]:  # more than the 5 custom plans Postgres always tries first
             conn.execute("UPDATE testapp_item SET value = value + 1 WHERE id = %s", [n])

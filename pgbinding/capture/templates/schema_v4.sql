@@ -9,8 +9,8 @@
 -- invalidates the session's plans (an ANALYZE of pgbinding_change, which autovacuum runs often
 -- on a busy log, a TRUNCATE) if the session's next write is a big statement: the generic plan
 -- is then built and costed for thousands of rows. From then on every single-row write in that
--- session planned a join: about 150 instead of 45 microseconds of trigger per statement
--- (tests/integration/test_capture_plans.py shows the plan; bench/analysis.md the cost). The
+-- session planned a join: three to four times the trigger's CPU per statement (bench
+-- trigger_cpu, bench/analysis.md; tests/integration/test_capture_plans.py shows the plan). The
 -- generic plan is a merge or hash join, which suits one row and 100,000 alike.
 -- (plan_cache_mode exists since Postgres 12; pgbinding needs 13.)
 
