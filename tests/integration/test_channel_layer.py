@@ -7,15 +7,14 @@ message is. When a socket closes, Channels cancels its consumer's ``receive``. C
 and channels_redis#366 report messages lost for *other* sockets that way (popped from Redis,
 never put in their buffers). This test closes, right after each group send, the socket whose
 receive is in that ``BZPOPMIN``, and requires every message at the socket that stayed, once
-and in order (pgbinding's layer, :mod:`pgbinding.layers`, which ``channel_layers()``
-configures).
+and in order. With channels-redis 4.3 and redis-py 8 nothing is lost here: a receive cancelled
+while it saves a popped message in the layer's backup queue leaves it there for the next receive
+to restore; one cancelled while it waits for the BZPOPMIN's answer also lost nothing in 20 of 20
+tries with Redis having popped the message first, for a reason not established.
 
-In this single process, plain channels-redis 4.3 with redis-py 8 lost nothing here either (a
-receive cancelled while it saves a popped message in the backup queue leaves it for the next
-receive; one cancelled while it waits for the answer lost nothing in 20 of 20 tries, for a
-reason not established). The loss this guards against showed under daphne on a loaded machine:
-tests/faults/test_slow_client.py, one 100-change message of the reading socket, lost at the
-moment the never-reading socket was closed.
+It was written while looking for why tests/faults/test_slow_client.py's reading socket once
+missed one 100-event message when the never-reading socket was closed; it did not reproduce
+that loss, whose cause is still open (issue note, stop 19).
 """
 
 from __future__ import annotations
@@ -65,12 +64,10 @@ async def lose_nothing_while_receivers_are_cancelled(layer: Any) -> list[int]:
         other = await layer.new_channel()
         await layer.group_add("g", other)
         receiving = asyncio.create_task(consume(other))
-        for _ in range(1000):  # until it makes the process's BZPOPMIN (the only receiver now)
+        for _ in range(1000):  # until it makes the process's BZPOPMIN
             await asyncio.sleep(0.001)
-            if any("_brpop_with_clean" in awaiting(t) for t in asyncio.all_tasks()):
+            if "_brpop_with_clean" in awaiting(receiving):
                 break
-        else:
-            raise AssertionError("no receive reached BZPOPMIN")
         await layer.group_send("g", {"type": "change", "n": n})
         receiving.cancel()
         await layer.group_discard("g", other)
