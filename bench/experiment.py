@@ -52,6 +52,7 @@ from typing import Any
 
 import psycopg
 
+from pgbinding.capture.logical import SESSION_SETTINGS
 from pgbinding.capture.sql import template, trigger_sql
 
 ROWLEVEL_FUNCTION = """
@@ -285,14 +286,9 @@ _ONEROW_PATH = """        SELECT array_agg(j) INTO news
         END IF;
 """
 
-#: The settings v2 pins for rendering (search_path aside), and their pinned values.
-_PINNED = {
-    "TimeZone": "UTC",
-    "DateStyle": "ISO, YMD",
-    "IntervalStyle": "postgres",
-    "bytea_output": "hex",
-    "extra_float_digits": "1",
-}
+#: The settings v2 pins for rendering (search_path aside), and their pinned values: the same
+#: ones the logical backend pins for pgoutput's text.
+_PINNED = SESSION_SETTINGS
 #: DateStyle's second part (MDY, YMD ...) only orders input; ISO output is the same for all.
 _DIFFERS = " OR ".join(
     "split_part(current_setting('DateStyle'), ',', 1) <> 'ISO'"
