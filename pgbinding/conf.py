@@ -229,10 +229,11 @@ def channel_layers(
 ) -> dict[str, Any]:
     """A ``CHANNEL_LAYERS`` setting with the defaults pgbinding's guarantees need.
 
-    Without ``redis_url``: the in-memory layer (one process). With it: channels-redis, with
-    ``socket_timeout=None`` (redis-py 8 otherwise drops idle consumers after 5 s,
-    channels_redis#422) and ``capacity`` raised from the default 100 per channel, which
-    silently drops bursts.
+    Without ``redis_url``: the in-memory layer (one process). With it: channels-redis's core
+    layer as :class:`pgbinding.layers.RedisChannelLayer` (a socket closing cannot lose another
+    socket's message), with ``socket_timeout=None`` (redis-py 8 otherwise drops idle consumers
+    after 5 s, channels_redis#422) and ``capacity`` raised from the default 100 per channel,
+    which silently drops bursts.
     """
     if not redis_url:
         return {
@@ -243,7 +244,7 @@ def channel_layers(
         }
     return {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "pgbinding.layers.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [{"address": redis_url, "socket_timeout": None}],
                 "capacity": capacity,

@@ -140,8 +140,12 @@ def _hosts(layer: Any) -> tuple[list[dict[str, Any]], bool, float | None] | None
     """(the Redis hosts of a channels-redis layer, whether an outage loses messages, after how
     many seconds it forgets a group member), or None for layers this cannot watch (in-memory:
     nothing to watch; sentinels)."""
-    module = type(layer).__module__
-    if not module.startswith("channels_redis"):
+    # The channels-redis class the layer is (pgbinding.layers subclasses the core one).
+    module = next(
+        (c.__module__ for c in type(layer).__mro__ if c.__module__.startswith("channels_redis")),
+        None,
+    )
+    if module is None:
         return None
     from channels_redis.utils import decode_hosts
 
@@ -165,7 +169,7 @@ def _config_hosts(layer: Any) -> Any:
 
     for alias in {str(pgbinding_settings.CHANNEL_LAYER), "default"}:
         entry = getattr(settings, "CHANNEL_LAYERS", {}).get(alias, {})
-        if entry.get("BACKEND", "").startswith("channels_redis"):
+        if entry.get("BACKEND", "").startswith(("channels_redis", "pgbinding.layers")):
             return entry.get("CONFIG", {}).get("hosts")
     return None
 
