@@ -20,7 +20,9 @@ from pathlib import Path
 from devservers import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("memory", "redis", "pubsub")
+#: redis: channels-redis core as pgbinding.layers (what channel_layers() configures);
+#: redis-stock: channels-redis's own core layer class, for comparison.
+LAYERS = ("memory", "redis", "redis-stock", "pubsub")
 #: ASGI servers the stack can run the site under: daphne (Twisted + autobahn, Channels' own) or
 #: uvicorn (uvloop, httptools, the websockets library). ``BENCH_SERVER`` picks the default.
 SERVERS = ("daphne", "uvicorn")

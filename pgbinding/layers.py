@@ -76,8 +76,9 @@ class RedisChannelLayer(_CoreLayer):  # type: ignore[misc]
                     del self._waiting[channel]
         else:
             item = buffer.get_nowait()
-        if buffer.empty() and self.receive_buffer.get(channel) is buffer:
-            del self.receive_buffer[channel]  # as channels-redis does: no buffer kept per socket
+        if buffer.empty() and channel not in self._waiting:
+            # As channels-redis does: no buffer is kept per socket between messages.
+            self.receive_buffer.pop(channel, None)
         if isinstance(item, _Failed):
             raise item.error
         return item  # type: ignore[no-any-return]
@@ -118,10 +119,17 @@ class RedisChannelLayer(_CoreLayer):  # type: ignore[misc]
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
 
+    def _restart_pump(self) -> None:
+        """Receives still waiting after the pools closed go on waiting, on new connections."""
+        if self._waiting:
+            self._start_pump(self.non_local_name(next(iter(self._waiting))))
+
     async def flush(self) -> None:
         await self._stop_pump()
         await super().flush()
+        self._restart_pump()
 
     async def close_pools(self) -> None:
         await self._stop_pump()
         await super().close_pools()
+        self._restart_pump()

@@ -175,10 +175,11 @@ def raw_conninfo(transactional_db: None) -> str:
 
 
 class RedisCollector:
-    """A channel on a real channels-redis layer, in its own thread and loop, recording events."""
+    """A channel on a real channels-redis layer (pgbinding's, as ``channel_layers()``
+    configures), in its own thread and loop, recording events."""
 
     def __init__(self, redis_url: str, *groups: str) -> None:
-        from channels_redis.core import RedisChannelLayer
+        from pgbinding.layers import RedisChannelLayer
 
         self.collector = Collector()
         self.loop = asyncio.new_event_loop()

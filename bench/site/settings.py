@@ -52,6 +52,10 @@ if LAYER == "memory":
     CHANNEL_LAYERS = channel_layers(None, capacity=1_000_000, expiry=600)
 elif LAYER == "redis":
     CHANNEL_LAYERS = channel_layers(REDIS_URL, capacity=1_000_000, expiry=600)
+elif LAYER == "redis-stock":
+    # channels-redis's own core layer (not pgbinding.layers'), to measure the two side by side.
+    CHANNEL_LAYERS = channel_layers(REDIS_URL, capacity=1_000_000, expiry=600)
+    CHANNEL_LAYERS["default"]["BACKEND"] = "channels_redis.core.RedisChannelLayer"
 elif LAYER == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
@@ -60,7 +64,7 @@ elif LAYER == "pubsub":
         }
     }
 else:
-    raise ValueError(f"BENCH_LAYER must be memory, redis or pubsub, not {LAYER!r}")
+    raise ValueError(f"BENCH_LAYER must be memory, redis, redis-stock or pubsub, not {LAYER!r}")
 
 # BENCH_PGBINDING: JSON overrides of pgbinding's settings, e.g. '{"IDLE_LINGER": 0}', to
 # measure a listener setting without editing code.

@@ -25,10 +25,11 @@ GROUP_EXPIRY = 2
 
 @pytest.fixture
 def short_lived_groups(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The default channel layer is channels-redis (core) on the private Redis, with groups
-    forgetting their members after GROUP_EXPIRY seconds."""
+    """The default channel layer is channels-redis (core, as pgbinding.layers) on the private
+    Redis, with groups forgetting their members after GROUP_EXPIRY seconds."""
     from channels.layers import channel_layers
-    from channels_redis.core import RedisChannelLayer
+
+    from pgbinding.layers import RedisChannelLayer
 
     layer = RedisChannelLayer(
         hosts=[{"address": redis_url, "socket_timeout": None}],

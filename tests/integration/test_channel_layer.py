@@ -187,17 +187,22 @@ def test_every_waiting_socket_is_told_when_redis_fails() -> None:
     assert asyncio.run(receive_from_a_redis_that_is_gone(free_port())) == ["ConnectionError"] * 3
 
 
-async def flush_stops_the_pump(redis_url: str) -> bool:
+async def flush_under_a_waiting_receive(redis_url: str) -> tuple[bool, int]:
+    """flush() while a socket's receive waits: the pump it cancels is done, and the receive goes
+    on waiting and gets a message sent after the flush."""
     layer = make_layer(redis_url)
     channel = await layer.new_channel()
     receiving = asyncio.create_task(layer.receive(channel))
-    await until(lambda: layer._pump is not None)
-    receiving.cancel()
-    await asyncio.gather(receiving, return_exceptions=True)
+    await until(bzpopmin_waits)
     pump = layer._pump
     await layer.flush()
-    return bool(pump.done())
+    await layer.send(channel, {"type": "change", "n": 7})
+    try:
+        message = await asyncio.wait_for(receiving, 10)
+    finally:
+        await layer.flush()
+    return bool(pump.done()), message["n"]
 
 
-def test_flush_stops_the_pump(redis_url: str) -> None:
-    assert asyncio.run(flush_stops_the_pump(redis_url))
+def test_flush_stops_the_pump_and_a_waiting_receive_goes_on(redis_url: str) -> None:
+    assert asyncio.run(flush_under_a_waiting_receive(redis_url)) == (True, 7)
