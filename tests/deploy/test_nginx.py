@@ -126,7 +126,7 @@ def test_status_command_is_a_health_check(stack: Stack) -> None:
     [listener] = [entry for entry in report["listeners"] if entry["name"] == "default"]
     assert listener["state"] == "active"
     assert report["channel_layer_ok"] is True
-    assert "channels_redis" in report["channel_layer"]
+    assert "pgbinding.layers.RedisChannelLayer" in report["channel_layer"]
     text = stack.manage("pgbinding", "status")
     assert text.returncode == 0 and "No problems." in text.stdout, text.stdout + text.stderr
 
