@@ -2,7 +2,7 @@
 layer, with a receive that a closing socket cannot cut short.
 
 channels-redis receives every process-local channel (``specific.<process>!<socket>``) from one
-Redis list, one ``BZPOPMIN`` at a time, made by whichever consumer holds the process's receive
+Redis key, one ``BZPOPMIN`` at a time, made by whichever consumer holds the process's receive
 lock, for whichever local channel the next message is. When a socket closes, Channels cancels
 its consumer's ``receive``. If that consumer was the one waiting in ``BZPOPMIN`` and Redis had
 already popped a message for *another* socket of the process, redis-py drops the connection with
@@ -20,8 +20,14 @@ waits, and is cancelled only by :meth:`flush` and :meth:`close_pools`. When Redi
 twice in a row, every consumer waiting at that moment gets the error from its ``receive``, as the
 lock's holder alone did before (each would have met it in turn).
 
-Everything else (sending, groups, the backup queue that covers a pump killed with its process,
-worker channels without ``!``) is channels-redis's own.
+The pump takes what is already waiting, up to :data:`POP_BATCH` messages in one round trip, and
+waits in channels-redis's ``BZPOPMIN`` only when nothing is; channels-redis took one message per
+four round trips (restore the backup queue, pop, save the message in the backup queue, clean
+it). Both keep each popped message in the backup queue until it is in its buffer, so a pop cut
+short by a Redis failure gives it back to the next one (at worst twice; pgbinding's consumers
+drop repeats).
+
+Everything else (sending, groups, worker channels without ``!``) is channels-redis's own.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ __all__ = ["RedisChannelLayer"]
 logger = logging.getLogger(__name__)
 
 
-#: Messages :meth:`RedisChannelLayer._pop_waiting` takes per round trip.
+#: Messages :meth:`RedisChannelLayer._take_waiting` takes per round trip.
 POP_BATCH = 100
 
 #: KEYS: the process's channel, its backup queue; ARGV: how many. Restores the backup queue
@@ -120,9 +126,8 @@ class RedisChannelLayer(_CoreLayer):  # type: ignore[misc]
         while self._waiting:
             try:
                 # What is already there, several at a time; else wait for the next one.
-                received = await self._pop_waiting(real_channel)
-                if not received:
-                    received = [await self.receive_single(real_channel)]
+                if not await self._take_waiting(real_channel):
+                    self._deliver(*await self.receive_single(real_channel))
             except Exception as exc:
                 failures += 1
                 if failures < 2:  # a stale pooled connection after a Redis restart, say
@@ -132,18 +137,20 @@ class RedisChannelLayer(_CoreLayer):  # type: ignore[misc]
                     self.receive_buffer[channel].put_nowait(_Failed(exc))
                 return
             failures = 0
-            for message_channel, message in received:
-                names = message_channel if isinstance(message_channel, list) else [message_channel]
-                for name in names:
-                    self.receive_buffer[name].put_nowait(message)
 
-    async def _pop_waiting(self, real_channel: str) -> list[tuple[Any, dict[str, Any]]]:
-        """Up to :data:`POP_BATCH` messages already waiting for the process, oldest first, in
-        one round trip: the script saves them in channels-redis's backup queue as it pops them
-        (after restoring whatever an interrupted receive left there, as channels-redis does), so
-        a pump killed before they reach the buffers leaves them for the next receive. Without
-        this, each message cost four round trips, one message at a time: a write that goes to
-        1,000 sockets of a process was 1,000 of those."""
+    def _deliver(self, message_channel: str | list[str], message: dict[str, Any]) -> None:
+        names = message_channel if isinstance(message_channel, list) else [message_channel]
+        for name in names:  # a group message for several sockets of the process names them all
+            self.receive_buffer[name].put_nowait(message)
+
+    async def _take_waiting(self, real_channel: str) -> int:
+        """Deliver up to :data:`POP_BATCH` messages already waiting for the process, oldest
+        first, in one round trip; how many. The script saves them in channels-redis's backup
+        queue as it pops them (after restoring whatever an interrupted pop left there, as
+        channels-redis does), and they leave it only once they are in their buffers. This
+        matters for bursts: a write that goes to many groups (one per user, say) with a socket
+        of this process in each is one message per group, which channels-redis took four round
+        trips each to receive."""
         index = self.consistent_hash(real_channel)
         channel_key = self.prefix + real_channel
         backup = self._backup_channel_name(channel_key)
@@ -151,15 +158,13 @@ class RedisChannelLayer(_CoreLayer):  # type: ignore[misc]
         await self.receive_clean_locks.acquire(channel_key)  # as receive_single's cleaner
         try:
             popped = await connection.eval(_POP_SCRIPT, 2, channel_key, backup, POP_BATCH)
-            if not popped:
-                return []
             members = popped[0::2]
-            received = []
             for content in members:
                 message = self.deserialize(content)
-                received.append((message.pop("__asgi_channel__", real_channel), message))
-            await connection.zrem(backup, *members)
-            return received
+                self._deliver(message.pop("__asgi_channel__", real_channel), message)
+            if members:
+                await connection.zrem(backup, *members)
+            return len(members)
         finally:
             self.receive_clean_locks.release(channel_key)
 
