@@ -1,7 +1,6 @@
 """The channel layer's receive side alone: how long a burst of messages takes to reach the
 sockets of one process, with channels-redis's own core layer and with
-``pgbinding.layers.RedisChannelLayer`` (its pump with batched pops, and with ``POP_BATCH = 0``:
-the pump waiting in channels-redis's ``BZPOPMIN`` for every message). Not a benchmark of the
+``pgbinding.layers.RedisChannelLayer`` (its pump). Not a benchmark of the
 whole path (no daphne, no listener, no sockets): a harness for the layer's before/after.
 
     PYTHONPATH=. .venv-bench/bin/python -m bench.layer_burst [--sockets 1000] [--runs 5]
@@ -33,7 +32,7 @@ from channels_redis.core import RedisChannelLayer as StockLayer
 from bench import live
 from pgbinding import layers
 
-VARIANTS = ("channels-redis", "pgbinding", "pgbinding, POP_BATCH 0")
+VARIANTS = ("channels-redis", "pgbinding")
 
 
 def make(variant: str, url: str) -> Any:
@@ -43,7 +42,6 @@ def make(variant: str, url: str) -> Any:
 
 
 async def burst(variant: str, url: str, sockets: int, messages: int) -> dict[str, float]:
-    layers.POP_BATCH = 0 if variant.endswith("POP_BATCH 0") else 100
     layer = make(variant, url)
     channels = [await layer.new_channel() for _ in range(sockets)]
     for n, channel in enumerate(channels):

@@ -6,7 +6,7 @@ Redis key, one ``BZPOPMIN`` at a time, made by whichever consumer holds the proc
 lock, for whichever local channel the next message is. When a socket closes, Channels cancels
 its consumer's ``receive``. If that consumer was the one waiting in ``BZPOPMIN`` and Redis had
 already popped a message for *another* socket of the process, redis-py drops the connection with
-the answer unread, and the message is gone: it is neither in the list nor in the layer's backup
+the answer unread, and the message is gone: it is neither in that key nor in the layer's backup
 queue (channels#1683, channels_redis#366). tests/integration/test_channel_layer.py loses one
 message in each of its tries that way with the stock layer; tests/faults/test_slow_client.py's
 reading socket lost one 100-change message that way, at the moment the never-reading socket of
@@ -20,12 +20,9 @@ waits, and is cancelled only by :meth:`flush` and :meth:`close_pools`. When Redi
 twice in a row, every consumer waiting at that moment gets the error from its ``receive``, as the
 lock's holder alone did before (each would have met it in turn).
 
-The pump takes what is already waiting, up to :data:`POP_BATCH` messages in one round trip, and
-waits in channels-redis's ``BZPOPMIN`` only when nothing is; channels-redis took one message per
-four round trips (restore the backup queue, pop, save the message in the backup queue, clean
-it). Both keep each popped message in the backup queue until it is in its buffer, so a pop cut
-short by a Redis failure gives it back to the next one (at worst twice; pgbinding's consumers
-drop repeats).
+channels-redis keeps each popped message in its backup queue until the receive has it, so a
+pop cut short by a Redis failure gives it back to the next one; the pump uses channels-redis's
+own pop (``receive_single``) for that.
 
 Everything else (sending, groups, worker channels without ``!``) is channels-redis's own.
 """
@@ -42,26 +39,6 @@ from channels_redis.core import RedisChannelLayer as _CoreLayer
 __all__ = ["RedisChannelLayer"]
 
 logger = logging.getLogger(__name__)
-
-
-#: Messages :meth:`RedisChannelLayer._take_waiting` takes per round trip.
-POP_BATCH = 100
-
-#: KEYS: the process's channel, its backup queue; ARGV: how many. Restores the backup queue
-#: into the channel (channels-redis's own cleanup), then moves up to ARGV[1] of the oldest
-#: messages into the backup queue and returns them with their scores, oldest first.
-_POP_SCRIPT = """
-local backed_up = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-for i = #backed_up, 1, -2 do
-    redis.call('ZADD', KEYS[1], backed_up[i], backed_up[i - 1])
-end
-redis.call('DEL', KEYS[2])
-local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
-for i = 1, #popped, 2 do
-    redis.call('ZADD', KEYS[2], popped[i + 1], popped[i])
-end
-return popped
-"""
 
 
 class _Failed:
@@ -125,9 +102,7 @@ class RedisChannelLayer(_CoreLayer):  # type: ignore[misc]
         failures = 0
         while self._waiting:
             try:
-                # What is already there, several at a time; else wait for the next one.
-                if not await self._take_waiting(real_channel):
-                    self._deliver(*await self.receive_single(real_channel))
+                message_channel, message = await self.receive_single(real_channel)
             except Exception as exc:
                 failures += 1
                 if failures < 2:  # a stale pooled connection after a Redis restart, say
@@ -137,36 +112,9 @@ class RedisChannelLayer(_CoreLayer):  # type: ignore[misc]
                     self.receive_buffer[channel].put_nowait(_Failed(exc))
                 return
             failures = 0
-
-    def _deliver(self, message_channel: str | list[str], message: dict[str, Any]) -> None:
-        names = message_channel if isinstance(message_channel, list) else [message_channel]
-        for name in names:  # a group message for several sockets of the process names them all
-            self.receive_buffer[name].put_nowait(message)
-
-    async def _take_waiting(self, real_channel: str) -> int:
-        """Deliver up to :data:`POP_BATCH` messages already waiting for the process, oldest
-        first, in one round trip; how many. The script saves them in channels-redis's backup
-        queue as it pops them (after restoring whatever an interrupted pop left there, as
-        channels-redis does), and they leave it only once they are in their buffers. This
-        matters for bursts: a write that goes to many groups (one per user, say) with a socket
-        of this process in each is one message per group, which channels-redis took four round
-        trips each to receive."""
-        index = self.consistent_hash(real_channel)
-        channel_key = self.prefix + real_channel
-        backup = self._backup_channel_name(channel_key)
-        connection = self.connection(index)
-        await self.receive_clean_locks.acquire(channel_key)  # as receive_single's cleaner
-        try:
-            popped = await connection.eval(_POP_SCRIPT, 2, channel_key, backup, POP_BATCH)
-            members = popped[0::2]
-            for content in members:
-                message = self.deserialize(content)
-                self._deliver(message.pop("__asgi_channel__", real_channel), message)
-            if members:
-                await connection.zrem(backup, *members)
-            return len(members)
-        finally:
-            self.receive_clean_locks.release(channel_key)
+            names = message_channel if isinstance(message_channel, list) else [message_channel]
+            for name in names:  # a group message for several sockets of the process names them all
+                self.receive_buffer[name].put_nowait(message)
 
     async def _stop_pump(self) -> None:
         pump, self._pump = self._pump, None
