@@ -296,11 +296,20 @@ def _settings_module() -> str | None:
 
 
 def _settings() -> dict[str, Any]:
-    """Every setting as this process has it, that pickles."""
+    """Every setting this process has set (its settings module's and overrides), that pickles;
+    a worker loads the same module, so Django's defaults need no copy. Reading all of them
+    made Django 6.1 warn about every deprecated email setting (``EMAIL_BACKEND``...) at each
+    worker start, though the project had not set one."""
     out = {}
     for name in dir(settings):
-        if name.isupper() and name != "SETTINGS_MODULE":
-            value = getattr(settings, name)
+        if not name.isupper() or name == "SETTINGS_MODULE":
+            continue
+        # is_overridden is Django's (Settings and UserSettingsHolder); the stubs lack it.
+        if settings.is_overridden(name):  # type: ignore[misc]
+            try:
+                value = getattr(settings, name)
+            except AttributeError:  # deleted by an override
+                continue
             try:
                 pickle.dumps(value)
             except Exception:
