@@ -195,7 +195,13 @@ class RedisCollector:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self._main())
+        try:
+            self.loop.run_until_complete(self._main())
+        finally:
+            # Closed here, in its own thread: left to the garbage collector, channels-redis's
+            # close hook (it flushes the loop's pools) ran inside a later test's running loop
+            # and failed there ("Cannot run the event loop while another loop is running").
+            self.loop.close()
 
     async def _main(self) -> None:
         channel = await self.layer.new_channel()
