@@ -16,7 +16,7 @@ the same daphne was closed, in about one run in ten on a loaded 2-core machine.
 (the *pump*) pops the process's messages into the local channels' buffers, and a consumer's
 ``receive`` only waits on its own buffer, which cancelling loses nothing from. The pump runs while
 some consumer waits and is never cancelled by one; it stops, after the pop it is in, once nobody
-waits, and is cancelled only by :meth:`flush` and :meth:`close_pools`. When Redis fails under it
+waits, and is cancelled only by ``flush`` and :meth:`close_pools`. When Redis fails under it
 twice in a row, every consumer waiting at that moment gets the error from its ``receive``, as the
 lock's holder alone did before (each would have met it in turn).
 
@@ -35,6 +35,8 @@ from collections import Counter
 from typing import Any
 
 from channels_redis.core import RedisChannelLayer as _CoreLayer
+
+from .delivery.retry import again_once
 
 __all__ = ["RedisChannelLayer"]
 
@@ -99,19 +101,15 @@ class RedisChannelLayer(_CoreLayer):  # type: ignore[misc]
         self._pump = loop.create_task(self._run_pump(real_channel), name="pgbinding layer pump")
 
     async def _run_pump(self, real_channel: str) -> None:
-        failures = 0
         while self._waiting:
             try:
-                message_channel, message = await self.receive_single(real_channel)
+                message_channel, message = await again_once(
+                    logger, self.receive_single, real_channel
+                )
             except Exception as exc:
-                failures += 1
-                if failures < 2:  # a stale pooled connection after a Redis restart, say
-                    logger.debug("Receiving from Redis failed once (%r); trying again", exc)
-                    continue
                 for channel in list(self._waiting):
                     self.receive_buffer[channel].put_nowait(_Failed(exc))
                 return
-            failures = 0
             names = message_channel if isinstance(message_channel, list) else [message_channel]
             for name in names:  # a group message for several sockets of the process names them all
                 self.receive_buffer[name].put_nowait(message)
@@ -127,11 +125,7 @@ class RedisChannelLayer(_CoreLayer):  # type: ignore[misc]
         if self._waiting:
             self._start_pump(self.non_local_name(next(iter(self._waiting))))
 
-    async def flush(self) -> None:
-        await self._stop_pump()
-        await super().flush()
-        self._restart_pump()
-
+    # channels-redis's flush() ends in close_pools(), so this covers both.
     async def close_pools(self) -> None:
         await self._stop_pump()
         await super().close_pools()

@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
@@ -29,6 +28,7 @@ from django.contrib.auth.models import AnonymousUser
 from .. import metrics
 from ..bindings import Binding
 from ..conf import pgbinding_settings
+from ..delivery.retry import again_once
 from ..exceptions import RequestError
 from ..positions import Cursor
 from ..protocol import (
@@ -48,7 +48,6 @@ from .subscribing import LayerUnavailable, Subscribing
 from .subscriptions import Subscription
 
 logger = logging.getLogger("pgbinding.consumers")
-T = TypeVar("T")
 
 #: Wait after the channel layer failed under a socket before trying it again (seconds).
 LAYER_RETRY = 0.5
@@ -96,7 +95,7 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         if self.channel_layer is not None:
             try:
-                self.channel_name = await _again_once(self.channel_layer.new_channel)
+                self.channel_name = await again_once(logger, self.channel_layer.new_channel)
             except Exception as exc:
                 # No channel, no socket: refuse the handshake (daphne answers HTTP 403), as a
                 # client would be refused by a server that is down, not with a 500.
@@ -232,18 +231,18 @@ class Demultiplexer(Subscribing, AsyncJsonWebsocketConsumer):  # type: ignore[mi
     async def _join(self, group: str) -> None:
         if group in self.joined:
             return
-        await _again_once(self.channel_layer.group_add, group, self.channel_name)
+        await again_once(logger, self.channel_layer.group_add, group, self.channel_name)
         self.joined.add(group)
 
     async def _leave(self, group: str) -> None:
-        await _again_once(self.channel_layer.group_discard, group, self.channel_name)
+        await again_once(logger, self.channel_layer.group_discard, group, self.channel_name)
         self.joined.discard(group)
 
     async def pgbinding_rejoin_groups(self, message: dict[str, Any] | None = None) -> None:
         """Join this socket's groups again (see :mod:`pgbinding.websocket.layerwatch`: the core
         Redis layer forgets members after ``group_expiry``)."""
         for group in list(self.joined):
-            await _again_once(self.channel_layer.group_add, group, self.channel_name)
+            await again_once(logger, self.channel_layer.group_add, group, self.channel_name)
 
     async def pgbinding_layer_lost(self, message: dict[str, Any]) -> None:
         if self._closing:
@@ -427,15 +426,3 @@ async def _sleep(seconds: float) -> None:
 
 #: Channels 1.x name.
 WebsocketDemultiplexer = Demultiplexer
-
-
-async def _again_once(call: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """``await call(*args)``, and once more if it fails. A channel layer's pooled connection
-    can be stale: after Redis restarts, the first command on each of channels_redis's old
-    connections fails and drops it (tests/faults/test_redis.py). The second try runs on
-    another connection; a layer that is really down fails again, and that error is raised."""
-    try:
-        return await call(*args)
-    except Exception as exc:
-        logger.info("The channel layer failed (%r); trying once more", exc)
-        return await call(*args)
