@@ -98,9 +98,59 @@ WRITE_SQL = (
     "  WHERE name = %(slot)s AND EXISTS (SELECT FROM slot) RETURNING 1)"
     " SELECT (SELECT count(*) FROM ins)::integer, (SELECT count(*) FROM upd)::integer"
 )
+#: The capture trigger functions (templates trigger_v1, trigger_v2): while a trigger calls one
+#: of them, writers draw log ids from the identity sequence at any moment.
+TRIGGER_FUNCTIONS = ("pgbinding_capture_v1()", "pgbinding_capture_v2()")
+#: The pump's write when it streams, second statement of a transaction whose first is
+#: :data:`LOCK_SQL` (so its snapshot has every row written before the lock was granted):
+#: committed *asynchronously* (no wait for the WAL flush on the way to the clients), with ids
+#: that depend only on what the log holds, ``greatest(max(id), pruned_through) + 1, 2, ...``
+#: in commit order. A server crash can lose such a write after its rows were sent; the slot
+#: has not let go of them (the pump confirms a position only once the write is flushed), the
+#: pump writes them again, and they get the same ids, which consumers drop as repeats.
+#: The identity sequence is moved past them (for a migration's drain, or triggers later).
+#: Writes nothing while a capture trigger exists (a switch of backends in progress: a trigger
+#: may draw an id from the sequence at any moment, which ids from max(id) could collide with),
+#: and returns true then; the pump writes with :data:`WRITE_SQL` instead. Returns (rows
+#: written, slot rows updated, triggers exist).
+ASYNC_WRITE_SQL = (
+    "WITH triggers AS (SELECT EXISTS (SELECT FROM pg_depend"
+    "   WHERE classid = 'pg_trigger'::regclass AND refclassid = 'pg_proc'::regclass"
+    "   AND refobjid IN (SELECT to_regprocedure(f) FROM unnest(%(functions)s::text[]) f)) AS t),"
+    " async AS (SELECT set_config('synchronous_commit', 'off', true)),"
+    " slot AS (SELECT s.confirmed_lsn FROM pgbinding_slot s, async, triggers"
+    "  WHERE s.name = %(slot)s AND NOT triggers.t),"
+    " base AS (SELECT greatest((SELECT max(id) FROM pgbinding_change),"
+    "  (SELECT max(pruned_through) FROM pgbinding_state), 0) AS id),"
+    " ins AS (INSERT INTO pgbinding_change (id, created_at, table_name, op, pk, old, new)"
+    "  OVERRIDING SYSTEM VALUE"
+    "  SELECT base.id + row_number() OVER (ORDER BY u.n), u.created_at, u.table_name, u.op, u.pk,"
+    "  u.old, u.new FROM ({rows}) u, slot, base WHERE u.end_lsn > slot.confirmed_lsn"
+    "  ORDER BY u.n RETURNING id),"
+    " seq AS (SELECT setval(pg_get_serial_sequence('pgbinding_change', 'id'), greatest(max(i.id),"
+    "  pg_sequence_last_value(pg_get_serial_sequence('pgbinding_change', 'id')::regclass)))"
+    "  FROM ins i HAVING count(*) > 0),"
+    " upd AS (UPDATE pgbinding_slot SET updated_at = now(),"
+    "  confirmed_lsn = greatest(confirmed_lsn, %(lsn)s::pg_lsn)"
+    "  WHERE name = %(slot)s AND EXISTS (SELECT FROM slot) RETURNING 1)"
+    " SELECT (SELECT count(*) FROM ins)::integer, (SELECT count(*) FROM upd)::integer,"
+    " (SELECT t FROM triggers), (SELECT count(*) FROM seq)::integer"
+)
+#: After a write (in the same pipeline): the WAL insert position, which is past its commit
+#: record, and the flush position (both as integers).
+WAL_SQL = (
+    "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint,"
+    " (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint"
+)
+#: A durable write of nothing: its commit flushes every WAL record before it.
+FLUSH_COMMIT_SQL = (
+    "WITH durable AS (SELECT set_config('synchronous_commit', 'on', true))"
+    " UPDATE pgbinding_slot SET updated_at = now() FROM durable WHERE name = %(slot)s"
+)
 _INSERT_ROWS = _INSERT_ROWS.format(rows=ROWS_SQL)
 INSERT_SQL = INSERT_SQL.format(insert=_INSERT_ROWS)
 WRITE_SQL = WRITE_SQL.format(insert=_INSERT_ROWS)
+ASYNC_WRITE_SQL = ASYNC_WRITE_SQL.format(rows=ROWS_SQL)
 #: Ends the walsender of a pgbinding listener's stream that holds slot %s (a listener that lost
 #: the lead, or one a migration or drop-slot needs out of the way: it reconnects, polling
 #: meanwhile). Returns the pids ended. Needs the right to signal that backend (the same role,

@@ -33,6 +33,7 @@ flush position every ``LOGICAL_POLL_INTERVAL`` inside the server, or
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from typing import Any
@@ -53,6 +54,12 @@ COMPLAINT_INTERVAL = 60.0
 #: The slot is advanced before the listener waits, and at least this often (seconds) while
 #: it is too busy to wait.
 ADVANCE_INTERVAL = 1.0
+#: While a write of the pump may be unflushed, look at the flush position at most this often
+#: (seconds) when there is nothing else to do.
+FLUSH_CHECK_INTERVAL = 0.1
+#: After finding a capture trigger (a switch of backends in progress), write durably, with ids
+#: from the sequence, for this many seconds before trying the asynchronous write again.
+TRIGGERS_RECHECK_INTERVAL = 5.0
 #: After the stream failed (or could not start), poll the slot's SQL functions for this many
 #: seconds before trying the stream again.
 STREAM_RETRY_INTERVAL = 1.0
@@ -108,6 +115,19 @@ class Pump:
         self._stream_retry_at = 0.0
         #: Transactions read from the stream (for logs, tests and benchmarks).
         self.streamed = 0
+        #: Asynchronous writes not known to be flushed yet: (WAL position past the write's
+        #: commit, the slot position it wrote up to), oldest first. The slot is never
+        #: confirmed past a write in here: a server crash could still lose it.
+        self._unflushed: collections.deque[tuple[int, int]] = collections.deque()
+        #: With writes unflushed: the slot position safe to confirm (every transaction before
+        #: it is durably in the log, or of no bound table).
+        self._safe = 0
+        self._flush_checked = 0.0
+        #: Write durably, with ids from the sequence, until then (a capture trigger exists).
+        self._durable_until = 0.0
+        #: Writes committed asynchronously, and durably (for tests and benchmarks).
+        self.async_writes = 0
+        self.durable_writes = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -138,6 +158,10 @@ class Pump:
         )
         row = await cur.fetchone()
         self._confirmed = int(row[0]) if row else 0
+        # A previous leader (or this listener before the server restarted) may have written
+        # asynchronously up to there: make that durable before the slot is confirmed past it.
+        await conn.execute(logical.FLUSH_COMMIT_SQL, {"slot": self.slot})
+        self._unflushed.clear()
         cur = await conn.execute(logical.SLOT_SQL, [self.slot])
         if await cur.fetchone() is not None:
             return
@@ -328,8 +352,13 @@ class Pump:
     async def _write(
         self, conn: psycopg.AsyncConnection[Any], decoded: list[pgoutput.Transaction], upto: int
     ) -> int:
-        """Write the transactions of ``decoded`` not written before into the log, durably,
-        with ``upto`` as the slot's confirmed position (one statement); how many rows."""
+        """Write the transactions of ``decoded`` not written before into the log, with
+        ``upto`` as the slot's confirmed position; how many rows.
+
+        Streaming, the write is committed asynchronously (:data:`logical.ASYNC_WRITE_SQL`, one
+        round trip): the WAL flush it would wait for is the largest part of the way from a
+        writer's commit to the clients. Polling, or while a capture trigger exists, it is
+        committed durably with ids from the sequence (:data:`logical.WRITE_SQL`)."""
         # What this pump wrote already (the slot is advanced after sending): not again.
         transactions = [t for t in decoded if t.end_lsn > self._confirmed]
         if not transactions:
@@ -339,18 +368,88 @@ class Pump:
             self.converter.learn(relid, await cur.fetchall())
         rows = self.converter.rows(transactions)
         params = {**logrows.insert_params(self.slot, rows), "lsn": logical.lsn_text(upto)}
+        written: int | None = None
+        if self.stream is not None and time.monotonic() >= self._durable_until:
+            written = await self._write_async(conn, params, upto)
+        if written is None:
+            written = await self._write_durably(conn, params, upto)
+        self._confirmed = max(self._confirmed, upto)
+        if written:
+            self.written += written
+            self._last_change = time.monotonic()
+        return written
+
+    async def _write_durably(
+        self, conn: psycopg.AsyncConnection[Any], params: Any, upto: int
+    ) -> int:
         cur = await conn.execute(logical.WRITE_SQL, params)
         result = await cur.fetchone()
         if result is None or result[1] != 1:  # its row was deleted (drop-slot): again
             await conn.execute(logical.ENSURE_ROW_SQL, {"slot": self.slot})
             cur = await conn.execute(logical.WRITE_SQL, params)
             result = await cur.fetchone()
-        written = int(result[0]) if result else 0
-        self._confirmed = max(self._confirmed, upto)
-        if written:
-            self.written += written
-            self._last_change = time.monotonic()
+        # Its commit flushed every asynchronous write before it.
+        self._unflushed.clear()
+        self.durable_writes += 1
+        return int(result[0]) if result else 0
+
+    async def _write_async(
+        self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any], upto: int
+    ) -> int | None:
+        """The asynchronous write (one round trip: the slot's row locked, the rows written,
+        the WAL positions read), or None when it wrote nothing: a capture trigger exists, or
+        the slot's row is gone (drop-slot)."""
+        safe_before = self.decoded_upto
+        async with conn.pipeline():
+            async with conn.transaction():
+                lock = await conn.execute(logical.LOCK_SQL, {"slot": self.slot})
+                cur = await conn.execute(
+                    logical.ASYNC_WRITE_SQL,
+                    {**params, "functions": list(logical.TRIGGER_FUNCTIONS)},
+                )
+            wal = await conn.execute(logical.WAL_SQL)
+        locked, result, positions = (
+            await lock.fetchone(),
+            await cur.fetchone(),
+            await wal.fetchone(),
+        )
+        assert result is not None and positions is not None
+        written, updated, triggers = int(result[0]), int(result[1]), bool(result[2])
+        if triggers:
+            self._durable_until = time.monotonic() + TRIGGERS_RECHECK_INTERVAL
+            logger.info(
+                "Logical capture: a capture trigger exists (a switch of capture backends in "
+                "progress?); writing the log durably for %.0f s",
+                TRIGGERS_RECHECK_INTERVAL,
+            )
+            return None
+        if locked is None or updated != 1:
+            return None
+        if not self._unflushed:
+            self._safe = max(self._safe, safe_before)
+        self._unflushed.append((int(positions[0]), upto))
+        self._flushed(int(positions[1]))
+        self.async_writes += 1
         return written
+
+    def _flushed(self, flush: int) -> None:
+        """The WAL is flushed up to ``flush``: the writes before it are durable."""
+        self._flush_checked = time.monotonic()
+        while self._unflushed and self._unflushed[0][0] <= flush:
+            self._safe = max(self._safe, self._unflushed.popleft()[1])
+
+    async def _confirmable(self, conn: psycopg.AsyncConnection[Any], now: bool = False) -> int:
+        """The slot position that may be confirmed: what was decoded, but not past a write a
+        crash could still lose. Looks at the flush position if a write is unflushed (at most
+        every FLUSH_CHECK_INTERVAL unless ``now``)."""
+        if self._unflushed and (
+            now or time.monotonic() - self._flush_checked >= FLUSH_CHECK_INTERVAL
+        ):
+            cur = await conn.execute(logical.FLUSH_SQL)
+            row = await cur.fetchone()
+            if row is not None:
+                self._flushed(int(row[0]))
+        return self._safe if self._unflushed else self.decoded_upto
 
     async def _advance(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Let the slot go of what is in the log (WAL Postgres may then remove).
@@ -363,6 +462,9 @@ class Pump:
         """
         if self.decoded_upto <= self._advanced:
             return
+        if self._unflushed:  # written while streaming, before the stream was lost: flush it
+            await conn.execute(logical.FLUSH_COMMIT_SQL, {"slot": self.slot})
+            self._unflushed.clear()
         lsn = {"slot": self.slot, "lsn": logical.lsn_text(self.decoded_upto)}
         await conn.execute(logical.ADVANCE_SQL, lsn)
         self._advanced, self._advanced_at = self.decoded_upto, time.monotonic()
@@ -383,9 +485,11 @@ class Pump:
         or if it was last advanced ADVANCE_INTERVAL ago: an advance costs a decoding pass and
         a write of the slot's state, and the next peek skips what is written anyway)."""
         if self.stream is not None:
-            # A status update on the stream: no round trip, no decoding pass.
+            # A status update on the stream: no decoding pass (and no round trip unless a write
+            # may be unflushed).
+            upto = await self._confirmable(conn, now)
             try:
-                self.stream.confirm(self.decoded_upto)
+                self.stream.confirm(upto)
             except psycopg.OperationalError as exc:
                 await self._lose_stream(exc)
             return

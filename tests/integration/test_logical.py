@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import signal
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -27,6 +30,8 @@ from pgbinding import status
 from pgbinding.capture import logical
 from pgbinding.capture.autodetect import MigrationAutodetector
 from pgbinding.capture.logical_ops import create_slots
+from pgbinding.delivery.listener import conninfo_from_django
+from tests import servers
 from tests.conftest import ListenerHarness
 from tests.support.capture import PUBLICATION, SLOT, capture_backend, require_logical
 from tests.testapp.models import Counter, Item
@@ -216,3 +221,105 @@ def test_restart_resumes_without_loss_or_repeat(logical_db: str) -> None:
     assert all(n == 1 for n in counts.values()), counts
     assert len(counts) == 11
     assert [a for a, _ in events.actions("items")] == ["create"] * 5 + ["update"]
+
+
+def _logged(keys: list[str]) -> list[tuple[int, str, str]]:
+    """(id, pk, op) of the log's rows for these items, in id order (a fresh connection)."""
+    with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT id, pk, op::text FROM pgbinding_change WHERE table_name = 'testapp_item'"
+            " AND pk = ANY(%s) ORDER BY id",
+            [keys],
+        ).fetchall()
+    return [(int(i), str(pk), str(op)) for i, pk, op in rows]
+
+
+def _crash_after(walwriter: int) -> None:
+    """End the stopped WAL writer with SIGKILL: the postmaster takes it for a crash, ends every
+    other server process and restarts with crash recovery; wait until it accepts connections."""
+    os.kill(walwriter, signal.SIGKILL)
+    connection.close()  # Django's connection died with the server
+    deadline = time.monotonic() + 60
+    time.sleep(0.5)
+    while True:
+        try:
+            with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
+                conn.execute("SELECT 1")
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_a_crash_that_loses_an_asynchronous_write_writes_it_again_with_the_same_ids(
+    logical_db: str,
+) -> None:
+    """Streaming, the pump commits its writes to the log asynchronously and the listener sends
+    them before they are flushed. A server crash then loses the write after clients had its
+    changes: the slot must not have let go of them (it is confirmed only past flushed writes),
+    and the pump must write them again under the same ids, which consumers drop as repeats
+    (ids from a sequence would differ, and a client's cursor would skip or repeat changes).
+
+    The crash is real and certain to lose the write: the WAL writer is stopped (SIGSTOP) before
+    the pump writes, so the write stays in the server's WAL buffers, then killed, which makes
+    the postmaster restart every process with crash recovery. The same listener reconnects;
+    that its pump writes the changes again shows the crash lost them."""
+    if servers.postgres_server() is None:
+        pytest.skip("needs the embedded Postgres (PGBINDING_TEST_DATABASE_URL is set)")
+    with psycopg.connect(logical_db, autocommit=True) as conn, conn.transaction():
+        # Ids drawn from the log's sequence, durably, as a trigger or a migration's drain
+        # draws them: the sequence's WAL runs 32 values ahead of it, so after a crash it
+        # resumes past where it was, and ids taken from it would differ.
+        conn.execute("SET LOCAL synchronous_commit = on")
+        conn.execute("SELECT nextval(pg_get_serial_sequence('pgbinding_change', 'id'))")
+    harness = ListenerHarness(capture="logical")
+    walwriter = None
+    try:
+        harness.start()
+        pump = harness.listener.pump
+        assert pump is not None and pump.stream is not None
+        with psycopg.connect(logical_db, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'"
+            ).fetchone()
+        assert row is not None
+        walwriter = int(row[0])
+        write = pump._write_async
+
+        async def write_unflushed(*args: Any) -> int | None:
+            # The stream has sent the transactions (which needs their WAL flushed, by the
+            # WAL writer among others): stop it only now, before the pump writes.
+            os.kill(cast(int, walwriter), signal.SIGSTOP)
+            return await write(*args)
+
+        pump._write_async = write_unflushed  # type: ignore[method-assign,assignment]
+        keys = [str(Item.objects.create(name=f"crash{i}").pk) for i in range(3)]
+        Item.objects.filter(pk=keys[0]).update(name="crash0 changed")
+        writes = pump.async_writes
+        harness.sync()
+        pump._write_async = write  # type: ignore[method-assign]
+        assert pump.async_writes > writes, "the pump did not write asynchronously"
+        before = _logged(keys)
+        assert [op for _, _, op in before] == ["I", "I", "I", "U"]
+        with psycopg.connect(logical_db, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots"
+                " WHERE slot_name = %s",
+                [SLOT],
+            ).fetchone()
+        assert row is not None and int(row[0]) < pump.decoded_upto, (
+            "the slot was confirmed past an unflushed write"
+        )
+        written = pump.written
+        _crash_after(walwriter)
+        walwriter = None
+        harness.sync(timeout=40)
+        # The listener reconnected, and its pump wrote the four changes again: the crash had
+        # lost them (before it, the pump knew them written and would have skipped them).
+        assert pump.written - written == 4
+        assert _logged(keys) == before
+    finally:
+        if walwriter is not None:
+            os.kill(walwriter, signal.SIGCONT)
+        harness.close()
