@@ -101,25 +101,29 @@ WRITE_SQL = (
 #: The capture trigger functions (templates trigger_v1, trigger_v2): while a trigger calls one
 #: of them, writers draw log ids from the identity sequence at any moment.
 TRIGGER_FUNCTIONS = ("pgbinding_capture_v1()", "pgbinding_capture_v2()")
-#: The pump's write when it streams, second statement of a transaction whose first is
-#: :data:`LOCK_SQL` (so its snapshot has every row written before the lock was granted):
-#: committed *asynchronously* (no wait for the WAL flush on the way to the clients), with ids
-#: that depend only on what the log holds, ``greatest(max(id), pruned_through) + 1, 2, ...``
-#: in commit order. A server crash can lose such a write after its rows were sent; the slot
-#: has not let go of them (the pump confirms a position only once the write is flushed), the
-#: pump writes them again, and they get the same ids, which consumers drop as repeats.
-#: The identity sequence is moved past them (for a migration's drain, or triggers later).
-#: Writes nothing while a capture trigger exists (a switch of backends in progress: a trigger
-#: may draw an id from the sequence at any moment, which ids from max(id) could collide with),
-#: and returns true then; the pump writes with :data:`WRITE_SQL` instead. Returns (rows
-#: written, slot rows updated, triggers exist).
+#: The pump's write when it streams, one statement: committed *asynchronously* (no wait for
+#: the WAL flush on the way to the clients), with ids that depend only on what the log holds,
+#: ``greatest(max(id), pruned_through) + 1, 2, ...`` in commit order. A server crash can lose
+#: such a write after its rows were sent; the slot has not let go of them (the pump confirms a
+#: position only once the write is flushed), the pump writes them again, and they get the same
+#: ids, which consumers drop as repeats. The identity sequence is moved past them (for a
+#: migration's drain, or triggers later).
+#:
+#: Writes nothing, and says so, when its snapshot is older than the slot row it locks (another
+#: writer of the slot, a migration's drain or a listener that lost the lead, committed in
+#: between, so ``max(id)`` may be stale), or while a capture trigger exists (a switch of
+#: backends in progress: a trigger may draw an id from the sequence at any moment); the pump
+#: then writes with :data:`WRITE_SQL`. Returns (rows written, slot rows updated, a capture
+#: trigger exists, the snapshot was stale, the WAL insert and flush positions as integers).
 ASYNC_WRITE_SQL = (
     "WITH triggers AS (SELECT EXISTS (SELECT FROM pg_depend"
     "   WHERE classid = 'pg_trigger'::regclass AND refclassid = 'pg_proc'::regclass"
     "   AND refobjid IN (SELECT to_regprocedure(f) FROM unnest(%(functions)s::text[]) f)) AS t),"
     " async AS (SELECT set_config('synchronous_commit', 'off', true)),"
-    " slot AS (SELECT s.confirmed_lsn FROM pgbinding_slot s, async, triggers"
-    "  WHERE s.name = %(slot)s AND NOT triggers.t),"
+    " locked AS (SELECT s.confirmed_lsn, s.xmin = (SELECT p.xmin FROM pgbinding_slot p"
+    "  WHERE p.name = %(slot)s) AS fresh FROM pgbinding_slot s, async"
+    "  WHERE s.name = %(slot)s FOR UPDATE OF s),"
+    " slot AS (SELECT l.confirmed_lsn FROM locked l, triggers WHERE l.fresh AND NOT triggers.t),"
     " base AS (SELECT greatest((SELECT max(id) FROM pgbinding_change),"
     "  (SELECT max(pruned_through) FROM pgbinding_state), 0) AS id),"
     " ins AS (INSERT INTO pgbinding_change (id, created_at, table_name, op, pk, old, new)"
@@ -134,13 +138,10 @@ ASYNC_WRITE_SQL = (
     "  confirmed_lsn = greatest(confirmed_lsn, %(lsn)s::pg_lsn)"
     "  WHERE name = %(slot)s AND EXISTS (SELECT FROM slot) RETURNING 1)"
     " SELECT (SELECT count(*) FROM ins)::integer, (SELECT count(*) FROM upd)::integer,"
-    " (SELECT t FROM triggers), (SELECT count(*) FROM seq)::integer"
-)
-#: After a write (in the same pipeline): the WAL insert position, which is past its commit
-#: record, and the flush position (both as integers).
-WAL_SQL = (
-    "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint,"
-    " (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint"
+    " (SELECT t FROM triggers), NOT coalesce((SELECT fresh FROM locked), true),"
+    " (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint,"
+    " (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint,"
+    " (SELECT count(*) FROM seq)::integer"
 )
 #: A durable write of nothing: its commit flushes every WAL record before it.
 FLUSH_COMMIT_SQL = (

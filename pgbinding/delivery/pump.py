@@ -115,10 +115,10 @@ class Pump:
         self._stream_retry_at = 0.0
         #: Transactions read from the stream (for logs, tests and benchmarks).
         self.streamed = 0
-        #: Asynchronous writes not known to be flushed yet: (WAL position past the write's
-        #: commit, the slot position it wrote up to), oldest first. The slot is never
-        #: confirmed past a write in here: a server crash could still lose it.
-        self._unflushed: collections.deque[tuple[int, int]] = collections.deque()
+        #: Asynchronous writes not known to be flushed yet: [a WAL position past the write's
+        #: commit record (0 until read after it), the slot position it wrote up to], oldest
+        #: first. The slot is never confirmed past a write in here: a crash could lose it.
+        self._unflushed: collections.deque[list[int]] = collections.deque()
         #: With writes unflushed: the slot position safe to confirm (every transaction before
         #: it is durably in the log, or of no bound table).
         self._safe = 0
@@ -269,6 +269,7 @@ class Pump:
             await self._lose_stream(exc)
             return -1
         transactions = stream.take()
+        self._tw = time.time()
         upto = stream.sent_upto
         written = await self._write(conn, transactions, upto) if transactions else 0
         self.streamed += len(transactions)
@@ -396,25 +397,18 @@ class Pump:
     async def _write_async(
         self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any], upto: int
     ) -> int | None:
-        """The asynchronous write (one round trip: the slot's row locked, the rows written,
-        the WAL positions read), or None when it wrote nothing: a capture trigger exists, or
-        the slot's row is gone (drop-slot)."""
+        """The asynchronous write (one statement), or None when it wrote nothing: a capture
+        trigger exists, another writer of the slot committed while it ran, or the slot's row
+        is gone (drop-slot)."""
         safe_before = self.decoded_upto
-        async with conn.pipeline():
-            async with conn.transaction():
-                lock = await conn.execute(logical.LOCK_SQL, {"slot": self.slot})
-                cur = await conn.execute(
-                    logical.ASYNC_WRITE_SQL,
-                    {**params, "functions": list(logical.TRIGGER_FUNCTIONS)},
-                )
-            wal = await conn.execute(logical.WAL_SQL)
-        locked, result, positions = (
-            await lock.fetchone(),
-            await cur.fetchone(),
-            await wal.fetchone(),
+        cur = await conn.execute(
+            logical.ASYNC_WRITE_SQL, {**params, "functions": list(logical.TRIGGER_FUNCTIONS)}
         )
-        assert result is not None and positions is not None
-        written, updated, triggers = int(result[0]), int(result[1]), bool(result[2])
+        result = await cur.fetchone()
+        assert result is not None
+        written, updated, triggers, stale = int(result[0]), int(result[1]), result[2], result[3]
+        # Every earlier write had committed when this statement read the insert position.
+        self._wal(int(result[4]), int(result[5]))
         if triggers:
             self._durable_until = time.monotonic() + TRIGGERS_RECHECK_INTERVAL
             logger.info(
@@ -423,19 +417,23 @@ class Pump:
                 TRIGGERS_RECHECK_INTERVAL,
             )
             return None
-        if locked is None or updated != 1:
+        if stale or updated != 1:
             return None
         if not self._unflushed:
             self._safe = max(self._safe, safe_before)
-        self._unflushed.append((int(positions[0]), upto))
-        self._flushed(int(positions[1]))
+        # Where its commit record ends is known only after it: the next look sets it.
+        self._unflushed.append([0, upto])
         self.async_writes += 1
         return written
 
-    def _flushed(self, flush: int) -> None:
-        """The WAL is flushed up to ``flush``: the writes before it are durable."""
+    def _wal(self, inserted: int, flushed: int) -> None:
+        """WAL positions read after the unflushed writes committed (``inserted``, past their
+        commit records) and how far the WAL is flushed: the writes before it are durable."""
         self._flush_checked = time.monotonic()
-        while self._unflushed and self._unflushed[0][0] <= flush:
+        for entry in self._unflushed:
+            if entry[0] == 0:
+                entry[0] = inserted
+        while self._unflushed and self._unflushed[0][0] <= flushed:
             self._safe = max(self._safe, self._unflushed.popleft()[1])
 
     async def _confirmable(self, conn: psycopg.AsyncConnection[Any], now: bool = False) -> int:
@@ -448,7 +446,7 @@ class Pump:
             cur = await conn.execute(logical.FLUSH_SQL)
             row = await cur.fetchone()
             if row is not None:
-                self._flushed(int(row[0]))
+                self._wal(int(row[1]), int(row[0]))
         return self._safe if self._unflushed else self.decoded_upto
 
     async def _advance(self, conn: psycopg.AsyncConnection[Any]) -> None:

@@ -323,3 +323,62 @@ def test_a_crash_that_loses_an_asynchronous_write_writes_it_again_with_the_same_
         if walwriter is not None:
             os.kill(walwriter, signal.SIGCONT)
         harness.close()
+
+
+def test_a_write_that_waited_for_another_writer_of_the_slot_is_written_durably(
+    logical_db: str,
+) -> None:
+    """The asynchronous write takes its ids from ``max(id)`` in its snapshot. When another
+    writer of the slot (a migration's drain, a listener that lost the lead) holds the slot's
+    row, the write waits for it, and its snapshot no longer has that writer's rows: it must
+    write nothing and let the durable write (ids from the sequence) do it, not reuse ids or
+    take ids below the other writer's."""
+    harness = ListenerHarness(capture="logical")
+    try:
+        harness.start()
+        pump = harness.listener.pump
+        assert pump is not None and pump.stream is not None
+        events = harness.collect("items")
+        with psycopg.connect(logical_db, autocommit=True) as other, other.transaction():
+            other.execute(logical.LOCK_SQL, {"slot": SLOT})
+            # What a drain writes: log rows with ids from the sequence, and the slot's row.
+            other.execute(
+                "INSERT INTO pgbinding_change (table_name, op, pk, old, new)"
+                " SELECT 'testapp_other', 'I', g::text, NULL, '{}'::jsonb"
+                " FROM generate_series(1, 3) g"
+            )
+            other.execute(logical.CONFIRM_SQL, {"slot": SLOT, "lsn": "0/0"})
+            durable, asynchronous = pump.durable_writes, pump.async_writes
+            item = Item.objects.create(name="waits")
+            flushed = threading.Thread(target=_flush_wal, args=(logical_db,))
+            flushed.start()
+            flushed.join()
+            harness.wait(lambda: _waiting_for_lock(logical_db), "the pump to wait for the lock")
+        harness.sync()
+        assert pump.durable_writes == durable + 1
+        assert pump.async_writes == asynchronous
+        logged = _logged([str(item.pk)])
+        with psycopg.connect(logical_db, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT max(id) FROM pgbinding_change WHERE table_name = 'testapp_other'"
+            ).fetchone()
+        assert row is not None and logged[0][0] > int(row[0])
+        assert ("create", item.pk) in events.actions("items")
+    finally:
+        harness.close()
+
+
+def _flush_wal(conninfo: str) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET LOCAL synchronous_commit = on")
+        conn.execute("SELECT pg_current_xact_id()")
+
+
+def _waiting_for_lock(conninfo: str) -> bool:
+    """Is a pgbinding listener's statement waiting for a lock?"""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND application_name LIKE 'pgbinding listener%%'"
+        ).fetchone()
+    return bool(row and row[0])
