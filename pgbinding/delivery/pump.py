@@ -10,19 +10,22 @@ listener does, in front of its usual loop. Each :meth:`Pump.round`:
    transactions before it (``pg_logical_slot_peek_binary_changes``); protocol 1, the
    publication of the bound tables, decoded by :mod:`pgbinding.capture.pgoutput` and turned
    into log rows by :class:`pgbinding.capture.logrows.Converter`;
-2. in one transaction, committed durably: locks the slot's row in ``pgbinding_slot``, skips
-   the transactions it has already written (end LSN <= its ``confirmed_lsn``: a restart, or a
-   migration that drained the slot), inserts the rest in commit order with one statement
-   (the log ids follow commit order, so these rows open no gaps), and stores how far it has
-   read (the stream's sent position, or ``L``) as ``confirmed_lsn``;
-3. only after that transaction committed, and the listener sent what it read, lets the slot
-   go of it (:meth:`Pump.sent`): a status update on the stream, or, polling,
+2. in one statement: locks the slot's row in ``pgbinding_slot``, skips the transactions it
+   has already written (end LSN <= its ``confirmed_lsn``: a restart, or a migration that
+   drained the slot), inserts the rest in commit order (the log ids follow commit order, so
+   these rows open no gaps), and stores how far it has read (the stream's sent position, or
+   ``L``) as ``confirmed_lsn``. Streaming, it commits asynchronously, with ids that depend only
+   on what the log holds (:data:`~pgbinding.capture.logical.ASYNC_WRITE_SQL`); polling, or while
+   a capture trigger exists, durably, with ids from the sequence;
+3. only after that write is flushed, and the listener sent what it read, lets the slot go of
+   it (:meth:`Pump.sent`): a status update on the stream, or, polling,
    ``pg_replication_slot_advance`` (at least every ``ADVANCE_INTERVAL`` during a long
    catch-up). Never on the way from commit to client.
 
-A crash anywhere loses nothing (the slot still holds what was not committed in step 2) and
-writes nothing twice (step 2 skips it). The log reader, positions and ``since``, dispatch and
-consumers then work as with triggers.
+A crash anywhere loses nothing (the slot still holds what was not flushed in step 2) and
+writes nothing twice (step 2 skips it); a write that a crash lost after its rows were sent is
+written again with the same ids, which consumers drop as repeats. The log reader, positions
+and ``since``, dispatch and consumers then work as with triggers.
 
 There is no NOTIFY: between rounds the listener waits in :meth:`Pump.wait`, on the stream's
 socket, or, polling, in one statement (``pgbinding_wait_wal``, schema v3) that looks at the
@@ -269,7 +272,6 @@ class Pump:
             await self._lose_stream(exc)
             return -1
         transactions = stream.take()
-        self._tw = time.time()
         upto = stream.sent_upto
         written = await self._write(conn, transactions, upto) if transactions else 0
         self.streamed += len(transactions)
@@ -373,16 +375,14 @@ class Pump:
         if self.stream is not None and time.monotonic() >= self._durable_until:
             written = await self._write_async(conn, params, upto)
         if written is None:
-            written = await self._write_durably(conn, params, upto)
+            written = await self._write_durably(conn, params)
         self._confirmed = max(self._confirmed, upto)
         if written:
             self.written += written
             self._last_change = time.monotonic()
         return written
 
-    async def _write_durably(
-        self, conn: psycopg.AsyncConnection[Any], params: Any, upto: int
-    ) -> int:
+    async def _write_durably(self, conn: psycopg.AsyncConnection[Any], params: Any) -> int:
         cur = await conn.execute(logical.WRITE_SQL, params)
         result = await cur.fetchone()
         if result is None or result[1] != 1:  # its row was deleted (drop-slot): again
