@@ -113,8 +113,11 @@ TRIGGER_FUNCTIONS = ("pgbinding_capture_v1()", "pgbinding_capture_v2()")
 #: writer of the slot, a migration's drain or a listener that lost the lead, committed in
 #: between, so ``max(id)`` may be stale), or while a capture trigger exists (a switch of
 #: backends in progress: a trigger may draw an id from the sequence at any moment); the pump
-#: then writes with :data:`WRITE_SQL`. Returns (rows written, slot rows updated, a capture
-#: trigger exists, the snapshot was stale, the WAL insert and flush positions as integers).
+#: then writes with :data:`WRITE_SQL`. Its first row: (rows written, slot rows updated, a
+#: capture trigger exists, the snapshot was stale, the WAL insert and flush positions as
+#: integers); then one row per log row written, in id order, with the columns the log reader
+#: reads (id, table_name, op, pk, old, new) in its last six columns: the listener sends those
+#: without reading them back.
 ASYNC_WRITE_SQL = (
     "WITH triggers AS (SELECT EXISTS (SELECT FROM pg_depend"
     "   WHERE classid = 'pg_trigger'::regclass AND refclassid = 'pg_proc'::regclass"
@@ -130,7 +133,7 @@ ASYNC_WRITE_SQL = (
     "  OVERRIDING SYSTEM VALUE"
     "  SELECT base.id + row_number() OVER (ORDER BY u.n), u.created_at, u.table_name, u.op, u.pk,"
     "  u.old, u.new FROM ({rows}) u, slot, base WHERE u.end_lsn > slot.confirmed_lsn"
-    "  ORDER BY u.n RETURNING id),"
+    "  ORDER BY u.n RETURNING id, table_name, op, pk, old, new),"
     " seq AS (SELECT setval(pg_get_serial_sequence('pgbinding_change', 'id'), greatest(max(i.id),"
     "  pg_sequence_last_value(pg_get_serial_sequence('pgbinding_change', 'id')::regclass)))"
     "  FROM ins i HAVING count(*) > 0),"
@@ -141,7 +144,10 @@ ASYNC_WRITE_SQL = (
     " (SELECT t FROM triggers), NOT coalesce((SELECT fresh FROM locked), true),"
     " (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint,"
     " (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint,"
-    " (SELECT count(*) FROM seq)::integer"
+    ' (SELECT count(*) FROM seq)::integer, NULL::bigint, NULL::text, NULL::"char", NULL::text,'
+    " NULL::jsonb, NULL::jsonb"
+    " UNION ALL (SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, i.id, i.table_name, i.op, i.pk,"
+    " i.old, i.new FROM ins i ORDER BY i.id)"
 )
 #: A durable write of nothing: its commit flushes every WAL record before it.
 FLUSH_COMMIT_SQL = (

@@ -194,6 +194,18 @@ class ChangeLog:
         rows = await cur.fetchall()
         return self._advance([Change(int(r[0]), r[1], str(r[2]), r[3], r[4], r[5]) for r in rows])
 
+    def follow(self, rows: list[tuple[Any, ...]]) -> list[Change] | None:
+        """``rows`` as :meth:`read` would return them, when they are exactly what it would
+        read next (the log rows a writer just wrote and committed, in id order: (id,
+        table_name, op, pk, old, new)): the ids right after the position, no gap open, at
+        most a batch. None otherwise: then read."""
+        if not rows or self.gaps or len(rows) > self.batch_size:
+            return None
+        first = int(rows[0][0])
+        if first != self.position + 1 or int(rows[-1][0]) != first + len(rows) - 1:
+            return None
+        return self._advance([Change(int(r[0]), r[1], str(r[2]), r[3], r[4], r[5]) for r in rows])
+
     def _advance(self, changes: list[Change]) -> list[Change]:
         """Move the position past ``changes`` (in id order); return them, each carrying the
         cursor just after it, so a client that stops anywhere in the batch resumes exactly."""

@@ -278,9 +278,14 @@ class Listener:
         self._gap_wait = self.settings.GAP_POLL_INTERVAL
         self._dry_since: float | None = None
         while not self.stopping:
+            changes = None
             if self.pump is not None:
                 await self.pump.round(conn)
-            changes = await self.log.read(conn)
+                # What the pump just wrote, when it is what the read would return next: sent
+                # without the round trip to read it back.
+                changes = self.log.follow(self.pump.take_written())
+            if changes is None:
+                changes = await self.log.read(conn)
             now = time.monotonic()
             if self.log.gaps and now - self._last_gap_check >= self.settings.GAP_POLL_INTERVAL:
                 await self.log.check_gaps(conn)

@@ -128,6 +128,8 @@ class Pump:
         self._flush_checked = 0.0
         #: Write durably, with ids from the sequence, until then (a capture trigger exists).
         self._durable_until = 0.0
+        #: The log rows the last asynchronous write wrote (:meth:`take_written`).
+        self.written_rows: list[tuple[Any, ...]] = []
         #: Writes committed asynchronously, and durably (for tests and benchmarks).
         self.async_writes = 0
         self.durable_writes = 0
@@ -283,6 +285,7 @@ class Pump:
     async def round(self, conn: psycopg.AsyncConnection[Any]) -> int:
         """Write every change committed since the last round into the log; how many rows."""
         self.rounds += 1
+        self.written_rows = []
         now = time.monotonic()
         if now - self._last_slot_check >= SLOT_CHECK_INTERVAL:
             self._last_slot_check = now
@@ -404,8 +407,8 @@ class Pump:
         cur = await conn.execute(
             logical.ASYNC_WRITE_SQL, {**params, "functions": list(logical.TRIGGER_FUNCTIONS)}
         )
-        result = await cur.fetchone()
-        assert result is not None
+        records = await cur.fetchall()
+        result = records[0]
         written, updated, triggers, stale = int(result[0]), int(result[1]), result[2], result[3]
         # Every earlier write had committed when this statement read the insert position.
         self._wal(int(result[4]), int(result[5]))
@@ -424,7 +427,14 @@ class Pump:
         # Where its commit record ends is known only after it: the next look sets it.
         self._unflushed.append([0, upto])
         self.async_writes += 1
+        self.written_rows = [r[7:] for r in records[1:]]
         return written
+
+    def take_written(self) -> list[tuple[Any, ...]]:
+        """The log rows the last round wrote (as the log reader reads them: id, table_name,
+        op, pk, old, new; in id order), when it wrote them asynchronously; [] otherwise."""
+        rows, self.written_rows = self.written_rows, []
+        return rows
 
     def _wal(self, inserted: int, flushed: int) -> None:
         """WAL positions read after the unflushed writes committed (``inserted``, past their
