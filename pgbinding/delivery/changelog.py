@@ -122,6 +122,11 @@ class Gap:
     settled: bool = False
 
 
+def _changes(rows: list[tuple[Any, ...]]) -> list[Change]:
+    """Log rows (id, table_name, op, pk, old, new) as changes."""
+    return [Change(int(r[0]), r[1], str(r[2]), r[3], r[4], r[5]) for r in rows]
+
+
 class LostLead(Exception):
     """This listener is no longer the leader of its name: another one took over."""
 
@@ -191,8 +196,7 @@ class ChangeLog:
             cur = await conn.execute(_READ_WITH_GAPS, params)
         else:
             cur = await conn.execute(_READ, params)
-        rows = await cur.fetchall()
-        return self._advance([Change(int(r[0]), r[1], str(r[2]), r[3], r[4], r[5]) for r in rows])
+        return self._advance(_changes(await cur.fetchall()))
 
     def follow(self, rows: list[tuple[Any, ...]]) -> list[Change] | None:
         """``rows`` as :meth:`read` would return them, when they are exactly what it would
@@ -204,7 +208,7 @@ class ChangeLog:
         first = int(rows[0][0])
         if first != self.position + 1 or int(rows[-1][0]) != first + len(rows) - 1:
             return None
-        return self._advance([Change(int(r[0]), r[1], str(r[2]), r[3], r[4], r[5]) for r in rows])
+        return self._advance(_changes(rows))
 
     def _advance(self, changes: list[Change]) -> list[Change]:
         """Move the position past ``changes`` (in id order); return them, each carrying the

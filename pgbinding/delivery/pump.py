@@ -39,6 +39,7 @@ import asyncio
 import collections
 import logging
 import time
+from operator import itemgetter
 from typing import Any
 
 import psycopg
@@ -408,7 +409,8 @@ class Pump:
             logical.ASYNC_WRITE_SQL, {**params, "functions": list(logical.TRIGGER_FUNCTIONS)}
         )
         records = await cur.fetchall()
-        result = records[0]
+        # One summary row (no log id), then the rows written.
+        result = next(r for r in records if r[7] is None)
         written, updated, triggers, stale = int(result[0]), int(result[1]), result[2], result[3]
         # Every earlier write had committed when this statement read the insert position.
         self._wal(int(result[4]), int(result[5]))
@@ -427,7 +429,7 @@ class Pump:
         # Where its commit record ends is known only after it: the next look sets it.
         self._unflushed.append([0, upto])
         self.async_writes += 1
-        self.written_rows = [r[7:] for r in records[1:]]
+        self.written_rows = sorted((r[7:] for r in records if r[7] is not None), key=itemgetter(0))
         return written
 
     def take_written(self) -> list[tuple[Any, ...]]:
