@@ -23,6 +23,7 @@ from pgbinding.delivery.listener import conninfo_from_django
 from tests import servers
 from tests.faults.conftest import Stack, restart_postgres
 from tests.faults.test_authorization import ItemWriter, alice_and_bob, session_cookie
+from tests.support.capture import BACKENDS
 from tests.support.processes import Daphne, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
@@ -171,8 +172,9 @@ def test_resumes_through_a_replay_worker_that_is_killed_lose_and_leak_nothing(
     )
 
 
+@pytest.mark.parametrize("capture", BACKENDS)
 def test_long_resumes_after_redis_listener_and_postgres_faults_reach_only_their_owner(
-    make_stack: Callable[..., Stack],
+    make_stack: Callable[..., Stack], capture: str
 ) -> None:
     """While alice's and bob's items change: Redis is SIGKILLed and started again empty, and
     the leading pglisten is SIGKILLed (its standby takes over); after the writes, Postgres is
@@ -182,7 +184,7 @@ def test_long_resumes_after_redis_listener_and_postgres_faults_reach_only_their_
     Required: each gets every committed value of each of their own rows, in commit order, and
     no row of the other (the position is not a secret: bob resumes from alice's); the
     signed-out socket gets 403 and nothing else; the worker built the replays."""
-    stack = make_stack("core")
+    stack = make_stack("core", capture=capture)
     stack.env["PGBINDING_TEST_PGBINDING"] = json.dumps({"REPLAY_IN_PROCESS_FROM": IN_PROCESS_FROM})
     alice, bob, owned = alice_and_bob(ROWS_EACH)
     leader = stack.pglisten("pglisten-1")
