@@ -85,6 +85,13 @@ INSERT_SQL = (
     "WITH slot AS (SELECT confirmed_lsn FROM pgbinding_slot WHERE name = %(slot)s FOR UPDATE)"
     " {insert}"
 )
+#: The CTE of the pump's writes that moves the slot's confirmed_lsn to %(lsn)s (after the
+#: ``slot`` CTE found the row to write under).
+_CONFIRM_CTE = (
+    "upd AS (UPDATE pgbinding_slot SET updated_at = now(),"
+    " confirmed_lsn = greatest(confirmed_lsn, %(lsn)s::pg_lsn)"
+    " WHERE name = %(slot)s AND EXISTS (SELECT FROM slot) RETURNING 1)"
+)
 #: The pump's write, as one statement (its own transaction: one round trip): committed
 #: durably whatever the session's synchronous_commit; the rows of :data:`INSERT_SQL`, and the
 #: slot's confirmed_lsn moved to %(lsn)s. Returns how many rows it wrote.
@@ -93,9 +100,7 @@ WRITE_SQL = (
     " slot AS (SELECT s.confirmed_lsn FROM pgbinding_slot s, durable WHERE s.name = %(slot)s"
     "  FOR UPDATE OF s),"
     " ins AS ({insert} RETURNING 1),"
-    " upd AS (UPDATE pgbinding_slot SET updated_at = now(),"
-    "  confirmed_lsn = greatest(confirmed_lsn, %(lsn)s::pg_lsn)"
-    "  WHERE name = %(slot)s AND EXISTS (SELECT FROM slot) RETURNING 1)"
+    " {confirm}"
     " SELECT (SELECT count(*) FROM ins)::integer, (SELECT count(*) FROM upd)::integer"
 )
 #: The capture trigger functions (templates trigger_v1, trigger_v2): while a trigger calls one
@@ -137,9 +142,7 @@ ASYNC_WRITE_SQL = (
     " seq AS (SELECT setval(pg_get_serial_sequence('pgbinding_change', 'id'), greatest(max(i.id),"
     "  pg_sequence_last_value(pg_get_serial_sequence('pgbinding_change', 'id')::regclass)))"
     "  FROM ins i HAVING count(*) > 0),"
-    " upd AS (UPDATE pgbinding_slot SET updated_at = now(),"
-    "  confirmed_lsn = greatest(confirmed_lsn, %(lsn)s::pg_lsn)"
-    "  WHERE name = %(slot)s AND EXISTS (SELECT FROM slot) RETURNING 1)"
+    " {confirm}"
     " SELECT (SELECT count(*) FROM ins)::integer, (SELECT count(*) FROM upd)::integer,"
     " (SELECT t FROM triggers), NOT coalesce((SELECT fresh FROM locked), true),"
     " (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint,"
@@ -156,8 +159,8 @@ FLUSH_COMMIT_SQL = (
 )
 _INSERT_ROWS = _INSERT_ROWS.format(rows=ROWS_SQL)
 INSERT_SQL = INSERT_SQL.format(insert=_INSERT_ROWS)
-WRITE_SQL = WRITE_SQL.format(insert=_INSERT_ROWS)
-ASYNC_WRITE_SQL = ASYNC_WRITE_SQL.format(rows=ROWS_SQL)
+WRITE_SQL = WRITE_SQL.format(insert=_INSERT_ROWS, confirm=_CONFIRM_CTE)
+ASYNC_WRITE_SQL = ASYNC_WRITE_SQL.format(rows=ROWS_SQL, confirm=_CONFIRM_CTE)
 #: Ends the walsender of a pgbinding listener's stream that holds slot %s (a listener that lost
 #: the lead, or one a migration or drop-slot needs out of the way: it reconnects, polling
 #: meanwhile). Returns the pids ended. Needs the right to signal that backend (the same role,
