@@ -55,6 +55,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
+import psycopg.sql
 
 from . import common, module, slot
 from .consumers import (
@@ -415,6 +416,19 @@ class Bench:
         if self.logical and self.listener_mode != "logical":
             slot.skip(self.conn)
 
+    def triggers_only_on(self, v: Variant) -> None:
+        """Only the measured variant's table has its triggers enabled. The others' fire for
+        no write of this measurement either way, but the logical listener writes the log
+        durably while any capture trigger is enabled (it could draw log ids at any moment),
+        so with t_pgbinding's enabled the logical variant would measure the durable write."""
+        for u in self.variants:
+            action = "ENABLE" if u is v else "DISABLE"
+            self.conn.execute(
+                psycopg.sql.SQL("ALTER TABLE {} {} TRIGGER USER").format(
+                    psycopg.sql.Identifier(u.table), psycopg.sql.SQL(action)
+                )
+            )
+
     def measure(self, run: int, workload: str, clients: int, v: Variant) -> dict[str, Any]:
         mode = self.listener_mode_for(v)
         if mode == "logical":
@@ -426,6 +440,7 @@ class Bench:
         else:
             self.ensure_listener(mode)
             self.reset()
+        self.triggers_only_on(v)
         waited, idle_busy = 0.0, float("nan")
         if self.args.quiet_cores > 0:
             waited, idle_busy = common.wait_quiet(self.args.quiet_cores, self.args.quiet_wait)

@@ -116,17 +116,19 @@ TRIGGER_FUNCTIONS = ("pgbinding_capture_v1()", "pgbinding_capture_v2()")
 #:
 #: Writes nothing, and says so, when its snapshot is older than the slot row it locks (another
 #: writer of the slot, a migration's drain or a listener that lost the lead, committed in
-#: between, so ``max(id)`` may be stale), or while a capture trigger exists (a switch of
-#: backends in progress: a trigger may draw an id from the sequence at any moment); the pump
-#: then writes with :data:`WRITE_SQL`. Its first row: (rows written, slot rows updated, a
-#: capture trigger exists, the snapshot was stale, the WAL insert and flush positions as
+#: between, so ``max(id)`` may be stale), or while an enabled capture trigger exists (a switch
+#: of backends in progress: a trigger may draw an id from the sequence at any moment; one
+#: disabled with ``ALTER TABLE ... DISABLE TRIGGER`` fires for no writer); the pump
+#: then writes with :data:`WRITE_SQL`. Its first row: (rows written, slot rows updated, an
+#: enabled capture trigger exists, the snapshot was stale, the WAL insert and flush positions as
 #: integers); then one row per log row written, in id order, with the columns the log reader
 #: reads (id, table_name, op, pk, old, new) in its last six columns: the listener sends those
 #: without reading them back.
 ASYNC_WRITE_SQL = (
-    "WITH triggers AS (SELECT EXISTS (SELECT FROM pg_depend"
-    "   WHERE classid = 'pg_trigger'::regclass AND refclassid = 'pg_proc'::regclass"
-    "   AND refobjid IN (SELECT to_regprocedure(f) FROM unnest(%(functions)s::text[]) f)) AS t),"
+    "WITH triggers AS (SELECT EXISTS (SELECT FROM pg_depend d JOIN pg_trigger g ON g.oid = d.objid"
+    "   WHERE d.classid = 'pg_trigger'::regclass AND d.refclassid = 'pg_proc'::regclass"
+    "   AND d.refobjid IN (SELECT to_regprocedure(f) FROM unnest(%(functions)s::text[]) f)"
+    "   AND g.tgenabled <> 'D') AS t),"
     " async AS (SELECT set_config('synchronous_commit', 'off', true)),"
     " locked AS (SELECT s.confirmed_lsn, s.xmin = (SELECT p.xmin FROM pgbinding_slot p"
     "  WHERE p.name = %(slot)s) AS fresh FROM pgbinding_slot s, async"

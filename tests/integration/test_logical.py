@@ -27,7 +27,7 @@ from django.db.migrations.writer import MigrationWriter
 from pytest_django.fixtures import Settings as SettingsFixture
 
 from pgbinding import status
-from pgbinding.capture import logical
+from pgbinding.capture import logical, sql
 from pgbinding.capture.autodetect import MigrationAutodetector
 from pgbinding.capture.logical_ops import create_slots
 from pgbinding.delivery.listener import conninfo_from_django
@@ -373,6 +373,45 @@ def test_a_write_that_waited_for_another_writer_of_the_slot_is_written_durably(
         assert ("create", item.pk) in events.actions("items")
     finally:
         harness.close()
+
+
+def test_only_an_enabled_capture_trigger_makes_the_write_durable(logical_db: str) -> None:
+    """While a capture trigger can fire, writers draw log ids from the sequence at any moment,
+    so the pump writes durably with sequence ids. A capture trigger disabled with ``ALTER
+    TABLE ... DISABLE TRIGGER`` fires for nobody: the pump keeps writing asynchronously (a
+    benchmark with a trigger-captured table beside the logical one measured only durable
+    writes before this)."""
+    harness = ListenerHarness(capture="logical")
+    forward, reverse = sql.trigger_sql("pgbinding_probe", "id")
+    with psycopg.connect(logical_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE pgbinding_probe (id integer PRIMARY KEY)")
+        for statement in forward:
+            conn.execute(statement)
+        conn.execute("ALTER TABLE pgbinding_probe DISABLE TRIGGER ALL")
+    try:
+        harness.start()
+        pump = harness.listener.pump
+        assert pump is not None and pump.stream is not None
+        events = harness.collect("items")
+        durable, asynchronous = pump.durable_writes, pump.async_writes
+        first = Item.objects.create(name="trigger disabled")
+        harness.sync()
+        assert (pump.durable_writes, pump.async_writes) == (durable, asynchronous + 1)
+        with psycopg.connect(logical_db, autocommit=True) as conn:
+            conn.execute("ALTER TABLE pgbinding_probe ENABLE TRIGGER ALL")
+        durable, asynchronous = pump.durable_writes, pump.async_writes
+        second = Item.objects.create(name="trigger enabled")
+        harness.sync()
+        assert pump.durable_writes == durable + 1
+        assert pump.async_writes == asynchronous
+        assert ("create", first.pk) in events.actions("items")
+        assert ("create", second.pk) in events.actions("items")
+    finally:
+        harness.close()
+        with psycopg.connect(logical_db, autocommit=True) as conn:
+            for statement in reverse:
+                conn.execute(statement)
+            conn.execute("DROP TABLE pgbinding_probe")
 
 
 def _flush_wal(conninfo: str) -> None:
