@@ -106,27 +106,34 @@ class Converter:
         return (at, table, op, pk, _json(old, info), _json(new, info), end)
 
 
+#: ``json.dumps(value, ensure_ascii=False)`` without building an encoder per call (the same
+#: output: dumps builds this encoder for those arguments), and its string quoting alone.
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
+_quote = json.encoder.encode_basestring
+
+
 def _json(row: dict[str, str | None] | None, info: RelationInfo) -> str | None:
     """The row as the JSON text ``to_jsonb`` gives for it. Values whose JSON is their text
-    output (most columns) and timestamps go through one ``json.dumps`` of the whole row;
+    output (most columns) and timestamps go through one JSON encoding of the whole row;
     json, hstore and array columns are written apart and spliced in (key order does not
-    matter: jsonb orders keys itself)."""
+    matter: jsonb orders keys itself). Only the columns with a kind are looked at."""
     if row is None:
         return None
     kinds = info.kinds
     if not kinds:
-        return json.dumps(row, ensure_ascii=False)
-    plain: dict[str, str | None] = {}
+        return _dumps(row)
+    plain = dict(row)
     spliced: list[str] = []
-    for name, value in row.items():
-        kind = kinds.get(name)
-        if value is None or kind is None:
-            plain[name] = value
-        elif kind in ("timestamptz", "timestamp"):
+    for name, kind in kinds.items():
+        value = plain.get(name)
+        if value is None:
+            continue
+        if kind == "timestamptz" or kind == "timestamp":
             plain[name] = _timestamp(value, kind)
         else:
-            spliced.append(f"{json.dumps(name, ensure_ascii=False)}: {_value(value, kind)}")
-    text = json.dumps(plain, ensure_ascii=False)
+            del plain[name]
+            spliced.append(f"{_quote(name)}: {_value(value, kind)}")
+    text = _dumps(plain)
     if not spliced:
         return text
     return text[:-1] + (", " if plain else "") + ", ".join(spliced) + "}"
@@ -137,6 +144,8 @@ def _timestamp(text: str, kind: str) -> str:
     pinned DateStyle ISO ("2026-01-02 03:04:05+00")."""
     text = text.replace(" ", "T", 1) if text[:1].isdigit() else text
     if kind == "timestamptz":
+        if text.endswith("+00"):  # the pinned TimeZone, UTC: nearly every value
+            return text + ":00"
         text = _OFFSET.sub(r"\1:00\2", text)
     return text
 
@@ -144,18 +153,18 @@ def _timestamp(text: str, kind: str) -> str:
 def _value(text: str, kind: str) -> str:
     """One value's text output as the JSON ``to_jsonb`` gives for it (see RelationInfo)."""
     if kind == "":
-        return json.dumps(text, ensure_ascii=False)
+        return _quote(text)
     if kind == "json":
         return text  # the column's own JSON text; jsonb input normalizes it as to_jsonb does
     if kind == "hstore":
-        return json.dumps(_hstore.load(text.encode()), ensure_ascii=False)
+        return _dumps(_hstore.load(text.encode()))
     if kind.startswith("[]"):
         try:
             items = parse_array(text)
         except ValueError:
-            return json.dumps(text, ensure_ascii=False)
+            return _quote(text)
         return _array(items, kind[2:])
-    return json.dumps(_timestamp(text, kind), ensure_ascii=False)  # timestamp(tz)
+    return _quote(_timestamp(text, kind))  # timestamp(tz)
 
 
 _OFFSET = re.compile(r"([+-]\d\d)( BC)?$")
@@ -218,10 +227,17 @@ def insert_params(slot: str, rows: Sequence[LogRow]) -> dict[str, Any]:
     """Parameters of :data:`~pgbinding.capture.logical.INSERT_SQL` (and ``WRITE_SQL``) for
     ``rows``: one JSON document, a JSON array per row (old and new are JSON already, spliced
     in as they are)."""
-    parts = [
-        f'["{at.isoformat()}", {json.dumps(table, ensure_ascii=False)}, "{op}", '
-        f"{json.dumps(pk, ensure_ascii=False)}, {old or 'null'}, {new or 'null'}, "
-        f'"{lsn_text(end)}"]'
-        for at, table, op, pk, old, new, end in rows
-    ]
+    parts = []
+    # The rows of one transaction share its commit time and end; a round, a few tables.
+    last: tuple[datetime.datetime, int, str] | None = None
+    tables: dict[str, str] = {}
+    for at, table, op, pk, old, new, end in rows:
+        if last is None or last[0] is not at or last[1] != end:
+            last = (at, end, f'"{lsn_text(end)}"]')
+            stamp = f'["{at.isoformat()}", '
+        quoted = tables.get(table) or tables.setdefault(table, _quote(table))
+        parts.append(
+            f'{stamp}{quoted}, "{op}", {"null" if pk is None else _quote(pk)}, '
+            f"{old or 'null'}, {new or 'null'}, {last[2]}"
+        )
     return {"slot": slot, "rows": "[" + ", ".join(parts) + "]"}

@@ -65,6 +65,11 @@ class Relation:
     #: ``d`` default (primary key), ``f`` full, ``i`` index, ``n`` nothing.
     replica_identity: str
     columns: tuple[Column, ...]
+    #: The columns' names, in order.
+    names: tuple[str, ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(c.name for c in self.columns))
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,43 +174,74 @@ class _Reader:
         return out
 
     def tuple(self) -> tuple[Value, ...]:
-        # The hot loop of decoding (two tuples per UPDATE): indexes and unpack_from on the
-        # message itself rather than a slice per field.
-        data, pos = self.data, self.pos
-        try:
-            (count,) = _INT16.unpack_from(data, pos)
-            pos += 2
-            values: list[Value] = []
-            for _ in range(count):
-                kind = data[pos]
-                pos += 1
-                if kind == 0x74:  # "t": text
-                    (size,) = _INT32.unpack_from(data, pos)
-                    pos += 4
-                    end = pos + size
-                    if size < 0 or end > len(data):
-                        raise DecodeError(f"message ends at byte {len(data)}, wanted {end}")
-                    values.append(data[pos:end].decode())
-                    pos = end
-                elif kind == 0x6E:  # "n": null
-                    values.append(None)
-                elif kind == 0x75:  # "u": unchanged TOASTed value
-                    values.append(UNCHANGED)
-                else:  # "b" needs the binary option, which the capture does not set
-                    raise DecodeError(f"unexpected tuple column kind {chr(kind)!r}")
-        except (struct.error, IndexError):
-            raise DecodeError(f"message ends at byte {len(data)} inside a tuple") from None
-        self.pos = pos
-        return tuple(values)
+        values, self.pos = _tuple(self.data, self.pos)
+        return values
+
+
+def _tuple(data: bytes, pos: int) -> tuple[tuple[Value, ...], int]:
+    """The tuple (``TupleData``) at ``pos``, and the position after it. The hot loop of
+    decoding (two tuples per UPDATE): indexes and unpack_from on the message itself rather
+    than a slice per field."""
+    try:
+        (count,) = _INT16.unpack_from(data, pos)
+        pos += 2
+        values: list[Value] = []
+        for _ in range(count):
+            kind = data[pos]
+            pos += 1
+            if kind == 0x74:  # "t": text
+                (size,) = _INT32.unpack_from(data, pos)
+                pos += 4
+                end = pos + size
+                if size < 0 or end > len(data):
+                    raise DecodeError(f"message ends at byte {len(data)}, wanted {end}")
+                values.append(data[pos:end].decode())
+                pos = end
+            elif kind == 0x6E:  # "n": null
+                values.append(None)
+            elif kind == 0x75:  # "u": unchanged TOASTed value
+                values.append(UNCHANGED)
+            else:  # "b" needs the binary option, which the capture does not set
+                raise DecodeError(f"unexpected tuple column kind {chr(kind)!r}")
+    except (struct.error, IndexError):
+        raise DecodeError(f"message ends at byte {len(data)} inside a tuple") from None
+    return tuple(values), pos
 
 
 _INT16 = struct.Struct("!h")
 _INT32 = struct.Struct("!i")
+_BEGIN = struct.Struct("!QqI")
+_COMMIT = struct.Struct("!BQQq")
+_RELID = struct.Struct("!I")
+
+
+def _time(micros: int) -> datetime.datetime:
+    return _EPOCH + datetime.timedelta(microseconds=micros)
 
 
 def parse(data: bytes) -> Message:
     """One pgoutput message."""
-    r = _Reader(bytes(data))
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    # The messages of every change, unpacked in place: Begin, Commit, Insert and Update.
+    head = data[:1]
+    if head == b"B" and len(data) >= 21:
+        final_lsn, micros, xid = _BEGIN.unpack_from(data, 1)
+        return Begin(final_lsn, _time(micros), xid)
+    if head == b"C" and len(data) >= 26:
+        flags, commit_lsn, end_lsn, micros = _COMMIT.unpack_from(data, 1)
+        return Commit(flags, commit_lsn, end_lsn, _time(micros))
+    if head == b"I" and data[5:6] == b"N":
+        return Insert(_RELID.unpack_from(data, 1)[0], _tuple(data, 6)[0])
+    if head == b"U" and data[5:6] in (b"O", b"K", b"N"):
+        relid = _RELID.unpack_from(data, 1)[0]
+        old, old_kind, pos = None, None, 5
+        if data[5:6] != b"N":
+            old, pos = _tuple(data, 6)
+            old_kind = chr(data[5])
+        if data[pos : pos + 1] == b"N":
+            return Update(relid, old, old_kind, _tuple(data, pos + 1)[0])
+    r = _Reader(data)
     kind = r.byte()
     if kind == "B":
         return Begin(r.lsn(), r.time(), r.uint32())
@@ -293,6 +329,9 @@ def _old(relation: Relation, values: tuple[Value, ...], kind: str | None) -> Row
     return old
 
 
+_ROW_MESSAGES = (Insert, Update, Delete)
+
+
 class Transactions:
     """Assembles the messages of one decoding call into committed transactions."""
 
@@ -312,29 +351,58 @@ class Transactions:
         """The transactions completed by ``messages`` (a transaction may span two feeds)."""
         done = []
         for message in messages:
-            if isinstance(message, Relation):
-                self.relations[message.relid] = message
-            elif isinstance(message, Begin):
-                self._open = Transaction(message)
-            elif isinstance(message, Commit):
-                if self._open is None:
-                    raise DecodeError("Commit without Begin")
-                self._open.commit = message
-                done.append(self._open)
-                self._open = None
-            elif isinstance(message, Skipped):
-                continue
-            else:
-                if self._open is None:
-                    raise DecodeError(f"{type(message).__name__} outside a transaction")
-                self._open.changes.extend(self._changes(message))
+            completed = self.feed_one(message)
+            if completed is not None:
+                done.append(completed)
         return done
+
+    def feed_one(self, message: Message) -> Transaction | None:
+        """Take one message; the transaction it completed (a Commit), else None."""
+        if self._open is not None and type(message) in _ROW_MESSAGES:
+            # The common case first, without the isinstance chain below.
+            self._open.changes.append(self._change(message))  # type: ignore[arg-type]
+        elif isinstance(message, Relation):
+            self.relations[message.relid] = message
+        elif isinstance(message, Begin):
+            self._open = Transaction(message)
+        elif isinstance(message, Commit):
+            if self._open is None:
+                raise DecodeError("Commit without Begin")
+            done, self._open = self._open, None
+            done.commit = message
+            return done
+        elif not isinstance(message, Skipped):
+            if self._open is None:
+                raise DecodeError(f"{type(message).__name__} outside a transaction")
+            self._open.changes.extend(self._changes(message))
+        return None
 
     def _relation(self, relid: int) -> Relation:
         try:
             return self.relations[relid]
         except KeyError:
             raise DecodeError(f"a change of relation {relid} before its Relation message") from None
+
+    def _change(self, message: Insert | Update | Delete) -> RowChange:
+        """One change; a tuple without an unchanged TOASTed value (nearly all) is made a row
+        with one ``dict(zip())``, no value needing a look."""
+        relation = self._relation(message.relid)
+        names = relation.names
+        if isinstance(message, Insert):
+            new = message.new
+            if len(new) == len(names) and UNCHANGED not in new:
+                return RowChange("I", relation, None, dict(zip(names, new, strict=True)))  # type: ignore[arg-type]
+        elif isinstance(message, Update):
+            new, old = message.new, message.old
+            if (
+                len(new) == len(names)
+                and UNCHANGED not in new
+                and (old is None or (message.old_kind == "O" and len(old) == len(names)))
+                and (old is None or UNCHANGED not in old)
+            ):
+                old_row = dict(zip(names, old, strict=True)) if old is not None else None
+                return RowChange("U", relation, old_row, dict(zip(names, new, strict=True)))  # type: ignore[arg-type]
+        return self._changes(message)[0]
 
     def _changes(self, message: Insert | Update | Delete | Truncate) -> list[RowChange]:
         if isinstance(message, Truncate):

@@ -49,6 +49,9 @@ STATUS_INTERVAL = 10.0
 _XLOG_HEADER = struct.Struct("!QQQ")
 _KEEPALIVE = struct.Struct("!QQB")
 _STATUS = struct.Struct("!cQQQQB")
+_START = struct.Struct("!Q")
+#: Where an XLogData message's pgoutput message starts.
+_XLOG_DATA = 1 + _XLOG_HEADER.size
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,14 +200,17 @@ class WalStream:
                     break
                 if size < 0:  # the server ended the copy: an error follows
                     raise self._lost()
-                message = parse_copy_data(data)
-                if isinstance(message, XLogData):
-                    self.received = max(self.received, message.start)
-                    done = self.transactions.feed([pgoutput.parse(message.data)])
-                    if done:
-                        self._done.extend(done)
+                if data[0] == 0x77 and len(data) >= _XLOG_DATA:  # "w", XLogData
+                    (start,) = _START.unpack_from(data, 1)
+                    if start > self.received:
+                        self.received = start
+                    done = self.transactions.feed_one(pgoutput.parse(bytes(data[_XLOG_DATA:])))
+                    if done is not None:
+                        self._done.append(done)
                         completed = True
-                else:
+                    continue
+                message = parse_copy_data(data)  # a keepalive (or an error)
+                if isinstance(message, Keepalive):
                     self.received = max(self.received, message.sent_upto)
                     if not self.transactions.in_transaction:
                         # Nothing half-sent: every transaction committed before this
