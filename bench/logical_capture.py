@@ -57,7 +57,7 @@ PUBLICATION = "pgbinding"
 def bound_tables(conn: psycopg.Connection[Any]) -> list[str]:
     rows = conn.execute(
         "SELECT DISTINCT c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
-        " WHERE t.tgname LIKE 'pgbinding\\_%' ORDER BY 1"
+        " WHERE t.tgname LIKE 'pgbinding\\_%' AND c.relname <> 'pgbinding_change' ORDER BY 1"
     ).fetchall()
     return [r[0] for r in rows]
 

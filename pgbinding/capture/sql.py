@@ -19,8 +19,8 @@ TEMPLATES = Path(__file__).parent / "templates"
 
 #: The schema version installed by pgbinding's own migrations (each version's file applies on
 #: top of the one before: 0001 installs v1, 0002 adds v2, 0003 adds v3: logical capture, 0004
-#: v4: the capture functions' plan_cache_mode).
-SCHEMA_VERSION = "v4"
+#: v4: the capture functions' plan_cache_mode, 0005 v5: a TRUNCATE of the log counts as pruning).
+SCHEMA_VERSION = "v5"
 #: The per-table trigger version new migrations install. A database with older triggers is
 #: moved forward by the migration ``makemigrations`` writes (remove old, install new, in one
 #: transaction).

@@ -196,7 +196,7 @@ class ChangeLog:
             cur = await conn.execute(_READ_WITH_GAPS, params)
         else:
             cur = await conn.execute(_READ, params)
-        return self._advance(_changes(await cur.fetchall()))
+        return self._take(await cur.fetchall())
 
     def follow(self, rows: list[tuple[Any, ...]]) -> list[Change] | None:
         """``rows`` as :meth:`read` would return them, when they are exactly what it would
@@ -208,6 +208,23 @@ class ChangeLog:
         first = int(rows[0][0])
         if first != self.position + 1 or int(rows[-1][0]) != first + len(rows) - 1:
             return None
+        return self._take(rows)
+
+    def _take(self, rows: list[tuple[Any, ...]]) -> list[Change]:
+        """Log rows read or followed (in id order) as changes, the position moved past them.
+        Commonly the ids run on from the position with no gap open: then each change's
+        cursor is its own id, and nothing else needs a look."""
+        if (
+            rows
+            and not self.gaps
+            and int(rows[0][0]) == self.position + 1
+            and int(rows[-1][0]) == self.position + len(rows)  # (ids are unique, ascending)
+        ):
+            out = [
+                Change(int(r[0]), r[1], str(r[2]), r[3], r[4], r[5], str(int(r[0]))) for r in rows
+            ]
+            self.position = out[-1].id
+            return out
         return self._advance(_changes(rows))
 
     def _advance(self, changes: list[Change]) -> list[Change]:

@@ -414,6 +414,35 @@ def test_only_an_enabled_capture_trigger_makes_the_write_durable(logical_db: str
             conn.execute("DROP TABLE pgbinding_probe")
 
 
+def test_after_the_log_is_truncated_new_changes_get_ids_past_the_delivered_ones(
+    logical_db: str,
+) -> None:
+    """The asynchronous write numbers its rows on from what the log holds. An operator's
+    ``TRUNCATE pgbinding_change`` (benchmarks do it) empties the log, and the next ids started
+    at 1 again, below the listener's position: it took them for repeats and dropped every change
+    until the ids caught up (bench.throughput delivered 0 of 50,000). Schema v5's trigger on the
+    log records a TRUNCATE as pruned through the sequence's last id, which the write numbers on
+    from (and a ``since`` before it is told to resync, as after pruning)."""
+    harness = ListenerHarness(capture="logical")
+    try:
+        harness.start()
+        events = harness.collect("items")
+        Item.objects.create(name="before the truncate")
+        harness.sync()
+        position = harness.listener.log.position
+        assert position > 0
+        with psycopg.connect(logical_db, autocommit=True) as conn:
+            conn.execute("TRUNCATE pgbinding_change")
+            row = conn.execute("SELECT pruned_through FROM pgbinding_state").fetchone()
+        assert row is not None and int(row[0]) >= position
+        after = Item.objects.create(name="after the truncate")
+        harness.sync()
+        assert ("create", after.pk) in events.actions("items")
+        assert min(_logged([str(after.pk)]))[0] > position
+    finally:
+        harness.close()
+
+
 def _flush_wal(conninfo: str) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn, conn.transaction():
         conn.execute("SET LOCAL synchronous_commit = on")

@@ -53,3 +53,29 @@ def test_gap_count_is_kept() -> None:
     log = ChangeLog("x")
     log._advance(changes(2, 4, 9))
     assert log.gaps_opened == 3
+
+
+def rows(*ids: int) -> list[tuple[object, ...]]:
+    return [(i, "t", "I", str(i), None, {"id": i}) for i in ids]
+
+
+def test_rows_taken_give_the_same_changes_and_cursors_as_the_general_path() -> None:
+    """``_take`` builds changes right away when the ids run on from the position with no gap
+    open (the common case); otherwise it goes the general way. Both give the same changes,
+    cursors and position."""
+    for position, gaps, ids in [
+        (0, [], (1, 2, 3)),  # runs on: the short way
+        (7, [], (8,)),
+        (0, [], (1, 2, 5)),  # a hole: a gap opens
+        (10, [Gap(3, 4)], (11, 12)),  # a gap open: the cursors carry it
+        (10, [Gap(3, 4)], (4, 11)),  # a gap filled
+        (5, [], (5, 6)),  # a repeat
+    ]:
+        short, general = ChangeLog("x"), ChangeLog("x")
+        for log in (short, general):
+            log.position, log.gaps = position, [Gap(g.lo, g.hi) for g in gaps]
+        taken = short._take(rows(*ids))
+        expected = general._advance(changes(*ids))
+        assert taken == expected
+        assert (short.position, short.gaps) == (general.position, general.gaps)
+    assert [c.position for c in ChangeLog("x")._take(rows(1, 2))] == ["1", "2"]

@@ -37,7 +37,7 @@ def test_trigger_sql_quotes_the_table_and_passes_the_pk_as_a_literal(version: st
 
 
 def test_new_migrations_install_the_current_version() -> None:
-    assert sql.TRIGGER_VERSION == "v2" and sql.SCHEMA_VERSION == "v4"
+    assert sql.TRIGGER_VERSION == "v2" and sql.SCHEMA_VERSION == "v5"
     forward, _ = sql.trigger_sql("t", "id")
     assert "pgbinding_capture_v2('id')" in forward[0]
 
