@@ -277,13 +277,12 @@ class Listener:
         self._last_save = self._last_gap_check = time.monotonic()
         self._gap_wait = self.settings.GAP_POLL_INTERVAL
         self._dry_since: float | None = None
+        followed = False
         while not self.stopping:
             changes = None
             if self.pump is not None:
-                await self.pump.round(conn)
-                # What the pump just wrote, when it is what the read would return next: sent
-                # without the round trip to read it back.
-                changes = self.log.follow(self.pump.take_written())
+                changes = await self._follow_pump(conn, followed)
+            followed = bool(changes)
             if changes is None:
                 changes = await self.log.read(conn)
             now = time.monotonic()
@@ -295,6 +294,31 @@ class Listener:
                 await self._after_delivery(conn, len(changes))
             else:
                 await self._when_dry(conn)
+
+    async def _follow_pump(
+        self, conn: psycopg.AsyncConnection[Any], followed: bool
+    ) -> list[Any] | None:
+        """Logical capture: let the pump write what the stream brought, and return what it
+        wrote when that is what the log's read would return next (sent without the round
+        trip to read it back), a batch at a time (the rest of a big round first, before the
+        pump reads the stream again). None: read the log.
+
+        [] (no read) when the pump wrote nothing and the last batch was followed: the log
+        ended at the position after the pump's own write, which wrote nothing if another
+        writer had committed since its snapshot. A writer that commits to the log later (a
+        migration's drain) is read at the next round whose rows do not follow on, or after the
+        next wait, as before."""
+        pump = self.pump
+        assert pump is not None
+        written = -1
+        if not pump.written_rows:
+            written = await pump.round(conn)
+        changes = self.log.follow(pump.take_written(self.log.batch_size))
+        if changes is None:
+            pump.take_written()  # the rest of the round too: the read finds it in the log
+            if written == 0 and followed:
+                return []
+        return changes
 
     async def _deliver(self, conn: psycopg.AsyncConnection[Any], changes: list[Any]) -> None:
         self._dry_since = None

@@ -432,10 +432,15 @@ class Pump:
         self.written_rows = sorted((r[7:] for r in records if r[7] is not None), key=itemgetter(0))
         return written
 
-    def take_written(self) -> list[tuple[Any, ...]]:
+    def take_written(self, limit: int | None = None) -> list[tuple[Any, ...]]:
         """The log rows the last round wrote (as the log reader reads them: id, table_name,
-        op, pk, old, new; in id order), when it wrote them asynchronously; [] otherwise."""
-        rows, self.written_rows = self.written_rows, []
+        op, pk, old, new; in id order), when it wrote them asynchronously; [] otherwise. With
+        ``limit``, the first ``limit`` of them; the rest wait for the next call (the listener
+        sends a big round in batches, then lets the pump read the stream again)."""
+        if limit is None or len(self.written_rows) <= limit:
+            rows, self.written_rows = self.written_rows, []
+        else:
+            rows, self.written_rows = self.written_rows[:limit], self.written_rows[limit:]
         return rows
 
     def _wal(self, inserted: int, flushed: int) -> None:

@@ -59,6 +59,9 @@ class ItemWriter:
     def _run(self) -> None:
         rnd = random.Random(7)
         with psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
+            # The embedded server commits asynchronously: a value counts as committed only
+            # once durable, since some tests restart Postgres (immediate) after the writes.
+            conn.execute("SET synchronous_commit = on")
             while not self._stop.is_set():
                 pk = rnd.choice(self.pks)
                 row = conn.execute(

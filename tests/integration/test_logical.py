@@ -443,6 +443,43 @@ def test_after_the_log_is_truncated_new_changes_get_ids_past_the_delivered_ones(
         harness.close()
 
 
+def test_a_round_bigger_than_a_batch_is_sent_in_batches_without_reading_the_log(
+    logical_db: str,
+) -> None:
+    """The rows one asynchronous write returned are sent a batch at a time, not read back,
+    when there are more than a batch of them (a big transaction, a backlog); and after a
+    followed batch the listener does not read the log only to find it empty."""
+    harness = ListenerHarness(capture="logical")
+    try:
+        listener = harness.listener
+        listener.log.batch_size = 4
+        harness.start()
+        reads: list[list[int]] = []
+        read = listener.log.read
+
+        async def counting_read(conn: Any) -> Any:
+            changes = await read(conn)
+            reads.append([c.id for c in changes])
+            return changes
+
+        listener.log.read = counting_read  # type: ignore[method-assign]
+        events = harness.collect("items")
+        with transaction.atomic():  # one transaction: one write of 10 rows
+            items = [Item.objects.create(name=f"big{i}") for i in range(10)]
+        harness.sync()
+        for i in range(3):  # three rounds of one change each
+            Item.objects.filter(pk=items[i].pk).update(name=f"big{i} changed")
+            harness.sync()
+        logged = _logged([str(i.pk) for i in items])
+        assert len(logged) == 13
+        assert not {i for ids in reads for i in ids} & {i for i, _, _ in logged}
+        assert reads == [], "the log was read after the pump's rows had been followed"
+        assert events.ids("items") == [i for i, _, _ in logged]
+        assert [a for a, _ in events.actions("items")] == ["create"] * 10 + ["update"] * 3
+    finally:
+        harness.close()
+
+
 def _flush_wal(conninfo: str) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn, conn.transaction():
         conn.execute("SET LOCAL synchronous_commit = on")
