@@ -155,6 +155,9 @@ class Pump:
             await conn.execute(statement)
         self.decoded_upto = self._advanced = 0
         self._moved = True
+        # Rows a write returned before a reconnect may be lost (a server crash): the new
+        # connection's rounds write them again, or the read finds them.
+        self.written_rows = []
         self._flush_wal = logical.flush_wal_sql(conn.info.server_version)
         self._log_snapshot = conn.info.server_version >= 160000
         await conn.execute(logical.ENSURE_ROW_SQL, {"slot": self.slot})
